@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/spec"
+)
+
+func (a *app) createCommand() *cobra.Command {
+	var image, hardware string
+	var memory, cpus int
+	cmd := &cobra.Command{
+		Use:     "create NAME --image MODEL|SPEC-FILE|DISK [--hardware MODEL|FILE]",
+		Aliases: []string{"instance"},
+		Short:   "Create a powered-off machine from an image and hardware",
+		Long: `Create a powered-off machine.
+
+--image is an installed image model id, an image spec file (YAML or JSON; its
+location is relative to the file), or a disk image file. A disk given alone
+is immutable when the file is read-only: the machine gets a copy-on-write
+overlay. A writable disk is used directly and deleted with the machine.
+
+--hardware is a hardware model name (see 'vmfest hardware list') or a
+hardware spec file. --memory and --cpus override it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if image == "" {
+				return errors.New("--image is required: an image model id, an image spec file or a disk image")
+			}
+			img, warn, err := imageChoice(image)
+			if err != nil {
+				return err
+			}
+			hw, err := hardwareChoice(ctx, srv, hardware, memory, cpus)
+			if err != nil {
+				return err
+			}
+			begun := time.Now()
+			m, err := srv.Instance(ctx, args[0], img, hw)
+			if err != nil {
+				return err
+			}
+			took := time.Since(begun)
+			if warn != "" {
+				fmt.Fprintln(a.errOut, "warning: "+warn)
+			}
+			info, err := m.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(info)
+			}
+			fmt.Fprintf(a.out, "created %s (image %s, hardware %s) in %s\n", info.Name, info.Image, info.Hardware, took.Round(time.Microsecond*100))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "", "image model id, image spec file or disk image")
+	cmd.Flags().StringVar(&hardware, "hardware", "micro", "hardware model name or hardware spec file")
+	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (overrides the hardware)")
+	cmd.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (overrides the hardware)")
+	return cmd
+}
+
+// imageChoice reads --image: a spec file, a disk, or a model id.
+func imageChoice(arg string) (vmfest.Image, string, error) {
+	st, err := os.Stat(arg)
+	if err != nil {
+		if strings.ContainsRune(arg, '/') || errors.Is(err, os.ErrPermission) {
+			return vmfest.Image{}, "", fmt.Errorf("--image %s: %w", arg, err)
+		}
+		return vmfest.ImageModel(arg), "", nil
+	}
+	if st.IsDir() {
+		return vmfest.Image{}, "", fmt.Errorf("--image %s: is a directory", arg)
+	}
+	if isSpecFile(arg) {
+		data, err := os.ReadFile(arg)
+		if err != nil {
+			return vmfest.Image{}, "", fmt.Errorf("--image: %w", err)
+		}
+		im, err := spec.ParseImage(data)
+		if err != nil {
+			return vmfest.Image{}, "", fmt.Errorf("--image %s: %w", arg, err)
+		}
+		if im.Location != "" && !filepath.IsAbs(im.Location) {
+			im.Location = filepath.Join(filepath.Dir(arg), im.Location)
+		}
+		return vmfest.ImageSpec(im), mutableWarning(im), nil
+	}
+	im := spec.Image{Location: arg, Immutable: st.Mode().Perm()&0o222 == 0}
+	return vmfest.ImageSpec(im), mutableWarning(im), nil
+}
+
+func mutableWarning(im spec.Image) string {
+	if im.Immutable {
+		return ""
+	}
+	return fmt.Sprintf("image %s is not immutable: the machine writes to it directly and destroying the machine deletes it (make it read-only, or set immutable: true, to share it through overlays)", im.Location)
+}
+
+// isSpecFile tells an image spec file from a disk image by its name, then
+// by its first bytes (specs are text).
+func isSpecFile(path string) bool {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".meta", ".yaml", ".yml", ".json":
+		return true
+	case ".qcow2", ".img", ".raw":
+		return false
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 512)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
+	return n > 0 && !bytes.ContainsRune(head, 0) && !bytes.HasPrefix(head, []byte("QFI\xfb"))
+}
+
+func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int) (vmfest.Hardware, error) {
+	var base spec.Hardware
+	fromFile := false
+	if st, err := os.Stat(arg); err == nil && !st.IsDir() {
+		data, err := os.ReadFile(arg)
+		if err != nil {
+			return vmfest.Hardware{}, fmt.Errorf("--hardware: %w", err)
+		}
+		if base, err = spec.ParseHardware(data); err != nil {
+			return vmfest.Hardware{}, fmt.Errorf("--hardware %s: %w", arg, err)
+		}
+		fromFile = true
+	}
+	if memory == 0 && cpus == 0 {
+		if fromFile {
+			return vmfest.HardwareSpec(base), nil
+		}
+		return vmfest.HardwareModel(arg), nil
+	}
+	if memory < 0 {
+		return vmfest.Hardware{}, fmt.Errorf("--memory %d: must be a positive number of MiB", memory)
+	}
+	if cpus < 0 {
+		return vmfest.Hardware{}, fmt.Errorf("--cpus %d: must be at least 1", cpus)
+	}
+	if !fromFile {
+		h, err := srv.HardwareModel(ctx, arg)
+		if err != nil {
+			return vmfest.Hardware{}, err
+		}
+		base = h
+	}
+	if memory > 0 {
+		base.MemorySize = memory
+	}
+	if cpus > 0 {
+		base.CPUCount = cpus
+	}
+	return vmfest.HardwareSpec(base), nil
+}
+
+// eachMachine runs fn on every named machine, reporting each failure and
+// returning an error if any failed.
+func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn func(m vmfest.Machine) error) error {
+	srv, err := a.server()
+	if err != nil {
+		return err
+	}
+	var failed []string
+	var last error
+	for _, n := range names {
+		m, err := srv.FindMachine(cmd.Context(), n)
+		if err == nil {
+			err = fn(m)
+		}
+		if err != nil {
+			if len(names) == 1 {
+				return err
+			}
+			fmt.Fprintln(a.errOut, "vmfest: "+oneLine(err.Error()))
+			failed = append(failed, n)
+			last = err
+			continue
+		}
+		if !a.json {
+			fmt.Fprintf(a.out, "%s %s\n", verb, n)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d machines failed (%s): %w", len(failed), len(names), strings.Join(failed, ", "), last)
+	}
+	return nil
+}
+
+func (a *app) simpleCommand(use, short string, fn func(cmd *cobra.Command, m vmfest.Machine) error) *cobra.Command {
+	past := map[string]string{"pause": "paused", "resume": "resumed", "power-down": "powered down"}[use]
+	return &cobra.Command{
+		Use:   use + " NAME...",
+		Short: short,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachMachine(cmd, args, past, func(m vmfest.Machine) error { return fn(cmd, m) })
+		},
+	}
+}
+
+func (a *app) startCommand() *cobra.Command {
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "start NAME... [--wait[=DUR]]",
+		Short: "Start machines; with --wait, until their guest agents answer",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachMachine(cmd, args, "started", func(m vmfest.Machine) error {
+				begun := time.Now()
+				if err := m.Start(cmd.Context()); err != nil {
+					return err
+				}
+				if wait <= 0 {
+					return nil
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), wait)
+				defer cancel()
+				if err := m.WaitReady(ctx); err != nil {
+					return err
+				}
+				if !a.json {
+					fmt.Fprintf(a.out, "%s ready in %s\n", m.Name(), time.Since(begun).Round(10*time.Millisecond))
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the guest agent answers, at most this long (default 2m when given without a value)")
+	cmd.Flags().Lookup("wait").NoOptDefVal = "2m"
+	return cmd
+}
+
+func (a *app) stopCommand() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop NAME... [--timeout DUR]",
+		Short: "Press the ACPI power button and wait until the guests power off",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachMachine(cmd, args, "stopped", func(m vmfest.Machine) error {
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				defer cancel()
+				return m.Stop(ctx)
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", vmfest.DefaultStopTimeout, "how long to wait for the guest to power off")
+	return cmd
+}
+
+func (a *app) destroyCommand() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "destroy NAME... [--force]",
+		Short: "Remove machines and their overlays",
+		Long:  "Remove powered-off machines and their overlays. A machine whose image is not immutable takes its disk with it. --force powers a running machine down first.",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachMachine(cmd, args, "destroyed", func(m vmfest.Machine) error {
+				ctx := cmd.Context()
+				if force {
+					st, err := m.State(ctx)
+					if err != nil {
+						return err
+					}
+					if st == vmfest.Running || st == vmfest.Paused || st == vmfest.Stopping {
+						if err := m.PowerDown(ctx); err != nil {
+							return err
+						}
+					}
+				}
+				err := m.Destroy(ctx)
+				if errors.Is(err, vmfest.ErrWrongState) && !force {
+					return fmt.Errorf("%w; use --force to power it down first", err)
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "power running machines down first")
+	return cmd
+}
+
+// row is what list prints of a machine.
+type row struct {
+	Name     string       `json:"name"`
+	State    vmfest.State `json:"state"`
+	Image    string       `json:"image"`
+	Hardware string       `json:"hardware"`
+	Accel    string       `json:"accel,omitempty"`
+	PID      int          `json:"pid,omitempty"`
+	Error    string       `json:"error,omitempty"`
+}
+
+func (a *app) listCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List machines",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			ms, err := srv.Machines(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rows := make([]row, len(ms))
+			done := make(chan struct{}, len(ms))
+			for i, m := range ms {
+				go func() {
+					defer func() { done <- struct{}{} }()
+					info, err := m.Info(cmd.Context())
+					if err != nil {
+						rows[i] = row{Name: m.Name(), State: "unknown", Error: oneLine(err.Error())}
+						return
+					}
+					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID}
+				}()
+			}
+			for range ms {
+				<-done
+			}
+			if a.json {
+				return a.printJSON(rows)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL")
+			for _, r := range rows {
+				accel := r.Accel
+				if accel == "" {
+					accel = "-"
+				}
+				if r.Error != "" {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", r.Name, r.State, r.Error)
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.State, r.Image, r.Hardware, accel)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (a *app) showCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a machine",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			m, err := srv.FindMachine(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			info, err := m.Info(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(info)
+			}
+			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "name:\t%s\n", info.Name)
+			fmt.Fprintf(tw, "state:\t%s\n", info.State)
+			fmt.Fprintf(tw, "image:\t%s\n", info.Image)
+			fmt.Fprintf(tw, "hardware:\t%s (%d MiB, %d CPU)\n", info.Hardware, info.HardwareSpec.MemorySize, info.HardwareSpec.CPUCount)
+			if info.Accel != "" {
+				fmt.Fprintf(tw, "accel:\t%s\n", info.Accel)
+			}
+			if info.PID != 0 {
+				fmt.Fprintf(tw, "pid:\t%d\n", info.PID)
+			}
+			fmt.Fprintf(tw, "disk:\t%s\n", info.Disk)
+			if info.BaseImage != "" {
+				fmt.Fprintf(tw, "base image:\t%s (immutable)\n", info.BaseImage)
+			}
+			for i, n := range info.HardwareSpec.Network {
+				fmt.Fprintf(tw, "nic %d:\t%s %s %s\n", i, n.AttachmentType, n.AdapterType, n.MACAddress)
+			}
+			fmt.Fprintf(tw, "console:\t%s\n", info.SerialLog)
+			fmt.Fprintf(tw, "created:\t%s\n", info.Created.Local().Format(time.RFC3339))
+			return tw.Flush()
+		},
+	}
+}
+
+func (a *app) consoleCommand() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "console NAME [--follow]",
+		Short: "Print a machine's serial console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			m, err := srv.FindMachine(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			data, err := m.ConsoleLog(ctx)
+			if err != nil {
+				return err
+			}
+			a.out.Write(data)
+			if !follow {
+				return nil
+			}
+			seen := len(data)
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(200 * time.Millisecond):
+				}
+				data, err := m.ConsoleLog(ctx)
+				if err != nil {
+					return err
+				}
+				if len(data) < seen { // a new run truncated the log
+					seen = 0
+				}
+				a.out.Write(data[seen:])
+				seen = len(data)
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
+	return cmd
+}

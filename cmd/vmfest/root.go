@@ -1,0 +1,87 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/store"
+)
+
+// app holds what every command shares: global flags and output streams.
+type app struct {
+	home    string
+	json    bool
+	verbose bool
+	out     io.Writer
+	errOut  io.Writer
+}
+
+func newRootCommand(out, errOut io.Writer) *cobra.Command {
+	a := &app{out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:           "vmfest",
+		Short:         "Lightweight QEMU virtual machines from data",
+		Long:          "vmfest creates QEMU virtual machines in milliseconds as copy-on-write overlays of immutable base images, and drives their lifecycle.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.home, "home", store.DefaultRoot(), "state directory (env VMFEST_HOME)")
+	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
+	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
+	root.AddCommand(
+		a.createCommand(),
+		a.startCommand(),
+		a.simpleCommand("pause", "Freeze running machines' CPUs", func(cmd *cobra.Command, m vmfest.Machine) error { return m.Pause(cmd.Context()) }),
+		a.simpleCommand("resume", "Continue paused machines", func(cmd *cobra.Command, m vmfest.Machine) error { return m.Resume(cmd.Context()) }),
+		a.stopCommand(),
+		a.simpleCommand("power-down", "Pull the plug on machines (hard off)", func(cmd *cobra.Command, m vmfest.Machine) error { return m.PowerDown(cmd.Context()) }),
+		a.destroyCommand(),
+		a.listCommand(),
+		a.showCommand(),
+		a.consoleCommand(),
+		a.hardwareCommand(),
+		&cobra.Command{
+			Use:   "version",
+			Short: "Print vmfest's version",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if a.json {
+					return a.printJSON(map[string]string{"version": version})
+				}
+				fmt.Fprintln(a.out, "vmfest", version)
+				return nil
+			},
+		},
+	)
+	return root
+}
+
+// server opens the local server over --home.
+func (a *app) server() (*vmfest.Local, error) {
+	level := slog.LevelWarn
+	if a.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
+	cfg := vmfest.ConfigFromEnv()
+	cfg.Home = a.home
+	cfg.Logger = logger
+	return vmfest.NewLocal(cfg)
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// oneLine folds an error message onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}

@@ -1,0 +1,152 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// Agent is a connection to a QEMU guest agent (qemu-ga or vmfest's own)
+// through the host end of its virtio-serial port. Like QMP it serves one
+// client at a time; it is not safe for concurrent use.
+type Agent struct {
+	c *lineConn
+}
+
+// AgentError is an error the guest agent returned.
+type AgentError struct {
+	Command string
+	Class   string
+	Desc    string
+}
+
+func (e *AgentError) Error() string {
+	return fmt.Sprintf("guest agent %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// syncInterval is how often DialAgent repeats its sync while the guest agent
+// is not yet listening: requests sent before the agent starts wait in the
+// port's buffer and are answered late, so replies are matched by id.
+const syncInterval = 200 * time.Millisecond
+
+// DialAgent connects to the agent socket at path and synchronises with the
+// agent (guest-sync-delimited), retrying until the agent answers or ctx is
+// done. A returned Agent has a live agent on the other end.
+func DialAgent(ctx context.Context, path string) (*Agent, error) {
+	c, err := dialUnix(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("connect to guest agent socket %s: %w", path, err)
+	}
+	a := &Agent{c: c}
+	if err := a.sync(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) sync(ctx context.Context) error {
+	sent := map[int64]bool{}
+	for {
+		id := rand.Int64N(1 << 52)
+		sent[id] = true
+		req := fmt.Sprintf("\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%d}}\n", id)
+		if err := a.c.write(ctx, []byte(req)); err != nil {
+			return timeoutErr("guest agent sync", err)
+		}
+		until := time.Now().Add(syncInterval)
+		for {
+			line, err := a.c.readLine(ctx, until)
+			if err != nil {
+				if ctx.Err() != nil {
+					return timeoutErr("guest agent did not answer", ctx.Err())
+				}
+				if isTimeout(err) {
+					break // send another sync
+				}
+				return fmt.Errorf("guest agent sync: %w", err)
+			}
+			if i := bytes.LastIndexByte(line, 0xff); i >= 0 {
+				line = line[i+1:]
+			}
+			var reply struct {
+				Return *int64 `json:"return"`
+			}
+			if json.Unmarshal(line, &reply) == nil && reply.Return != nil && sent[*reply.Return] {
+				return nil
+			}
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Execute runs one agent command and returns its "return" value.
+func (a *Agent) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	req := map[string]any{"execute": command}
+	if args != nil {
+		req["arguments"] = args
+	}
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("guest agent %s: %w", command, err)
+	}
+	if err := a.c.write(ctx, append(msg, '\n')); err != nil {
+		return nil, timeoutErr("guest agent "+command, err)
+	}
+	if command == "guest-shutdown" {
+		return nil, nil // the agent sends no reply; the guest goes down
+	}
+	line, err := a.c.readLine(ctx, deadline(ctx))
+	if err != nil {
+		return nil, timeoutErr("guest agent "+command, err)
+	}
+	var reply struct {
+		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Class string `json:"class"`
+			Desc  string `json:"desc"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(line, &reply); err != nil {
+		return nil, fmt.Errorf("guest agent %s: malformed reply %q", command, truncate(line))
+	}
+	if reply.Error != nil {
+		return nil, &AgentError{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
+	}
+	return reply.Return, nil
+}
+
+// Close ends the connection.
+func (a *Agent) Close() error { return a.c.Close() }
+
+// Interface is one guest network interface as the agent reports it.
+type Interface struct {
+	Name        string `json:"name"`
+	HWAddress   string `json:"hardware-address"`
+	IPAddresses []struct {
+		Type    string `json:"ip-address-type"`
+		Address string `json:"ip-address"`
+		Prefix  int    `json:"prefix"`
+	} `json:"ip-addresses"`
+}
+
+// Interfaces runs guest-network-get-interfaces.
+func (a *Agent) Interfaces(ctx context.Context) ([]Interface, error) {
+	raw, err := a.Execute(ctx, "guest-network-get-interfaces", nil)
+	if err != nil {
+		return nil, err
+	}
+	var ifs []Interface
+	if err := json.Unmarshal(raw, &ifs); err != nil {
+		return nil, fmt.Errorf("guest agent guest-network-get-interfaces: %w", err)
+	}
+	return ifs, nil
+}

@@ -1,0 +1,255 @@
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/vmfest/vmfest/spec"
+)
+
+// File names QEMU uses inside a machine's directory.
+const (
+	QMPSocket = "qmp.sock"
+	QGASocket = "qga.sock"
+	SerialLog = "serial.log"
+	PIDFile   = "qemu.pid"
+	LogFile   = "qemu.log"
+)
+
+// AgentPortName is the virtio-serial port name the QEMU guest agent uses.
+const AgentPortName = "org.qemu.guest_agent.0"
+
+// Disk is the boot disk attached at the hardware's boot mount point.
+type Disk struct {
+	// Path is the image file.
+	Path string
+	// Format is qcow2 or raw.
+	Format string
+}
+
+// Config is everything needed to run one machine.
+type Config struct {
+	// Name is the machine's name, shown by QEMU as the process name.
+	Name string
+	// Dir is the machine's directory: sockets, pidfile and logs go there.
+	// Unix socket paths must stay under 108 bytes, so keep it short.
+	Dir string
+	// Hardware is the resolved, validated hardware with every NIC's MAC set.
+	Hardware spec.Hardware
+	// Disk is the boot disk.
+	Disk Disk
+	// Accel is "kvm" or "tcg".
+	Accel string
+	// Binary is the QEMU system emulator; default qemu-system-x86_64.
+	Binary string
+	// OVMF is the EFI firmware image used when Hardware.Firmware is efi;
+	// default /usr/share/ovmf/OVMF.fd.
+	OVMF string
+}
+
+func (c Config) binary() string {
+	if c.Binary != "" {
+		return c.Binary
+	}
+	return "qemu-system-x86_64"
+}
+
+// Path returns the path of a file in the machine's directory.
+func (c Config) Path(name string) string { return filepath.Join(c.Dir, name) }
+
+// maxSocketPath is the longest path a Unix socket address holds.
+const maxSocketPath = 107
+
+var nicModels = map[string]string{
+	spec.AdapterVirtio:  "virtio-net-pci",
+	spec.AdapterE1000:   "e1000",
+	spec.AdapterRTL8139: "rtl8139",
+	spec.AdapterPCNet:   "pcnet",
+}
+
+// Args returns QEMU's command line (without the binary) for the machine. QEMU
+// daemonizes itself, so the machine outlives whoever started it.
+func (c Config) Args() ([]string, error) {
+	h := c.Hardware
+	if c.Dir == "" || !filepath.IsAbs(c.Dir) {
+		return nil, fmt.Errorf("machine directory %q: must be an absolute path", c.Dir)
+	}
+	if l := len(c.Path(QMPSocket)); l > maxSocketPath {
+		return nil, fmt.Errorf("machine directory %s is too long for its sockets (%d bytes, at most %d): use a shorter state directory", c.Dir, l, maxSocketPath)
+	}
+	if c.Accel != AccelKVM && c.Accel != AccelTCG {
+		return nil, fmt.Errorf("accelerator %q: allowed: kvm, tcg", c.Accel)
+	}
+	if c.Disk.Format != "qcow2" && c.Disk.Format != "raw" {
+		return nil, fmt.Errorf("disk format %q: allowed: qcow2, raw", c.Disk.Format)
+	}
+	if h.BootMountPoint == nil {
+		return nil, errors.New("hardware has no boot-mount-point")
+	}
+	machine := "pc,accel=" + c.Accel
+	if h.ACPIEnabled != nil && !*h.ACPIEnabled {
+		machine += ",acpi=off"
+	}
+	args := []string{
+		"-name", c.Name + ",process=vmfest-" + c.Name,
+		"-machine", machine,
+		"-m", strconv.Itoa(h.MemorySize),
+		"-smp", strconv.Itoa(h.CPUCount),
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		"-chardev", "file,id=serial0,path=" + escapeComma(c.Path(SerialLog)),
+		"-serial", "chardev:serial0",
+		"-qmp", "unix:" + escapeComma(c.Path(QMPSocket)) + ",server=on,wait=off",
+		"-chardev", "socket,id=qga0,path=" + escapeComma(c.Path(QGASocket)) + ",server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=" + AgentPortName,
+		"-pidfile", c.Path(PIDFile),
+		"-daemonize",
+	}
+	if c.Accel == AccelKVM {
+		args = append(args, "-cpu", "host")
+	}
+	if h.Firmware == spec.FirmwareEFI {
+		fw := c.OVMF
+		if fw == "" {
+			fw = "/usr/share/ovmf/OVMF.fd"
+		}
+		if _, err := os.Stat(fw); err != nil {
+			return nil, fmt.Errorf("firmware efi needs the OVMF image %s (Debian package ovmf): %w", fw, err)
+		}
+		args = append(args, "-bios", fw)
+	}
+	storage, err := c.storageArgs()
+	if err != nil {
+		return nil, err
+	}
+	args = append(args, storage...)
+	for i, n := range h.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue // an unplugged adapter: VirtualBox's "not attached"
+		}
+		model, ok := nicModels[n.AdapterType]
+		if !ok {
+			return nil, fmt.Errorf("network[%d].adapter-type %q: not supported", i, n.AdapterType)
+		}
+		if n.MACAddress == "" {
+			return nil, fmt.Errorf("network[%d]: no MAC address assigned", i)
+		}
+		id := "net" + strconv.Itoa(i)
+		switch n.AttachmentType {
+		case spec.AttachNAT:
+			args = append(args, "-netdev", "user,id="+id)
+		default:
+			return nil, fmt.Errorf("network[%d].attachment-type %q: not supported", i, n.AttachmentType)
+		}
+		args = append(args, "-device", model+",netdev="+id+",mac="+n.MACAddress)
+	}
+	return args, nil
+}
+
+func (c Config) storageArgs() ([]string, error) {
+	h := c.Hardware
+	bp := *h.BootMountPoint
+	var args []string
+	booted := false
+	for ci, ctl := range h.Storage {
+		ctlID := "ctl" + strconv.Itoa(ci)
+		switch ctl.Bus {
+		case spec.BusIDE: // the pc machine's built-in controller: ide.0, ide.1
+		case spec.BusSATA:
+			args = append(args, "-device", "ahci,id="+ctlID)
+		case spec.BusSCSI:
+			args = append(args, "-device", "virtio-scsi-pci,id="+ctlID)
+		case spec.BusVirtio:
+		default:
+			return nil, fmt.Errorf("storage[%d].bus %q: not supported", ci, ctl.Bus)
+		}
+		slots := len(ctl.Devices)
+		if ctl.Name == bp.Controller && bp.Slot >= slots {
+			slots = bp.Slot + 1
+		}
+		for slot := 0; slot < slots; slot++ {
+			var dev *spec.Device
+			if slot < len(ctl.Devices) {
+				dev = ctl.Devices[slot]
+			}
+			boot := ctl.Name == bp.Controller && slot == bp.Slot
+			if !boot && dev == nil {
+				continue
+			}
+			driveID := fmt.Sprintf("%s-%d", ctlID, slot)
+			kind := spec.DeviceHardDisk
+			if dev != nil {
+				kind = dev.DeviceType
+			}
+			var drive string
+			switch {
+			case boot:
+				drive = fmt.Sprintf("if=none,id=%s,file=%s,format=%s,cache=writeback,discard=unmap", driveID, escapeComma(c.Disk.Path), c.Disk.Format)
+				booted = true
+			case kind == spec.DeviceDVD:
+				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on", driveID)
+			default:
+				return nil, fmt.Errorf("storage %q slot %d: a hard disk needs an image; only the boot mount point takes one", ctl.Name, slot)
+			}
+			device, err := deviceArg(ctl.Bus, kind, ctlID, slot)
+			if err != nil {
+				return nil, fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
+			}
+			device += ",drive=" + driveID
+			if boot {
+				device += ",bootindex=0"
+			}
+			args = append(args, "-drive", drive, "-device", device)
+		}
+	}
+	if !booted {
+		return nil, fmt.Errorf("boot-mount-point %s: no such controller", bp)
+	}
+	return args, nil
+}
+
+func deviceArg(bus, kind, ctlID string, slot int) (string, error) {
+	dvd := kind == spec.DeviceDVD
+	switch bus {
+	case spec.BusIDE:
+		model := "ide-hd"
+		if dvd {
+			model = "ide-cd"
+		}
+		return fmt.Sprintf("%s,bus=ide.%d,unit=%d", model, slot/2, slot%2), nil
+	case spec.BusSATA:
+		model := "ide-hd"
+		if dvd {
+			model = "ide-cd"
+		}
+		return fmt.Sprintf("%s,bus=%s.%d", model, ctlID, slot), nil
+	case spec.BusSCSI:
+		model := "scsi-hd"
+		if dvd {
+			model = "scsi-cd"
+		}
+		return fmt.Sprintf("%s,bus=%s.0,channel=0,scsi-id=%d,lun=0", model, ctlID, slot), nil
+	case spec.BusVirtio:
+		if dvd {
+			return "", errors.New("a virtio bus holds hard disks only; put the dvd on ide, sata or scsi")
+		}
+		return "virtio-blk-pci", nil
+	}
+	return "", fmt.Errorf("bus %q: not supported", bus)
+}
+
+// escapeComma doubles commas, QEMU's escape inside option values.
+func escapeComma(s string) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		out = append(out, s[i])
+		if s[i] == ',' {
+			out = append(out, ',')
+		}
+	}
+	return string(out)
+}

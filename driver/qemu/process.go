@@ -1,0 +1,212 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// State is a machine's run state.
+type State string
+
+// The states a machine can be in.
+const (
+	// PoweredOff: no QEMU runs for the machine and the last one ended cleanly.
+	PoweredOff State = "powered-off"
+	// Running: QEMU runs the guest.
+	Running State = "running"
+	// Paused: QEMU runs but the guest's CPUs are stopped.
+	Paused State = "paused"
+	// Stopping: the ACPI power button was pressed and the guest is shutting down.
+	Stopping State = "stopping"
+	// Aborted: QEMU died without a clean power-off (killed or crashed).
+	Aborted State = "aborted"
+)
+
+// PID reports the QEMU process of the machine directory dir. QEMU holds a
+// lock on its pidfile while it runs and removes the file when it exits
+// cleanly, so: no pidfile means no QEMU and a clean end; a pidfile nobody
+// locks means QEMU died without cleaning up (aborted); a locked pidfile
+// gives the live pid. This reads the truth from any process and is immune
+// to pid reuse and to zombies.
+func PID(dir string) (pid int, alive bool, err error) {
+	path := Config{Dir: dir}.Path(PIDFile)
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read pidfile: %w", err)
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil {
+		return 0, false, fmt.Errorf("check pidfile lock: %w", err)
+	}
+	data, _ := os.ReadFile(path)
+	pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+	if lk.Type == unix.F_UNLCK {
+		return pid, false, nil
+	}
+	return int(lk.Pid), true, nil
+}
+
+// stoppingMark is the content of the stopping file: the deadline of an ACPI
+// shutdown in progress.
+func stoppingPath(dir string) string { return Config{Dir: dir}.Path("stopping") }
+
+// MarkStopping records that a clean shutdown was requested and is expected
+// to finish by deadline, so other processes report the machine as stopping.
+func MarkStopping(dir string, until time.Time) error {
+	return os.WriteFile(stoppingPath(dir), []byte(until.UTC().Format(time.RFC3339Nano)), 0o644)
+}
+
+// ClearStopping removes the stopping mark.
+func ClearStopping(dir string) {
+	os.Remove(stoppingPath(dir))
+}
+
+func isStopping(dir string) bool {
+	data, err := os.ReadFile(stoppingPath(dir))
+	if err != nil {
+		return false
+	}
+	until, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(data)))
+	return err == nil && time.Now().Before(until)
+}
+
+// Inspect derives the state of the machine in dir from its pidfile and QMP.
+func Inspect(ctx context.Context, dir string) (State, error) {
+	_, alive, err := PID(dir)
+	if err != nil {
+		return "", err
+	}
+	pidfile := Config{Dir: dir}.Path(PIDFile)
+	if !alive {
+		if _, err := os.Stat(pidfile); err == nil {
+			return Aborted, nil
+		}
+		return PoweredOff, nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := QueryStatus(qctx, Config{Dir: dir}.Path(QMPSocket))
+	if err != nil {
+		// QEMU exited between the pid check and the query?
+		if _, alive2, _ := PID(dir); !alive2 {
+			return Inspect(ctx, dir)
+		}
+		return "", fmt.Errorf("QEMU is running but its QMP socket does not answer: %w", err)
+	}
+	switch st.Status {
+	case "running":
+		if isStopping(dir) {
+			return Stopping, nil
+		}
+		return Running, nil
+	case "shutdown":
+		return Stopping, nil
+	case "internal-error", "guest-panicked", "io-error":
+		return Aborted, nil
+	default: // paused, prelaunch, suspended, debug, inmigrate, ...
+		return Paused, nil
+	}
+}
+
+// Start launches QEMU for cfg and returns once QEMU has daemonized, i.e.
+// the machine is running and its QMP socket listens. ctx bounds the launch,
+// never the machine's life. Leftovers of an earlier run (a stale pidfile or
+// sockets) must have been removed by the caller (see Clean).
+func Start(ctx context.Context, cfg Config) error {
+	args, err := cfg.Args()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(cfg.Path(LogFile), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("start QEMU: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.CommandContext(ctx, cfg.binary(), args...)
+	cmd.Dir = cfg.Dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Run(); err != nil {
+		msg, _ := os.ReadFile(cfg.Path(LogFile))
+		msg = bytes.TrimSpace(msg)
+		if len(msg) > 0 {
+			return fmt.Errorf("start QEMU: %w: %s", err, lastLines(string(msg), 5))
+		}
+		return fmt.Errorf("start QEMU: %w", err)
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// Clean removes what a dead QEMU left in dir: the pidfile, sockets and the
+// stopping mark. It refuses while QEMU runs.
+func Clean(dir string) error {
+	if _, alive, err := PID(dir); err != nil {
+		return err
+	} else if alive {
+		return errors.New("QEMU is still running")
+	}
+	c := Config{Dir: dir}
+	var errs []error
+	for _, name := range []string{PIDFile, QMPSocket, QGASocket, "stopping"} {
+		if err := os.Remove(c.Path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Kill sends SIGKILL to the machine's QEMU, if one runs.
+func Kill(dir string) error {
+	pid, alive, err := PID(dir)
+	if err != nil || !alive {
+		return err
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill QEMU %d: %w", pid, err)
+	}
+	return nil
+}
+
+// WaitExit waits until the machine's QEMU has exited or ctx is done.
+func WaitExit(ctx context.Context, dir string) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, alive, err := PID(dir)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,150 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// QMP is a client connection to a QEMU Machine Protocol socket. It is not
+// safe for concurrent use; QEMU serves one QMP client per socket at a time,
+// so connections should be short-lived.
+//
+// vmfest has its own client rather than digitalocean/go-qemu's qmp package
+// because every exchange here must be bounded by a context (go-qemu's Run
+// blocks without deadline when QEMU stops answering) and events need no
+// background goroutine. See docs/dependencies.md.
+type QMP struct {
+	c      *lineConn
+	nextID int
+}
+
+// QMPError is an error QEMU returned for a command.
+type QMPError struct {
+	Command string
+	Class   string
+	Desc    string
+}
+
+func (e *QMPError) Error() string {
+	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// DialQMP connects to the QMP socket at path and negotiates capabilities.
+func DialQMP(ctx context.Context, path string) (*QMP, error) {
+	c, err := dialUnix(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("connect to QMP at %s: %w", path, err)
+	}
+	q := &QMP{c: c}
+	greeting, err := c.readLine(ctx, deadline(ctx))
+	if err != nil {
+		c.Close()
+		return nil, timeoutErr("QMP greeting", err)
+	}
+	var g struct {
+		QMP json.RawMessage `json:"QMP"`
+	}
+	if err := json.Unmarshal(greeting, &g); err != nil || g.QMP == nil {
+		c.Close()
+		return nil, fmt.Errorf("QMP greeting: not a QMP server: %q", truncate(greeting))
+	}
+	if _, err := q.Execute(ctx, "qmp_capabilities", nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// Execute runs one command and returns its "return" value. Events that
+// arrive meanwhile are skipped.
+func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	q.nextID++
+	id := fmt.Sprintf("vmfest-%d", q.nextID)
+	req := map[string]any{"execute": command, "id": id}
+	if args != nil {
+		req["arguments"] = args
+	}
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", command, err)
+	}
+	if err := q.c.write(ctx, append(msg, '\n')); err != nil {
+		return nil, timeoutErr("qmp "+command, err)
+	}
+	for {
+		line, err := q.c.readLine(ctx, time.Now().Add(DefaultTimeout))
+		if err != nil {
+			return nil, timeoutErr("qmp "+command, err)
+		}
+		var reply struct {
+			ID     json.RawMessage `json:"id"`
+			Event  string          `json:"event"`
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Class string `json:"class"`
+				Desc  string `json:"desc"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(line, &reply); err != nil {
+			return nil, fmt.Errorf("qmp %s: malformed reply %q", command, truncate(line))
+		}
+		if reply.Event != "" {
+			continue
+		}
+		var gotID string
+		if reply.ID != nil {
+			json.Unmarshal(reply.ID, &gotID)
+		}
+		if reply.ID != nil && gotID != id {
+			continue // a reply to an earlier, abandoned command
+		}
+		if reply.Error != nil {
+			return nil, &QMPError{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
+		}
+		if reply.Return == nil {
+			return nil, fmt.Errorf("qmp %s: reply has neither return nor error: %q", command, truncate(line))
+		}
+		return reply.Return, nil
+	}
+}
+
+// Close ends the connection.
+func (q *QMP) Close() error { return q.c.Close() }
+
+// RunQMP connects, runs one command and disconnects.
+func RunQMP(ctx context.Context, socket, command string, args any) (json.RawMessage, error) {
+	q, err := DialQMP(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer q.Close()
+	return q.Execute(ctx, command, args)
+}
+
+// Status is QEMU's run state as query-status reports it.
+type Status struct {
+	Running bool   `json:"running"`
+	Status  string `json:"status"`
+}
+
+// QueryStatus asks QEMU for its run state.
+func QueryStatus(ctx context.Context, socket string) (Status, error) {
+	raw, err := RunQMP(ctx, socket, "query-status", nil)
+	if err != nil {
+		return Status{}, err
+	}
+	var s Status
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return Status{}, fmt.Errorf("qmp query-status: %w", err)
+	}
+	return s, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "…"
+	}
+	return string(b)
+}

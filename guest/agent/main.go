@@ -1,0 +1,183 @@
+//go:build linux
+
+// Command agent is the vmfest tiny guest's QEMU guest agent. It serves the
+// qemu-ga protocol (see package qga) on the virtio-serial port named
+// org.qemu.guest_agent.0 and powers the guest off when the ACPI power button
+// is pressed. It never exits on its own.
+package main
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vmfest/vmfest/guest/qga"
+)
+
+const portName = "org.qemu.guest_agent.0"
+
+func main() {
+	port := flag.String("port", "", "device to serve on (default: find the virtio port named "+portName+")")
+	noButton := flag.Bool("no-power-button", false, "do not watch /dev/input for the power button")
+	flag.Parse()
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	log.SetPrefix("vmfest-agent: ")
+
+	if !*noButton {
+		go watchPowerButton()
+	}
+	a := &qga.Agent{Shutdown: shutdown, Logf: log.Printf}
+	serve(a, *port)
+}
+
+// findPort returns /dev/vportNpM for the virtio-serial port with the given name.
+func findPort(name string) string {
+	paths, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return "/dev/" + filepath.Base(filepath.Dir(p))
+		}
+	}
+	return ""
+}
+
+func serve(a *qga.Agent, dev string) {
+	warned := false
+	for {
+		path := dev
+		if path == "" {
+			path = findPort(portName)
+		}
+		if path == "" {
+			if !warned {
+				log.Printf("virtio port %s not found; waiting", portName)
+				warned = true
+			}
+			time.Sleep(time.Second)
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			log.Printf("open %s: %v", path, err)
+			time.Sleep(time.Second)
+			continue
+		}
+		log.Printf("serving on %s", path)
+		warned = false
+		for {
+			// Serve returns on EOF (host side not connected) or error;
+			// keep the device open and poll again shortly. Each call
+			// starts with a fresh parser.
+			err := a.Serve(f, f)
+			if err != nil && err != io.EOF {
+				log.Printf("read %s: %v; reopening", path, err)
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		f.Close()
+		time.Sleep(time.Second)
+	}
+}
+
+var shutdownOnce sync.Once
+
+// shutdown syncs the disks and powers off, halts or reboots. The busybox
+// init scheme of this image has nothing to stop cleanly, so this calls
+// reboot(2) directly after sync.
+func shutdown(mode string) error {
+	cmd := syscall.LINUX_REBOOT_CMD_POWER_OFF
+	switch mode {
+	case "halt":
+		cmd = syscall.LINUX_REBOOT_CMD_HALT
+	case "reboot":
+		cmd = syscall.LINUX_REBOOT_CMD_RESTART
+	}
+	shutdownOnce.Do(func() {
+		go func() {
+			log.Printf("shutdown: %s", mode)
+			if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+				fmt.Fprintf(c, "vmfest-tiny: %s\n", mode)
+				c.Close()
+			}
+			// Let pending output (and the host) catch up briefly.
+			time.Sleep(100 * time.Millisecond)
+			// Ask the other processes to exit, then sync and power off.
+			syscall.Kill(-1, syscall.SIGTERM)
+			time.Sleep(200 * time.Millisecond)
+			syscall.Sync()
+			if err := syscall.Reboot(cmd); err != nil {
+				log.Printf("reboot(%s): %v", mode, err)
+			}
+		}()
+	})
+	return nil
+}
+
+// watchPowerButton watches all /dev/input/event* devices (rescanning for new
+// ones) and powers off on KEY_POWER press.
+func watchPowerButton() {
+	opened := map[string]bool{}
+	var mu sync.Mutex
+	for {
+		paths, _ := filepath.Glob("/dev/input/event*")
+		for _, p := range paths {
+			mu.Lock()
+			seen := opened[p]
+			opened[p] = true
+			mu.Unlock()
+			if seen {
+				continue
+			}
+			go func(p string) {
+				readEvents(p)
+				mu.Lock()
+				delete(opened, p)
+				mu.Unlock()
+			}(p)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+const (
+	evKey    = 1
+	keyPower = 116
+)
+
+func readEvents(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	// struct input_event on 64-bit: struct timeval (16 bytes), __u16 type,
+	// __u16 code, __s32 value.
+	const size = 24
+	buf := make([]byte, size*16)
+	for {
+		n, err := io.ReadAtLeast(f, buf, size)
+		if err != nil {
+			return
+		}
+		for off := 0; off+size <= n; off += size {
+			ev := buf[off : off+size]
+			typ := binary.LittleEndian.Uint16(ev[16:])
+			code := binary.LittleEndian.Uint16(ev[18:])
+			val := int32(binary.LittleEndian.Uint32(ev[20:]))
+			if typ == evKey && code == keyPower && val == 1 {
+				log.Printf("power button pressed (%s)", path)
+				shutdown("powerdown")
+			}
+		}
+	}
+}

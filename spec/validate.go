@@ -1,0 +1,242 @@
+package spec
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"strings"
+)
+
+// ErrInvalid is wrapped by every validation error, so callers can tell bad
+// input from other failures with errors.Is.
+var ErrInvalid = errors.New("invalid spec")
+
+// FieldError is one problem with one field of a spec.
+type FieldError struct {
+	// Field is the key path, e.g. "network[1].adapter-type".
+	Field string
+	// Problem says what is wrong and what is allowed.
+	Problem string
+}
+
+func (e FieldError) Error() string { return e.Field + ": " + e.Problem }
+
+// ValidationError lists every problem found in a spec.
+type ValidationError struct {
+	Problems []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+type problems []FieldError
+
+func (p *problems) add(field, format string, args ...any) {
+	*p = append(*p, FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
+}
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return &ValidationError{Problems: p}
+}
+
+// Allowed values, in the order error messages list them.
+var (
+	// attachment types this version supports.
+	supportedAttachments = []string{AttachNAT, AttachNone}
+	adapterTypes         = []string{AdapterVirtio, AdapterE1000, AdapterRTL8139, AdapterPCNet}
+	buses                = []string{BusIDE, BusSATA, BusSCSI, BusVirtio}
+	deviceTypes          = []string{DeviceHardDisk, DeviceDVD}
+	firmwares            = []string{FirmwareBIOS, FirmwareEFI}
+)
+
+// SlotCount is the number of slots a controller on the given bus has.
+func SlotCount(bus string) int {
+	switch bus {
+	case BusIDE:
+		return 4 // primary and secondary channel, master and slave
+	case BusSATA:
+		return 6 // the ports of one AHCI controller
+	case BusSCSI, BusVirtio:
+		return 16
+	}
+	return 0
+}
+
+// MaxMemorySize is the largest memory-size accepted, in MiB (1 TiB).
+const MaxMemorySize = 1 << 20
+
+// Validate checks a hardware spec after defaults are applied (see
+// WithDefaults) against the rules of this version and the host's CPU count.
+// The error lists every problem, each naming its field and what is allowed.
+func (h Hardware) Validate() error {
+	return h.validate(runtime.NumCPU())
+}
+
+func (h Hardware) validate(hostCPUs int) error {
+	var p problems
+	switch {
+	case h.MemorySize <= 0:
+		p.add("memory-size", "must be a positive number of MiB, got %d", h.MemorySize)
+	case h.MemorySize > MaxMemorySize:
+		p.add("memory-size", "%d MiB is more than the %d MiB allowed", h.MemorySize, MaxMemorySize)
+	}
+	switch {
+	case h.CPUCount <= 0:
+		p.add("cpu-count", "must be at least 1, got %d", h.CPUCount)
+	case h.CPUCount > hostCPUs:
+		p.add("cpu-count", "%d is more than the host's %d CPUs", h.CPUCount, hostCPUs)
+	}
+	macs := map[string]int{}
+	for i, n := range h.Network {
+		f := fmt.Sprintf("network[%d]", i)
+		if !slices.Contains(supportedAttachments, n.AttachmentType) {
+			p.add(f+".attachment-type", "%q is not supported; allowed: %s", n.AttachmentType, strings.Join(supportedAttachments, ", "))
+		}
+		if !slices.Contains(adapterTypes, n.AdapterType) {
+			p.add(f+".adapter-type", "%q is not supported; allowed: %s", n.AdapterType, strings.Join(adapterTypes, ", "))
+		}
+		if n.MACAddress != "" {
+			if err := checkMAC(n.MACAddress); err != nil {
+				p.add(f+".mac-address", "%v", err)
+			} else if j, dup := macs[strings.ToLower(n.MACAddress)]; dup {
+				p.add(f+".mac-address", "%s is already used by network[%d]", n.MACAddress, j)
+			} else {
+				macs[strings.ToLower(n.MACAddress)] = i
+			}
+		}
+	}
+	names := map[string]bool{}
+	ide := 0
+	for i, c := range h.Storage {
+		f := fmt.Sprintf("storage[%d]", i)
+		if strings.TrimSpace(c.Name) == "" {
+			p.add(f+".name", "must not be empty")
+		} else if names[c.Name] {
+			p.add(f+".name", "%q names another controller too; names must be unique", c.Name)
+		}
+		names[c.Name] = true
+		if !slices.Contains(buses, c.Bus) {
+			p.add(f+".bus", "%q is not supported; allowed: %s", c.Bus, strings.Join(buses, ", "))
+			continue
+		}
+		if c.Bus == BusIDE {
+			ide++
+			if ide == 2 {
+				p.add(f+".bus", "a machine has one IDE controller; use sata, scsi or virtio for more")
+			}
+		}
+		if max := SlotCount(c.Bus); len(c.Devices) > max {
+			p.add(f+".devices", "%d slots given but a %s controller has slots 0-%d", len(c.Devices), c.Bus, max-1)
+		}
+		for j, d := range c.Devices {
+			if d == nil {
+				continue
+			}
+			if !slices.Contains(deviceTypes, d.DeviceType) {
+				p.add(fmt.Sprintf("%s.devices[%d].device-type", f, j), "%q is not supported; allowed: %s", d.DeviceType, strings.Join(deviceTypes, ", "))
+			}
+		}
+	}
+	if len(h.Storage) == 0 {
+		p.add("storage", "at least one controller is needed to hold the boot disk")
+	}
+	if bp := h.BootMountPoint; bp == nil {
+		p.add("boot-mount-point", "must name a controller and slot, e.g. [%s, 0]", DefaultIDEName)
+	} else if c, ok := h.Controller(bp.Controller); !ok {
+		p.add("boot-mount-point", "%q names no controller; controllers: %s", bp.Controller, strings.Join(h.controllerNames(), ", "))
+	} else if max := SlotCount(c.Bus); bp.Slot < 0 || bp.Slot >= max {
+		p.add("boot-mount-point", "slot %d is outside %s's slots 0-%d", bp.Slot, c.Name, max-1)
+	} else if bp.Slot < len(c.Devices) && c.Devices[bp.Slot] != nil && c.Devices[bp.Slot].DeviceType != DeviceHardDisk {
+		p.add("boot-mount-point", "slot %d of %s already holds a %s; the boot disk needs an empty or hard-disk slot", bp.Slot, c.Name, c.Devices[bp.Slot].DeviceType)
+	}
+	// A hard-disk slot other than the boot mount point would have no disk.
+	for i, c := range h.Storage {
+		for j, d := range c.Devices {
+			if d == nil || d.DeviceType != DeviceHardDisk {
+				continue
+			}
+			if bp := h.BootMountPoint; bp != nil && bp.Controller == c.Name && bp.Slot == j {
+				continue
+			}
+			p.add(fmt.Sprintf("storage[%d].devices[%d]", i, j), "a hard-disk slot needs a disk; only the boot-mount-point slot takes one (the image)")
+		}
+	}
+	if !slices.Contains(firmwares, h.Firmware) {
+		p.add("firmware", "%q is not supported; allowed: %s", h.Firmware, strings.Join(firmwares, ", "))
+	}
+	return p.err()
+}
+
+// Controller returns the storage controller with the given name.
+func (h Hardware) Controller(name string) (Controller, bool) {
+	for _, c := range h.Storage {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Controller{}, false
+}
+
+func (h Hardware) controllerNames() []string {
+	names := make([]string, len(h.Storage))
+	for i, c := range h.Storage {
+		names[i] = fmt.Sprintf("%q", c.Name)
+	}
+	if len(names) == 0 {
+		return []string{"(none)"}
+	}
+	return names
+}
+
+func checkMAC(s string) error {
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return fmt.Errorf("%q is not a MAC address like 52:54:00:12:34:56", s)
+	}
+	if hw[0]&1 != 0 {
+		return fmt.Errorf("%s is a multicast address; the first octet must be even", s)
+	}
+	return nil
+}
+
+// Validate checks an image spec: it must say where its disk is.
+func (im Image) Validate() error {
+	var p problems
+	if strings.TrimSpace(im.Location) == "" {
+		p.add("location", "must give the path of the boot disk image")
+	}
+	if strings.ContainsRune(im.Location, 0) {
+		p.add("location", "must not contain a NUL byte")
+	}
+	if im.Hardware != nil {
+		// Overrides are checked once merged; here only their enumerations.
+		o := im.Hardware.Clone()
+		var sub problems
+		for i, n := range o.Network {
+			if n.AttachmentType != "" && !slices.Contains(supportedAttachments, n.AttachmentType) {
+				sub.add(fmt.Sprintf("hardware.network[%d].attachment-type", i), "%q is not supported; allowed: %s", n.AttachmentType, strings.Join(supportedAttachments, ", "))
+			}
+		}
+		if o.MemorySize < 0 {
+			sub.add("hardware.memory-size", "must be a positive number of MiB, got %d", o.MemorySize)
+		}
+		if o.CPUCount < 0 {
+			sub.add("hardware.cpu-count", "must be at least 1, got %d", o.CPUCount)
+		}
+		p = append(p, sub...)
+	}
+	return p.err()
+}

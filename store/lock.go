@@ -1,0 +1,73 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lock is a held exclusive lock on one object's directory. Locks are
+// flock(2) locks on the directory itself, so they serialise operations across
+// goroutines (each Lock opens its own file description) and across processes,
+// are released by the kernel if the holder dies, and leave no lock files
+// behind. A directory renamed or removed while a waiter holds it open hands
+// the waiter a lock on a dead directory: callers re-check that the object
+// still exists after locking (see LockDir's doc).
+type Lock struct {
+	f *os.File
+}
+
+// LockDir takes the exclusive lock of the directory at path, waiting until
+// it is free or ctx is done. It fails with an error wrapping fs.ErrNotExist
+// when the directory does not exist, including when it was removed while
+// this call waited.
+func LockDir(ctx context.Context, path string) (*Lock, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	delay := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			// The directory may have been removed or replaced while we waited.
+			var held, now unix.Stat_t
+			if err := unix.Fstat(int(f.Fd()), &held); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock %s: %w", path, err)
+			}
+			if err := unix.Stat(path, &now); err != nil || now.Ino != held.Ino || now.Dev != held.Dev {
+				f.Close()
+				return nil, fmt.Errorf("lock %s: %w", path, fs.ErrNotExist)
+			}
+			return &Lock{f: f}, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: another operation holds it: %w", path, ctx.Err())
+		case <-time.After(delay):
+		}
+		if delay < 50*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// Unlock releases the lock. It is safe to call more than once.
+func (l *Lock) Unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Close() // closing the description releases the flock
+	l.f = nil
+}
