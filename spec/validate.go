@@ -145,6 +145,9 @@ func (h Hardware) validate(hostCPUs int) error {
 			if d == nil {
 				continue
 			}
+			if c.Bus == BusVirtio && d.DeviceType == DeviceDVD {
+				p.add(fmt.Sprintf("%s.devices[%d]", f, j), "a virtio bus holds hard disks only; put the dvd on ide, sata or scsi")
+			}
 			if !slices.Contains(deviceTypes, d.DeviceType) {
 				p.add(fmt.Sprintf("%s.devices[%d].device-type", f, j), "%q is not supported; allowed: %s", d.DeviceType, strings.Join(deviceTypes, ", "))
 			}
@@ -173,6 +176,9 @@ func (h Hardware) validate(hostCPUs int) error {
 			}
 			p.add(fmt.Sprintf("storage[%d].devices[%d]", i, j), "a hard-disk slot needs a disk; only the boot-mount-point slot takes one (the image)")
 		}
+	}
+	if h.IOAPICEnabled != nil && !*h.IOAPICEnabled && h.CPUCount > 1 {
+		p.add("io-apic-enabled", "false with cpu-count %d: more than one CPU needs the I/O APIC", h.CPUCount)
 	}
 	if !slices.Contains(firmwares, h.Firmware) {
 		p.add("firmware", "%q is not supported; allowed: %s", h.Firmware, strings.Join(firmwares, ", "))

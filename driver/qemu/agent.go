@@ -104,9 +104,17 @@ func (a *Agent) Execute(ctx context.Context, command string, args any) (json.Raw
 	if command == "guest-shutdown" {
 		return nil, nil // the agent sends no reply; the guest goes down
 	}
-	line, err := a.c.readLine(ctx, deadline(ctx))
-	if err != nil {
-		return nil, timeoutErr("guest agent "+command, err)
+	var line []byte
+	for {
+		line, err = a.c.readLine(ctx, deadline(ctx))
+		if err != nil {
+			return nil, timeoutErr("guest agent "+command, err)
+		}
+		// Late answers to the syncs sent while the agent was starting
+		// are delimited by 0xFF: skip them.
+		if bytes.IndexByte(line, 0xff) < 0 {
+			break
+		}
 	}
 	var reply struct {
 		Return json.RawMessage `json:"return"`

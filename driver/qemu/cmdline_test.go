@@ -1,0 +1,160 @@
+package qemu
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmfest/vmfest/spec"
+)
+
+func hw(modify func(*spec.Hardware)) spec.Hardware {
+	h := spec.BuiltinHardware()["micro"]
+	h.Network[0].MACAddress = "52:54:00:00:00:01"
+	if modify != nil {
+		modify(&h)
+	}
+	return h
+}
+
+func TestArgs(t *testing.T) {
+	tests := []struct {
+		name     string
+		hardware spec.Hardware
+		accel    string
+		want     []string // substrings of the joined command line
+		not      []string
+	}{
+		{"micro on ide", hw(nil), AccelTCG, []string{
+			"-machine pc,accel=tcg", "-m 512", "-smp 1", "-nodefaults",
+			"-chardev file,id=serial0,path=/m/x/serial.log", "-serial chardev:serial0",
+			"-qmp unix:/m/x/qmp.sock,server=on,wait=off",
+			"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+			"-pidfile /m/x/qemu.pid", "-daemonize",
+			"-drive if=none,id=ctl0-0,file=/img/d.qcow2,format=qcow2",
+			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0",
+			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
+			"-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+		}, []string{"-cpu host", "acpi=off"}},
+		{"kvm uses the host cpu", hw(nil), AccelKVM, []string{"accel=kvm", "-cpu host"}, nil},
+		{"acpi off", hw(func(h *spec.Hardware) { h.ACPIEnabled = spec.Bool(false) }), AccelTCG, []string{"pc,accel=tcg,acpi=off"}, nil},
+		{"adapters", hw(func(h *spec.Hardware) {
+			h.Network = []spec.NIC{
+				{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterE1000, MACAddress: "52:54:00:00:00:02"},
+				{AttachmentType: spec.AttachNone, AdapterType: spec.AdapterVirtio, MACAddress: "52:54:00:00:00:03"},
+				{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterPCNet, MACAddress: "52:54:00:00:00:04"},
+			}
+		}), AccelTCG, []string{"-device e1000,netdev=net0,mac=52:54:00:00:00:02", "-device pcnet,netdev=net2,mac=52:54:00:00:00:04"}, []string{"net1", "00:03"}},
+		{"sata scsi virtio", hw(func(h *spec.Hardware) {
+			h.Storage = []spec.Controller{
+				{Name: "SATA", Bus: spec.BusSATA, Devices: []*spec.Device{nil, {DeviceType: spec.DeviceDVD}}},
+				{Name: "SCSI", Bus: spec.BusSCSI, Devices: []*spec.Device{nil, nil, {DeviceType: spec.DeviceDVD}}},
+				{Name: "VirtIO", Bus: spec.BusVirtio},
+			}
+			h.BootMountPoint = &spec.MountPoint{Controller: "VirtIO", Slot: 1}
+		}), AccelTCG, []string{
+			"-device ahci,id=ctl0", "-device ide-cd,bus=ctl0.1,drive=ctl0-1",
+			"-device virtio-scsi-pci,id=ctl1", "-device scsi-cd,bus=ctl1.0,channel=0,scsi-id=2,lun=0,drive=ctl1-2",
+			"-device virtio-blk-pci,drive=ctl2-1,bootindex=0",
+		}, []string{"ide.0"}},
+		{"sata boot", hw(func(h *spec.Hardware) {
+			h.Storage = []spec.Controller{{Name: "SATA", Bus: spec.BusSATA}}
+			h.BootMountPoint = &spec.MountPoint{Controller: "SATA", Slot: 3}
+		}), AccelTCG, []string{"-device ide-hd,bus=ctl0.3,drive=ctl0-3,bootindex=0"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Name: "x", Dir: "/m/x", Hardware: tt.hardware, Disk: Disk{Path: "/img/d.qcow2", Format: "qcow2"}, Accel: tt.accel}
+			args, err := cfg.Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			line := strings.Join(args, " ")
+			for _, w := range tt.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("command line lacks %q:\n%s", w, line)
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(line, n) {
+					t.Errorf("command line has %q:\n%s", n, line)
+				}
+			}
+		})
+	}
+}
+
+func TestArgsErrors(t *testing.T) {
+	long := "/" + strings.Repeat("d", 120)
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"relative dir", Config{Dir: "m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "absolute"},
+		{"long dir", Config{Dir: long, Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "too long"},
+		{"accel", Config{Dir: "/m", Hardware: hw(nil), Accel: "hvf", Disk: Disk{"/d", "raw"}}, "allowed: kvm, tcg"},
+		{"format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "vdi"}}, "allowed: qcow2, raw"},
+		{"no mac", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Network[0].MACAddress = "" }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "no MAC"},
+		{"efi without ovmf", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Firmware = spec.FirmwareEFI }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}, OVMF: "/nonexistent/OVMF.fd"}, "ovmf"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.cfg.Args()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestEscapeComma(t *testing.T) {
+	cfg := Config{Name: "x", Dir: "/m,1/x", Hardware: hw(nil), Disk: Disk{Path: "/a,b.qcow2", Format: "qcow2"}, Accel: AccelTCG}
+	args, err := cfg.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Join(args, " ")
+	for _, w := range []string{"file=/a,,b.qcow2", "unix:/m,,1/x/qmp.sock", "-pidfile /m,1/x/qemu.pid"} {
+		if !strings.Contains(line, w) {
+			t.Errorf("lacks %q: %s", w, line)
+		}
+	}
+}
+
+func TestChooseAccel(t *testing.T) {
+	dir := t.TempDir()
+	kvm := filepath.Join(dir, "kvm")
+	os.WriteFile(kvm, nil, 0o666)
+	withVMX := filepath.Join(dir, "vmx")
+	os.WriteFile(withVMX, []byte("processor\t: 0\nflags\t\t: fpu vme vmx sse\n"), 0o644)
+	without := filepath.Join(dir, "novmx")
+	os.WriteFile(without, []byte("processor\t: 0\nflags\t\t: fpu vme sse hypervisor\n"), 0o644)
+	tests := []struct {
+		name, want string
+		host       Host
+		accel      string
+		note       bool
+	}{
+		{"kvm and vmx", AccelAuto, Host{kvm, withVMX}, AccelKVM, false},
+		{"no device", "", Host{filepath.Join(dir, "none"), withVMX}, AccelTCG, true},
+		{"device without vmx/svm", AccelAuto, Host{kvm, without}, AccelTCG, true},
+		{"forced tcg", "tcg", Host{kvm, withVMX}, AccelTCG, false},
+		{"forced kvm", "KVM", Host{filepath.Join(dir, "none"), without}, AccelKVM, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			accel, note, err := ChooseAccel(tt.want, tt.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if accel != tt.accel || (note != "") != tt.note {
+				t.Fatalf("got %s %q", accel, note)
+			}
+		})
+	}
+	if _, _, err := ChooseAccel("xen", DefaultHost()); err == nil || !strings.Contains(err.Error(), "allowed: kvm, tcg, auto") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -1,0 +1,118 @@
+package qemu
+
+import (
+	"context"
+	"github.com/vmfest/vmfest/spec"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// startBlank starts a real QEMU with a blank disk (no guest OS: the BIOS
+// finds nothing to boot, which is enough to drive QEMU's own lifecycle).
+func startBlank(t *testing.T) Config {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vmq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "blank.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Name: "blank", Dir: dir, Hardware: hw(func(h *spec.Hardware) { h.MemorySize = 64 }), Disk: Disk{Path: disk, Format: "raw"}, Accel: AccelTCG}
+	t.Cleanup(func() {
+		Kill(dir)
+		WaitExit(context.Background(), dir)
+		os.RemoveAll(dir)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Start(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestProcessLifecycle(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatal("qemu-system-x86_64 is needed: apt-get install qemu-system-x86")
+	}
+	ctx := context.Background()
+	cfg := startBlank(t)
+	expect := func(want State) {
+		t.Helper()
+		got, err := Inspect(ctx, cfg.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("state = %s, want %s", got, want)
+		}
+	}
+	expect(Running)
+	pid, alive, err := PID(cfg.Dir)
+	if err != nil || !alive || pid <= 0 {
+		t.Fatalf("PID = %d %v %v", pid, alive, err)
+	}
+	if _, err := RunQMP(ctx, cfg.Path(QMPSocket), "stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	expect(Paused)
+	if _, err := RunQMP(ctx, cfg.Path(QMPSocket), "cont", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := MarkStopping(cfg.Dir, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	expect(Stopping)
+	ClearStopping(cfg.Dir)
+	expect(Running)
+	if err := Clean(cfg.Dir); err == nil {
+		t.Fatal("Clean succeeded while QEMU runs")
+	}
+
+	// Killed: the pidfile stays behind unlocked, which reads as aborted.
+	if err := Kill(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := WaitExit(wctx, cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	expect(Aborted)
+	if err := Clean(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	expect(PoweredOff)
+
+	// A clean quit removes the pidfile: powered off.
+	if err := Start(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	expect(Running)
+	if _, err := RunQMP(ctx, cfg.Path(QMPSocket), "quit", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitExit(wctx, cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	expect(PoweredOff)
+}
+
+func TestStartFailureReportsQEMUError(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Name: "bad", Dir: dir, Hardware: hw(nil), Disk: Disk{Path: filepath.Join(dir, "missing.qcow2"), Format: "qcow2"}, Accel: AccelTCG}
+	err := Start(context.Background(), cfg)
+	if err == nil {
+		Kill(dir)
+		t.Fatal("QEMU started without its disk")
+	}
+	if st, _ := Inspect(context.Background(), dir); st != PoweredOff {
+		t.Fatalf("state after failed start = %s", st)
+	}
+	t.Log(err)
+}

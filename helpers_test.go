@@ -1,0 +1,86 @@
+package vmfest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// newTestServer returns a Local server over a fresh state directory (short,
+// for Unix socket paths). Cleanup kills every QEMU it started and removes
+// the directory, whether the test passed or not.
+func newTestServer(t *testing.T) *Local {
+	t.Helper()
+	home, err := os.MkdirTemp("", "vmf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocal(Config{Home: home, Accel: os.Getenv("VMFEST_ACCEL"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(l.home.MachinesPath())
+		for _, e := range entries {
+			dir := filepath.Join(l.home.MachinesPath(), e.Name())
+			qemu.Kill(dir)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			qemu.WaitExit(ctx, dir)
+			cancel()
+		}
+		os.RemoveAll(home)
+	})
+	return l
+}
+
+// blankImage writes a small immutable (read-only) qcow2-less raw disk with
+// no OS: enough for QEMU to run, not for a guest to boot.
+func blankImage(t *testing.T, dir string) spec.Image {
+	t.Helper()
+	path := filepath.Join(dir, "blank.raw")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return spec.Image{Location: path, Immutable: true}
+}
+
+// tinyImage returns the spec of the tiny guest built by `make image`
+// (build/vmfest-tiny.meta, or $VMFEST_TEST_IMAGE). Tests that boot a real
+// guest are skipped with -short and fail when the image is missing.
+func tinyImage(t *testing.T) spec.Image {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a real guest; skipped with -short")
+	}
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		meta = filepath.Join("build", "vmfest-tiny.meta")
+	}
+	data, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+	}
+	im, err := spec.ParseImage(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(im.Location) {
+		abs, _ := filepath.Abs(filepath.Join(filepath.Dir(meta), im.Location))
+		im.Location = abs
+	}
+	return im
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

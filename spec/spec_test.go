@@ -1,0 +1,256 @@
+package spec
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseHardwareVMFestKeys(t *testing.T) {
+	doc := `
+memory-size: 768
+cpu-count: 1
+network:
+  - attachment-type: nat
+    adapter-type: e1000
+    mac-address: "52:54:00:aa:bb:cc"
+storage:
+  - name: IDE Controller
+    bus: ide
+    devices: [null, null, {device-type: dvd}, null]
+boot-mount-point: [IDE Controller, 0]
+acpi-enabled: true
+io-apic-enabled: true
+firmware: bios
+`
+	h, err := ParseHardware([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.MemorySize != 768 || h.CPUCount != 1 || h.Network[0].AdapterType != "e1000" || h.Network[0].MACAddress != "52:54:00:aa:bb:cc" {
+		t.Fatalf("parsed %+v", h)
+	}
+	if h.BootMountPoint == nil || *h.BootMountPoint != (MountPoint{"IDE Controller", 0}) {
+		t.Fatalf("boot-mount-point = %v", h.BootMountPoint)
+	}
+	if d := h.Storage[0].Devices; len(d) != 4 || d[0] != nil || d[2] == nil || d[2].DeviceType != DeviceDVD {
+		t.Fatalf("devices = %v", d)
+	}
+	if err := h.WithDefaults().validate(4); err != nil {
+		t.Fatal(err)
+	}
+	// Round trip through JSON and YAML keeps every key.
+	js, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseHardware(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js2, _ := json.Marshal(back)
+	if string(js) != string(js2) {
+		t.Fatalf("JSON round trip changed the spec:\n%s\n%s", js, js2)
+	}
+	y, err := MarshalYAML(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err = ParseHardware(y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js3, _ := json.Marshal(back)
+	if string(js) != string(js3) {
+		t.Fatalf("YAML round trip changed the spec:\n%s\n%s", js, js3)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"unknown key", "memory-size: 512\nmemroy: 3\n", `unknown key "memroy"`},
+		{"unknown nested key", "network: [{attachment-type: nat, speed: 10}]\n", `unknown key "speed"`},
+		{"wrong type", "memory-size: lots\n", "memory-size"},
+		{"bad mount point", "boot-mount-point: [IDE Controller]\n", "boot-mount-point"},
+		{"empty", "  \n", "empty document"},
+		{"not yaml", "memory-size: [\n", "not valid YAML"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseHardware([]byte(tt.doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	h := Hardware{}.WithDefaults()
+	if h.MemorySize != DefaultMemorySize || h.CPUCount != 1 || len(h.Network) != 1 || h.Network[0].AttachmentType != AttachNAT || h.Network[0].AdapterType != AdapterVirtio {
+		t.Fatalf("defaults = %+v", h)
+	}
+	if h.BootMountPoint.String() != "[IDE Controller, 0]" || !*h.ACPIEnabled || !*h.IOAPICEnabled || h.Firmware != FirmwareBIOS {
+		t.Fatalf("defaults = %+v", h)
+	}
+	if err := h.validate(1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := func() Hardware { return Hardware{}.WithDefaults() }
+	tests := []struct {
+		name   string
+		modify func(*Hardware)
+		field  string
+		want   string
+	}{
+		{"memory zero", func(h *Hardware) { h.MemorySize = -1 }, "memory-size", "positive"},
+		{"memory huge", func(h *Hardware) { h.MemorySize = MaxMemorySize + 1 }, "memory-size", "more than"},
+		{"cpus over host", func(h *Hardware) { h.CPUCount = 3 }, "cpu-count", "more than the host's 2 CPUs"},
+		{"cpus zero", func(h *Hardware) { h.CPUCount = -2 }, "cpu-count", "at least 1"},
+		{"attachment", func(h *Hardware) { h.Network[0].AttachmentType = "wifi" }, "network[0].attachment-type", "allowed: nat, none"},
+		{"adapter", func(h *Hardware) { h.Network[0].AdapterType = "ne2k" }, "network[0].adapter-type", "allowed: virtio, e1000, rtl8139, pcnet"},
+		{"mac", func(h *Hardware) { h.Network[0].MACAddress = "zz" }, "network[0].mac-address", "not a MAC"},
+		{"multicast mac", func(h *Hardware) { h.Network[0].MACAddress = "01:00:5e:00:00:01" }, "network[0].mac-address", "multicast"},
+		{"duplicate mac", func(h *Hardware) {
+			h.Network = []NIC{{AttachmentType: AttachNAT, AdapterType: AdapterVirtio, MACAddress: "52:54:00:00:00:01"}, {AttachmentType: AttachNAT, AdapterType: AdapterVirtio, MACAddress: "52:54:00:00:00:01"}}
+		}, "network[1].mac-address", "already used"},
+		{"bus", func(h *Hardware) { h.Storage[0].Bus = "floppy" }, "storage[0].bus", "allowed: ide, sata, scsi, virtio"},
+		{"ide slot past 3", func(h *Hardware) { h.Storage[0].Devices = append(h.Storage[0].Devices, &Device{DeviceType: DeviceDVD}) }, "storage[0].devices", "slots 0-3"},
+		{"device type", func(h *Hardware) { h.Storage[0].Devices[2].DeviceType = "tape" }, "storage[0].devices[2].device-type", "allowed: hard-disk, dvd"},
+		{"boot names no controller", func(h *Hardware) { h.BootMountPoint.Controller = "SATA" }, "boot-mount-point", `"SATA" names no controller; controllers: "IDE Controller"`},
+		{"boot slot past 3", func(h *Hardware) { h.BootMountPoint.Slot = 4 }, "boot-mount-point", "slots 0-3"},
+		{"boot slot taken", func(h *Hardware) { h.BootMountPoint.Slot = 2 }, "boot-mount-point", "already holds a dvd"},
+		{"two controllers one name", func(h *Hardware) {
+			h.Storage = append(h.Storage, Controller{Name: DefaultIDEName, Bus: BusSATA})
+		}, "storage[1].name", "unique"},
+		{"two ide controllers", func(h *Hardware) { h.Storage = append(h.Storage, Controller{Name: "IDE 2", Bus: BusIDE}) }, "storage[1].bus", "one IDE controller"},
+		{"dvd on virtio", func(h *Hardware) {
+			h.Storage = append(h.Storage, Controller{Name: "V", Bus: BusVirtio, Devices: []*Device{{DeviceType: DeviceDVD}}})
+		}, "storage[1].devices[0]", "hard disks only"},
+		{"stray hard disk", func(h *Hardware) { h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk} }, "storage[0].devices[1]", "needs a disk"},
+		{"firmware", func(h *Hardware) { h.Firmware = "coreboot" }, "firmware", "allowed: bios, efi"},
+		{"no storage", func(h *Hardware) { h.Storage = []Controller{} }, "storage", "at least one controller"},
+		{"ioapic off with smp", func(h *Hardware) { h.CPUCount = 2; h.IOAPICEnabled = Bool(false) }, "io-apic-enabled", "needs the I/O APIC"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := base()
+			tt.modify(&h)
+			err := h.validate(2)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error does not wrap ErrInvalid: %v", err)
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("not a ValidationError: %v", err)
+			}
+			for _, p := range ve.Problems {
+				if p.Field == tt.field && strings.Contains(p.Problem, tt.want) {
+					return
+				}
+			}
+			t.Fatalf("err = %v, want field %s saying %q", err, tt.field, tt.want)
+		})
+	}
+}
+
+func TestValidBuses(t *testing.T) {
+	h := Hardware{
+		Storage: []Controller{
+			{Name: "SATA", Bus: BusSATA, Devices: []*Device{nil, {DeviceType: DeviceDVD}}},
+			{Name: "SCSI", Bus: BusSCSI, Devices: []*Device{{DeviceType: DeviceDVD}}},
+			{Name: "VirtIO", Bus: BusVirtio},
+		},
+		BootMountPoint: &MountPoint{"VirtIO", 0},
+	}.WithDefaults()
+	if err := h.validate(1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuiltinModels(t *testing.T) {
+	want := map[string][2]int{"micro": {512, 1}, "small": {1024, 1}, "medium": {2048, 2}, "large": {4096, 4}, "xlarge": {8192, 8}}
+	got := BuiltinHardware()
+	if len(got) != len(want) {
+		t.Fatalf("models = %v", BuiltinHardwareNames())
+	}
+	for name, w := range want {
+		h := got[name]
+		if h.MemorySize != w[0] || h.CPUCount != w[1] {
+			t.Errorf("%s = %d MiB/%d CPU, want %d/%d", name, h.MemorySize, h.CPUCount, w[0], w[1])
+		}
+		if len(h.Network) != 1 || h.Network[0].AttachmentType != AttachNAT || h.BootMountPoint.String() != "[IDE Controller, 0]" {
+			t.Errorf("%s: %+v", name, h)
+		}
+		if err := h.validate(8); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if names := BuiltinHardwareNames(); strings.Join(names, ",") != "micro,small,medium,large,xlarge" {
+		t.Errorf("names = %v", names)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	base := BuiltinHardware()["small"]
+	over := &Hardware{MemorySize: 256, Network: []NIC{{AttachmentType: AttachNone}}, ACPIEnabled: Bool(false)}
+	got := Merge(base, over)
+	if got.MemorySize != 256 || got.CPUCount != 1 || len(got.Network) != 1 || got.Network[0].AttachmentType != AttachNone || *got.ACPIEnabled {
+		t.Fatalf("merged = %+v", got)
+	}
+	if base.MemorySize != 1024 || !*base.ACPIEnabled {
+		t.Fatal("merge changed its base")
+	}
+	// New storage without a boot mount point: the default picks its first controller.
+	got = Merge(base, &Hardware{Storage: []Controller{{Name: "V", Bus: BusVirtio}}}).WithDefaults()
+	if got.BootMountPoint.Controller != "V" {
+		t.Fatalf("boot = %v", got.BootMountPoint)
+	}
+}
+
+func TestParseImage(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		want      Image
+		err       string
+	}{
+		{"location", `{"location": "/i/d.qcow2", "immutable": true, "os-family": "linux", "os-64-bit": true, "username": "root"}`,
+			Image{Location: "/i/d.qcow2", Immutable: true, OSFamily: "linux", OS64Bit: true, Username: "root"}, ""},
+		{"uuid alias", "uuid: /i/d.vdi\nos-version: '12'\n", Image{Location: "/i/d.vdi", OSVersion: "12"}, ""},
+		{"both agree", "uuid: /a\nlocation: /a\n", Image{Location: "/a"}, ""},
+		{"both differ", "uuid: /a\nlocation: /b\n", Image{}, "differ"},
+		{"unknown key", "location: /a\ncolour: blue\n", Image{}, `unknown key "colour"`},
+		{"hardware override", "location: /a\nhardware: {memory-size: 128}\n", Image{Location: "/a", Hardware: &Hardware{MemorySize: 128}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseImage([]byte(tt.doc))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, _ := json.Marshal(got)
+			b, _ := json.Marshal(tt.want)
+			if string(a) != string(b) {
+				t.Fatalf("got %s want %s", a, b)
+			}
+		})
+	}
+	if err := (Image{}).Validate(); err == nil || !strings.Contains(err.Error(), "location") {
+		t.Fatalf("empty image validated: %v", err)
+	}
+}
