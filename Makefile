@@ -1,0 +1,42 @@
+# vmfest — see README.md.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+BUILD   := build
+VMFEST  := $(BUILD)/vmfest
+IMAGE   := $(BUILD)/vmfest-tiny.qcow2
+META    := $(BUILD)/vmfest-tiny.meta
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all deps build image demo test test-short vet clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build:
+	go build -ldflags "-X main.version=$(VERSION)" -o $(VMFEST) ./cmd/vmfest
+
+# The tiny guest (kernel, busybox, dropbear, the vmfest agent) from Debian packages.
+image: deps
+	bash guest/build-image.sh $(BUILD)
+
+# Create and start a real machine from the tiny image.
+demo: deps build image
+	@bash scripts/demo.sh $(VMFEST) $(META)
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	go vet ./...
+
+# Unit tests plus the end-to-end suite, which boots real guests.
+test: deps image vet
+	VMFEST_TEST_IMAGE=$(abspath $(META)) go test -count=1 -timeout 25m ./...
+
+# Unit tests only: no guest is booted.
+test-short: vet
+	go test -short -count=1 ./...
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,284 @@
+package vmfest
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/driver/qemu"
+)
+
+// These tests boot the real tiny guest (make image) under whatever
+// accelerator the host offers (TCG on the build machines).
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
+}
+
+func expectState(t *testing.T, m Machine, want State) {
+	t.Helper()
+	got, err := m.State(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("%s: state = %s, want %s", m.Name(), got, want)
+	}
+}
+
+// TestTutorial follows VMFest's tutorial: create a machine from an image and
+// a hardware model, start it, wait for it, pause, resume, stop, start again,
+// power down and destroy.
+func TestTutorial(t *testing.T) {
+	image := tinyImage(t)
+	base := fileSum(t, image.Location)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 5*time.Minute)
+
+	begun := time.Now()
+	m, err := l.Instance(ctx, "tutorial", ImageSpec(image), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("instance in %s", time.Since(begun))
+	expectState(t, m, PoweredOff)
+
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Running)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := m.WaitReady(wctx); err != nil {
+		log, _ := m.ConsoleLog(ctx)
+		t.Fatalf("%v\nconsole:\n%s", err, log)
+	}
+	t.Logf("started and ready in %s", time.Since(begun))
+
+	// The guest agent reports the NAT NIC's address from QEMU's DHCP.
+	info, err := m.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.PID == 0 || info.Accel == "" {
+		t.Fatalf("info = %+v", info)
+	}
+
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Paused)
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Running)
+	if err := m.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stop presses the ACPI button; the guest powers itself off.
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := m.Stop(sctx); err != nil {
+		log, _ := m.ConsoleLog(ctx)
+		t.Fatalf("%v\nconsole:\n%s", err, log)
+	}
+	expectState(t, m, PoweredOff)
+	log, err := m.ConsoleLog(ctx)
+	if err != nil || len(log) == 0 {
+		t.Fatalf("console log: %d bytes, %v", len(log), err)
+	}
+
+	// Start again: the overlay keeps the machine's disk.
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, PoweredOff)
+
+	disk := info.Disk
+	if err := m.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(disk); !os.IsNotExist(err) {
+		t.Fatalf("overlay survived destroy: %v", err)
+	}
+	if fileSum(t, image.Location) != base {
+		t.Fatal("the base image changed")
+	}
+}
+
+// TestGuestAgentNetwork checks the agent's interface report.
+func TestGuestAgentNetwork(t *testing.T) {
+	image := tinyImage(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 3*time.Minute)
+	m, err := l.Instance(ctx, "net", ImageSpec(image), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := m.Info(ctx)
+	mac := info.HardwareSpec.Network[0].MACAddress
+	for {
+		a, err := qemu.DialAgent(ctx, filepath.Join(l.home.MachinePath("net"), qemu.QGASocket))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ifs, err := a.Interfaces(ctx)
+		a.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range ifs {
+			if strings.EqualFold(i.HWAddress, mac) {
+				for _, ip := range i.IPAddresses {
+					if ip.Address == "10.0.2.15" {
+						return // QEMU's user-mode DHCP gave the NAT address
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no 10.0.2.15 on the NIC %s: %+v", mac, ifs)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// TestConcurrentMachines creates and starts three machines from one image at
+// once; each has its own overlay.
+func TestConcurrentMachines(t *testing.T) {
+	image := tinyImage(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 5*time.Minute)
+	names := []string{"c1", "c2", "c3"}
+	var wg sync.WaitGroup
+	errs := make([]error, len(names))
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := l.Instance(ctx, n, ImageSpec(image), HardwareModel("micro"))
+			if err == nil {
+				err = m.Start(ctx)
+			}
+			if err == nil {
+				err = m.WaitReady(ctx)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := l.Machines(ctx)
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("machines = %v, %v", ms, err)
+	}
+	disks := map[string]bool{}
+	for _, m := range ms {
+		info, err := m.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State != Running || info.BaseImage != image.Location {
+			t.Fatalf("info = %+v", info)
+		}
+		disks[info.Disk] = true
+	}
+	if len(disks) != 3 {
+		t.Fatalf("overlays shared: %v", disks)
+	}
+	for _, m := range ms {
+		if err := m.PowerDown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestCrashedQEMU kills QEMU under a running machine: it reads as aborted,
+// keeps its disk, and starts again.
+func TestCrashedQEMU(t *testing.T) {
+	image := tinyImage(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 3*time.Minute)
+	m, err := l.Instance(ctx, "crash", ImageSpec(image), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir := l.home.MachinePath("crash")
+	if err := qemu.Kill(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemu.WaitExit(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Aborted)
+	// A fresh server (as a new process would be) reads the same truth.
+	l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := l2.FindMachine(ctx, "crash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m2, Aborted)
+	info, _ := m2.Info(ctx)
+	if _, err := os.Stat(info.Disk); err != nil {
+		t.Fatalf("disk lost: %v", err)
+	}
+	if err := m2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

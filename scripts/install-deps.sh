@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmfest and its tests need, when missing.
+# Idempotent; runs as root (or through sudo).
+set -euo pipefail
+pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v go >/dev/null || { echo "Go is needed: https://go.dev/dl (or /usr/local/go/bin on PATH)" >&2; exit 1; }
