@@ -39,6 +39,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+ldd /bin/busybox >/dev/null 2>&1 && die "/bin/busybox is dynamically linked; install busybox-static"
+
 GO=$(command -v go || true)
 [ -n "$GO" ] || GO=/usr/local/go/bin/go
 [ -x "$GO" ] || die "go toolchain not found (PATH or /usr/local/go/bin/go)"
@@ -81,7 +83,7 @@ inputs_hash() {
 		echo "$KDEB"
 		dpkg-query -W busybox-static dropbear-bin syslinux syslinux-common
 		"$GO" version
-		(cd "$HERE" && find . -path ./.git -prune -o -type f ! -name '*_test.go' -print0 | sort -z | xargs -0 sha256sum)
+		(cd "$HERE" && find . -path ./.git -prune -o -type f ! -name '*_test.go' ! -name '*.md' ! -name 'smoketest.py' -print0 | sort -z | xargs -0 sha256sum)
 		[ -f "$REPO/go.mod" ] && sha256sum "$REPO/go.mod"
 	} | sha256sum | cut -d' ' -f1
 }

@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--ssh", action="store_true")
     ap.add_argument("--cidata", help="attach this ISO as an IDE cdrom (pc) / scsi-cd")
     ap.add_argument("--keep-log", action="store_true")
+    ap.add_argument("--shutdown", default="acpi", choices=["acpi", "agent", "ssh"],
+                    help="how to stop the guest: QMP system_powerdown, guest-shutdown, or poweroff over ssh")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="vmfest-smoke-")
@@ -112,11 +114,15 @@ def main():
             sync_id += 1
             qga.sock.sendall(b"\xff")
             qga.send({"execute": "guest-sync", "arguments": {"id": sync_id}})
+            # Drain replies (including ones to earlier, queued syncs).
+            got = False
             try:
-                reply = json.loads(qga.recv(0.5).lstrip(b"\xff"))
+                while not got:
+                    reply = json.loads(qga.recv(0.5).lstrip(b"\xff"))
+                    got = reply.get("return") == sync_id
             except socket.timeout:
-                continue
-            if reply.get("return") == sync_id:
+                pass
+            if got:
                 break
         t_agent = time.time() - t0
         print("agent answered guest-sync after %.2fs" % t_agent)
@@ -166,12 +172,20 @@ def main():
         qmp.send({"execute": "qmp_capabilities"})
         qmp.recv(5)
         t = time.time()
-        qmp.send({"execute": "system_powerdown"})
+        if args.shutdown == "acpi":
+            qmp.send({"execute": "system_powerdown"})
+        elif args.shutdown == "agent":
+            qga.send({"execute": "guest-shutdown"})
+        else:
+            subprocess.run(
+                ["sshpass", "-p", "vmfest", "ssh", "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1", "poweroff"],
+                timeout=60)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            raise RuntimeError("qemu did not exit within 30s of system_powerdown")
-        print("qemu exited %.2fs after system_powerdown (rc=%d)" % (time.time() - t, proc.returncode))
+            raise RuntimeError("qemu did not exit within 30s of %s shutdown" % args.shutdown)
+        print("qemu exited %.2fs after %s shutdown (rc=%d)" % (time.time() - t, args.shutdown, proc.returncode))
         ok = True
     finally:
         if proc.poll() is None:
