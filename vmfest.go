@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -117,6 +118,88 @@ type Server interface {
 	HardwareModels(ctx context.Context) ([]string, error)
 	// HardwareModel returns one hardware model with defaults applied.
 	HardwareModel(ctx context.Context, name string) (spec.Hardware, error)
+	// AddHardwareModel validates h and saves it as a user hardware model.
+	AddHardwareModel(ctx context.Context, name string, h spec.Hardware) error
+	// RemoveHardwareModel removes a user hardware model.
+	RemoveHardwareModel(ctx context.Context, name string) error
+
+	// SetupModel installs an immutable image model from source (a URL or
+	// a path): fetched, verified, converted to qcow2 and installed
+	// atomically.
+	SetupModel(ctx context.Context, source string, opts SetupOptions) (model.ImageModel, error)
+	// Models lists the installed image models.
+	Models(ctx context.Context) ([]model.ImageModel, error)
+	// Model returns one installed image model.
+	Model(ctx context.Context, id string) (model.ImageModel, error)
+	// RemoveModel removes an image model; it is refused while machines
+	// use it.
+	RemoveModel(ctx context.Context, id string) error
+
+	// Networks lists the vmfest-managed networks.
+	Networks(ctx context.Context) ([]Network, error)
+	// CreateNetwork creates a vmfest-managed network.
+	CreateNetwork(ctx context.Context, n NetworkSpec) (Network, error)
+	// RemoveNetwork removes a network; it is refused while machines use it.
+	RemoveNetwork(ctx context.Context, name string) error
+}
+
+// SetupOptions tunes SetupModel.
+type SetupOptions struct {
+	// ID names the model; default: derived from the source's file name.
+	ID string `json:"id,omitempty"`
+	// SHA256 is the expected digest of what is downloaded.
+	SHA256 string `json:"sha256,omitempty"`
+	// Meta is the image metadata; default: a sidecar .meta beside the source.
+	Meta *spec.Image `json:"meta,omitempty"`
+	// Replace an installed model of the same id (refused while in use).
+	Replace bool `json:"replace,omitempty"`
+	// Progress, when set, receives progress reports.
+	Progress func(Progress) `json:"-"`
+}
+
+// Progress reports how far long work (a download, a conversion) has got.
+type Progress struct {
+	// Phase is download, decompress, convert, verify or install.
+	Phase string `json:"phase"`
+	// Done and Total count bytes; Total is 0 when unknown.
+	Done  int64 `json:"done"`
+	Total int64 `json:"total,omitempty"`
+}
+
+// Network is a vmfest-managed network (host-only or internal).
+type Network struct {
+	Name string `json:"name"`
+	// Kind is host-only or internal.
+	Kind string `json:"kind"`
+	// Bridge is the Linux bridge behind the network.
+	Bridge string `json:"bridge,omitempty"`
+	// Subnet is the network's IPv4 subnet in CIDR form; the host is .1.
+	Subnet string `json:"subnet,omitempty"`
+	// HostIP is the host's address on the network.
+	HostIP string `json:"host-ip,omitempty"`
+	// Machines lists the machines attached to it.
+	Machines []string `json:"machines,omitempty"`
+}
+
+// NetworkSpec describes a network to create.
+type NetworkSpec struct {
+	Name string `json:"name"`
+	// Kind is host-only (default) or internal.
+	Kind string `json:"kind,omitempty"`
+	// Subnet in CIDR form; default: the next free 192.168.X.0/24.
+	Subnet string `json:"subnet,omitempty"`
+}
+
+// Address is where a machine's NIC can be reached.
+type Address struct {
+	// IP is the address.
+	IP string `json:"ip"`
+	// Port is set for a NAT-only NIC: the forwarded SSH port on IP
+	// (127.0.0.1).
+	Port int `json:"port,omitempty"`
+	// Source says how the address was learnt: lease, agent, neighbour or
+	// nat-forward.
+	Source string `json:"source"`
 }
 
 // Machine is one virtual machine. Its methods are safe for concurrent use
@@ -152,6 +235,9 @@ type Machine interface {
 	WaitReady(ctx context.Context) error
 	// ConsoleLog returns the serial console output of the current or last run.
 	ConsoleLog(ctx context.Context) ([]byte, error)
+	// IP returns the address of the NIC in slot, waiting for it until ctx
+	// is done; the error on timeout names every source tried.
+	IP(ctx context.Context, slot int) (Address, error)
 }
 
 // DefaultStopTimeout bounds Stop when its context has no deadline.
