@@ -71,13 +71,21 @@ func NewLocal(cfg Config) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Local{
+	l := &Local{
 		cfg:      cfg,
 		home:     home,
 		hardware: model.NewHardware(home),
 		images:   model.NewImages(home),
 		log:      cfg.Logger,
-	}, nil
+	}
+	// A light sweep of what crashed operations left; `vmfest doctor` does
+	// the full check.
+	if found, err := l.sweepPartial(true); err != nil {
+		l.log.Warn("sweep of the state directory failed", "err", err)
+	} else if len(found) > 0 {
+		l.log.Debug("swept leftovers of interrupted operations", "count", len(found))
+	}
+	return l, nil
 }
 
 // Home is the state directory's absolute path.
@@ -156,7 +164,13 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 	}
 
 	// Build the machine in a temporary directory and rename it into place,
-	// so a crash never leaves half a machine.
+	// so a crash never leaves half a machine. The shared lock on machines/
+	// tells a sweep (which needs it exclusively) that work is in progress.
+	busy, err := store.LockDirShared(ctx, l.home.MachinesPath())
+	if err != nil {
+		return nil, fmt.Errorf("create machine %s: %w", name, err)
+	}
+	defer busy.Unlock()
 	tmp, err := os.MkdirTemp(l.home.MachinesPath(), ".creating-"+name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)

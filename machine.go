@@ -244,6 +244,11 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 		// Move the directory out of the way first: from here on the machine
 		// is gone for every reader, and a crash leaves only a hidden
 		// directory for the sweep, never half a machine.
+		busy, err := store.LockDirShared(ctx, m.l.home.MachinesPath())
+		if err != nil {
+			return fmt.Errorf("destroy machine %s: %w", m.name, err)
+		}
+		defer busy.Unlock()
 		trash, err := os.MkdirTemp(m.l.home.MachinesPath(), ".destroying-"+m.name+"-")
 		if err != nil {
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)

@@ -27,13 +27,23 @@ type Lock struct {
 // when the directory does not exist, including when it was removed while
 // this call waited.
 func LockDir(ctx context.Context, path string) (*Lock, error) {
+	return lockDir(ctx, path, unix.LOCK_EX)
+}
+
+// LockDirShared takes a shared lock on the directory at path: any number of
+// shared holders, or one exclusive holder, at a time.
+func LockDirShared(ctx context.Context, path string) (*Lock, error) {
+	return lockDir(ctx, path, unix.LOCK_SH)
+}
+
+func lockDir(ctx context.Context, path string, how int) (*Lock, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	delay := time.Millisecond
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
 			// The directory may have been removed or replaced while we waited.
 			var held, now unix.Stat_t
@@ -70,4 +80,21 @@ func (l *Lock) Unlock() {
 	}
 	l.f.Close() // closing the description releases the flock
 	l.f = nil
+}
+
+// TryLockDir takes the directory's lock if it is free right now. It returns
+// ok=false, without error, when another holder has it.
+func TryLockDir(path string) (lk *Lock, ok bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return &Lock{f: f}, true, nil
 }

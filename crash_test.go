@@ -1,0 +1,230 @@
+package vmfest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
+)
+
+// The test binary re-runs itself as a helper process for crash and
+// multi-process tests: VMFEST_HELPER says what to do.
+func TestMain(m *testing.M) {
+	switch os.Getenv("VMFEST_HELPER") {
+	case "":
+	case "churn":
+		os.Exit(helperChurn())
+	case "create":
+		os.Exit(helperCreate())
+	default:
+		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv("VMFEST_HELPER"))
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+func helperServer() (*Local, spec.Image) {
+	l, err := NewLocal(Config{Home: os.Getenv("VMFEST_HELPER_HOME"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	return l, spec.Image{Location: os.Getenv("VMFEST_HELPER_IMAGE"), Immutable: true}
+}
+
+// helperChurn creates and destroys machines as fast as it can until killed.
+func helperChurn() int {
+	l, img := helperServer()
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("m%d", i%4)
+		if m, err := l.FindMachine(ctx, name); err == nil {
+			m.Destroy(ctx)
+			continue
+		}
+		l.Instance(ctx, name, ImageSpec(img), HardwareModel("micro"))
+	}
+}
+
+// helperCreate creates one machine named "same": exit 0 if it won, 3 if
+// the name was taken.
+func helperCreate() int {
+	l, img := helperServer()
+	_, err := l.Instance(context.Background(), "same", ImageSpec(img), HardwareModel("micro"))
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, ErrExists):
+		return 3
+	}
+	fmt.Fprintln(os.Stderr, err)
+	return 1
+}
+
+func helperCmd(t *testing.T, what, home, image string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "VMFEST_HELPER="+what, "VMFEST_HELPER_HOME="+home, "VMFEST_HELPER_IMAGE="+image)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// TestCrashConsistency kills a process that creates and destroys machines
+// at random moments, many times, and checks after each kill that the state
+// directory reads without error, every machine is whole, and the sweep
+// leaves no partial machine or temporary file.
+func TestCrashConsistency(t *testing.T) {
+	trials := 200
+	if testing.Short() {
+		trials = 40
+	}
+	l := newTestServer(t)
+	img := blankImage(t, l.Home())
+	ctx := context.Background()
+	partials := 0
+	for trial := 0; trial < trials; trial++ {
+		cmd := helperCmd(t, "churn", l.Home(), img.Location)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(5+rand.IntN(25)) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+
+		// What the crash left, before any sweep.
+		entries, _ := os.ReadDir(l.home.MachinesPath())
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				partials++
+			}
+		}
+		// The next command: a fresh server (it sweeps), then a full doctor.
+		l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if _, err := l2.Doctor(ctx, true); err != nil {
+			t.Fatalf("trial %d: doctor: %v", trial, err)
+		}
+		checkWhole(t, l2, trial)
+	}
+	t.Logf("%d trials; %d partial operations were interrupted and swept", trials, partials)
+	if partials == 0 {
+		t.Error("no kill landed inside an operation: the test exercised nothing")
+	}
+}
+
+// checkWhole asserts every machine is wholly there and nothing else is.
+func checkWhole(t *testing.T, l *Local, trial int) {
+	t.Helper()
+	ctx := context.Background()
+	entries, err := os.ReadDir(l.home.MachinesPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Fatalf("trial %d: %s left after the sweep", trial, e.Name())
+		}
+		inner, _ := os.ReadDir(filepath.Join(l.home.MachinesPath(), e.Name()))
+		for _, f := range inner {
+			if strings.Contains(f.Name(), ".tmp-") {
+				t.Fatalf("trial %d: temporary file %s/%s left", trial, e.Name(), f.Name())
+			}
+		}
+	}
+	ms, err := l.Machines(ctx)
+	if err != nil {
+		t.Fatalf("trial %d: %v", trial, err)
+	}
+	for _, m := range ms {
+		info, err := m.Info(ctx)
+		if err != nil {
+			t.Fatalf("trial %d: machine %s: %v", trial, m.Name(), err)
+		}
+		data, err := os.ReadFile(info.Disk)
+		if err != nil || len(data) < 4 || string(data[:4]) != "QFI\xfb" {
+			t.Fatalf("trial %d: machine %s has no whole overlay (%d bytes, %v)", trial, m.Name(), len(data), err)
+		}
+	}
+}
+
+// TestCreateSameNameAcrossProcesses: many processes create one name at
+// once; exactly one wins.
+func TestCreateSameNameAcrossProcesses(t *testing.T) {
+	l := newTestServer(t)
+	img := blankImage(t, l.Home())
+	var cmds []*exec.Cmd
+	for i := 0; i < 8; i++ {
+		cmd := helperCmd(t, "create", l.Home(), img.Location)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	wins, taken := 0, 0
+	for _, cmd := range cmds {
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			wins++
+		case errors.As(err, &ee) && ee.ExitCode() == 3:
+			taken++
+		default:
+			t.Errorf("helper: %v", err)
+		}
+	}
+	if wins != 1 || taken != 7 {
+		t.Fatalf("wins=%d taken=%d", wins, taken)
+	}
+	checkWhole(t, l, 0)
+}
+
+// TestCorruptRecordDoesNotStopListing: a damaged machine.json is reported
+// by name; the other machines still list.
+func TestCorruptRecordDoesNotStopListing(t *testing.T) {
+	l := newTestServer(t)
+	ctx := context.Background()
+	img := blankImage(t, l.Home())
+	for _, n := range []string{"a", "b", "c"} {
+		if _, err := l.Instance(ctx, n, ImageSpec(img), HardwareModel("micro")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(l.home.MachinePath("b"), store.MachineFile), []byte("{not json"), 0o644)
+	ms, err := l.Machines(ctx)
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("machines = %v, %v", ms, err)
+	}
+	bad := 0
+	for _, m := range ms {
+		_, err := m.Info(ctx)
+		if m.Name() == "b" {
+			if err == nil || !strings.Contains(err.Error(), "machine b") || !strings.Contains(err.Error(), "corrupt") {
+				t.Fatalf("b: %v", err)
+			}
+			bad++
+		} else if err != nil {
+			t.Fatalf("%s: %v", m.Name(), err)
+		}
+	}
+	found, err := l.Doctor(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 || found[0].Kind != "corrupt-record" || found[0].Machine != "b" || found[0].Fixed {
+		t.Fatalf("doctor = %+v", found)
+	}
+}

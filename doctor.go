@@ -1,0 +1,142 @@
+package vmfest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/store"
+)
+
+// Finding is one thing Doctor found in the state directory.
+type Finding struct {
+	// Kind is partial-create, partial-destroy, temp-file, stale-stopping,
+	// corrupt-record, missing-disk or aborted.
+	Kind string `json:"kind"`
+	// Machine is the machine concerned, if any.
+	Machine string `json:"machine,omitempty"`
+	// Path is the file or directory concerned.
+	Path string `json:"path"`
+	// Detail says what is wrong and what to do.
+	Detail string `json:"detail"`
+	// Fixed is true when Doctor repaired it.
+	Fixed bool `json:"fixed"`
+}
+
+// Doctor checks the state directory for what a crash can leave behind and,
+// with fix, repairs it: half-created or half-destroyed machines (never in
+// use: their locks are free), temporary files, stale stop marks. It reports
+// but never deletes what may be the user's: a corrupt machine.json, a
+// missing disk, an aborted machine. Safe to run while other processes use
+// the directory.
+func (l *Local) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
+	findings, err := l.sweepPartial(fix)
+	if err != nil {
+		return findings, err
+	}
+	names, err := l.machineNames()
+	if err != nil {
+		return findings, err
+	}
+	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			return findings, err
+		}
+		findings = append(findings, l.checkMachine(ctx, n, fix)...)
+	}
+	return findings, nil
+}
+
+// sweepPartial removes the hidden directories a crashed Instance or Destroy
+// left under machines/. It is cheap (one directory read) and runs whenever
+// a Local server opens the state directory.
+func (l *Local) sweepPartial(fix bool) ([]Finding, error) {
+	// Creates and destroys hold machines/ shared while their hidden
+	// directories exist; holding it exclusively means none is in flight.
+	lk, ok, err := store.TryLockDir(l.home.MachinesPath())
+	if err != nil {
+		return nil, fmt.Errorf("sweep machines: %w", err)
+	}
+	if !ok {
+		return nil, nil // operations in flight: sweep another time
+	}
+	defer lk.Unlock()
+	entries, err := os.ReadDir(l.home.MachinesPath())
+	if err != nil {
+		return nil, fmt.Errorf("sweep machines: %w", err)
+	}
+	var out []Finding
+	for _, e := range entries {
+		name := e.Name()
+		var kind string
+		path := filepath.Join(l.home.MachinesPath(), name)
+		switch {
+		case strings.HasPrefix(name, ".creating-"):
+			kind = "partial-create"
+		case strings.HasPrefix(name, ".destroying-"):
+			kind = "partial-destroy"
+		case strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-"):
+			kind = "temp-file"
+		default:
+			continue
+		}
+		f := Finding{Kind: kind, Path: path, Detail: "left by an interrupted operation"}
+		if fix {
+			if err := os.RemoveAll(path); err != nil {
+				f.Detail += ": " + err.Error()
+			} else {
+				f.Fixed = true
+			}
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Finding {
+	dir := l.home.MachinePath(name)
+	lk, ok, err := store.TryLockDir(dir)
+	if err != nil || !ok {
+		return nil // gone meanwhile, or busy: nothing to judge now
+	}
+	defer lk.Unlock()
+	var out []Finding
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") {
+			f := Finding{Kind: "temp-file", Machine: name, Path: filepath.Join(dir, e.Name()), Detail: "left by an interrupted write"}
+			if fix && os.Remove(f.Path) == nil {
+				f.Fixed = true
+			}
+			out = append(out, f)
+		}
+	}
+	r, err := l.readRecord(name)
+	if err != nil {
+		return append(out, Finding{Kind: "corrupt-record", Machine: name, Path: filepath.Join(dir, store.MachineFile),
+			Detail: oneLineErr(err) + "; restore it or remove the machine directory by hand"})
+	}
+	if _, err := os.Stat(r.disk(dir)); err != nil {
+		out = append(out, Finding{Kind: "missing-disk", Machine: name, Path: r.disk(dir), Detail: "the machine's disk is missing; destroy the machine"})
+	}
+	_, alive, _ := qemu.PID(dir)
+	if !alive {
+		if _, err := os.Stat(filepath.Join(dir, store.StoppingFile)); err == nil {
+			f := Finding{Kind: "stale-stopping", Machine: name, Path: filepath.Join(dir, store.StoppingFile), Detail: "stop mark of a finished stop"}
+			if fix {
+				qemu.ClearStopping(dir)
+				f.Fixed = true
+			}
+			out = append(out, f)
+		}
+		if st, err := qemu.Inspect(ctx, dir); err == nil && st == Aborted {
+			out = append(out, Finding{Kind: "aborted", Machine: name, Path: dir, Detail: "QEMU died without a clean power-off; start it again or power it down"})
+		}
+	}
+	return out
+}
+
+func oneLineErr(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
