@@ -46,6 +46,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.showCommand(),
 		a.consoleCommand(),
 		a.hardwareCommand(),
+		a.doctorCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print vmfest's version",
@@ -62,8 +63,11 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	return root
 }
 
-// server opens the local server over --home.
-func (a *app) server() (*vmfest.Local, error) {
+// server opens the server the commands talk to.
+func (a *app) server() (*vmfest.Local, error) { return a.local() }
+
+// local opens the local server over --home.
+func (a *app) local() (*vmfest.Local, error) {
 	level := slog.LevelWarn
 	if a.verbose {
 		level = slog.LevelDebug
