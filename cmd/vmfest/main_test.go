@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// run executes the CLI in-process against home and returns its output.
+func run(t *testing.T, home string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := newRootCommand(&out, &errOut)
+	cmd.SetArgs(append([]string{"--home", home}, args...))
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+func TestCLIMachineCommands(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	spec := filepath.Join(home, "base.meta")
+	os.WriteFile(spec, []byte(`{"location": "base.raw", "immutable": true, "os-family": "linux"}`), 0o644)
+
+	if out, _, err := run(t, home, "create", "vm1", "--image", disk); err != nil || !strings.Contains(out, "created vm1") {
+		t.Fatalf("create: %q %v", out, err)
+	}
+	if _, _, err := run(t, home, "instance", "vm2", "--image", spec, "--hardware", "small", "--memory", "256"); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, home, "list", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	if len(rows) != 2 || rows[0]["name"] != "vm1" || rows[0]["state"] != "powered-off" || rows[0]["image"] != disk || rows[0]["hardware"] != "micro" {
+		t.Fatalf("rows = %v", rows)
+	}
+	if rows[1]["hardware"] != "custom" {
+		t.Fatalf("--memory should make custom hardware: %v", rows[1])
+	}
+	out, _, err = run(t, home, "show", "vm2", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info map[string]any
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info["name"] != "vm2" || info["state"] != "powered-off" || info["hardware-spec"].(map[string]any)["memory-size"].(float64) != 256 {
+		t.Fatalf("show = %v", info)
+	}
+	out, _, err = run(t, home, "list")
+	if err != nil || !strings.Contains(out, "NAME") || !strings.Contains(out, "vm1") {
+		t.Fatalf("list: %q %v", out, err)
+	}
+	if _, _, err := run(t, home, "destroy", "vm1", "vm2"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, _ := run(t, home, "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("after destroy: %s", out)
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatal("the immutable disk went with its machine")
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o444)
+	badHW := filepath.Join(home, "hw.yaml")
+	os.WriteFile(badHW, []byte("memory-size: 512\ncpus: 2\n"), 0o644)
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "vm"}, "--image is required"},
+		{[]string{"create", "bad/name", "--image", disk}, "machine name"},
+		{[]string{"create", "vm", "--image", disk, "--hardware", "mega"}, `hardware model "mega"`},
+		{[]string{"create", "vm", "--image", disk, "--hardware", badHW}, `unknown key "cpus"`},
+		{[]string{"create", "vm", "--image", "./missing.qcow2"}, "no such file"},
+		{[]string{"create", "vm", "--image", disk, "--cpus", "999"}, "cpu-count: 999 is more than the host's"},
+		{[]string{"start", "ghost"}, `not found: machine "ghost"`},
+		{[]string{"pause", "ghost"}, "not found"},
+		{[]string{"hardware", "show", "nope"}, "known: micro"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, _, err := run(t, home, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			if strings.Contains(oneLine(err.Error()), "\n") {
+				t.Fatal("error is not one line")
+			}
+		})
+	}
+	// Wrong state: pause a powered-off machine.
+	if _, _, err := run(t, home, "create", "off", "--image", disk); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, home, "pause", "off"); err == nil || !strings.Contains(err.Error(), `cannot pause machine "off": it is powered-off`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCLIWarnsAboutMutableDisks(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "mine.raw")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	_, errOut, err := run(t, home, "create", "vm", "--image", disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut, "not immutable") || !strings.Contains(errOut, "deletes it") {
+		t.Fatalf("no warning: %q", errOut)
+	}
+}
+
+func TestCLIHardwareAndVersion(t *testing.T) {
+	home := t.TempDir()
+	out, _, err := run(t, home, "hardware", "list", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []map[string]any
+	json.Unmarshal([]byte(out), &items)
+	if len(items) != 5 || items[0]["name"] != "micro" || items[0]["memory-size"].(float64) != 512 {
+		t.Fatalf("hardware list = %s", out)
+	}
+	out, _, err = run(t, home, "hardware", "show", "medium")
+	if err != nil || !strings.Contains(out, "memory-size: 2048") || !strings.Contains(out, "cpu-count: 2") {
+		t.Fatalf("hardware show: %q %v", out, err)
+	}
+	if out, _, err := run(t, home, "version"); err != nil || !strings.HasPrefix(out, "vmfest ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+	if out, _, err := run(t, home, "doctor"); err != nil || !strings.Contains(out, "all well") {
+		t.Fatalf("doctor: %q %v", out, err)
+	}
+}
