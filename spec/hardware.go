@@ -70,15 +70,54 @@ type Hardware struct {
 
 // NIC is one network adapter.
 type NIC struct {
-	// AttachmentType is what the adapter is plugged into: nat or none (the
-	// networking work adds host-only, bridged and internal).
+	// AttachmentType is what the adapter is plugged into: nat, host-only,
+	// bridged, internal or none.
 	AttachmentType string `json:"attachment-type"`
 	// AdapterType is the NIC model: virtio, e1000, rtl8139 or pcnet.
 	AdapterType string `json:"adapter-type,omitempty"`
 	// MACAddress is the adapter's address; vmfest picks a stable one when
 	// it is left out.
 	MACAddress string `json:"mac-address,omitempty"`
+	// HostOnlyInterface names the vmfest-managed host-only network (and
+	// its Linux bridge) of a host-only adapter; default vmfestnet0. A name
+	// that is not a network yet is created on first use.
+	HostOnlyInterface string `json:"host-only-interface,omitempty"`
+	// BridgedInterface names the existing host bridge a bridged adapter's
+	// tap joins.
+	BridgedInterface string `json:"bridged-interface,omitempty"`
+	// InternalNetwork names the isolated VM-only network of an internal
+	// adapter; default intnet (VirtualBox's default).
+	InternalNetwork string `json:"internal-network,omitempty"`
+	// NATRules are port forwards from the host into a nat adapter's guest.
+	NATRules []NATRule `json:"nat-rules,omitempty"`
 }
+
+// NATRule forwards a host port to a guest port through a nat adapter.
+type NATRule struct {
+	// Name identifies the rule.
+	Name string `json:"name"`
+	// Protocol is tcp (the default) or udp.
+	Protocol string `json:"protocol,omitempty"`
+	// HostIP is the host address to listen on; default 127.0.0.1.
+	HostIP string `json:"host-ip,omitempty"`
+	// HostPort is the host port (1-65535).
+	HostPort int `json:"host-port"`
+	// GuestPort is the guest port (1-65535).
+	GuestPort int `json:"guest-port"`
+}
+
+// NAT rule protocols.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+)
+
+// Defaults of the network keys.
+const (
+	DefaultHostOnlyInterface = "vmfestnet0"
+	DefaultInternalNetwork   = "intnet"
+	DefaultNATHostIP         = "127.0.0.1"
+)
 
 // Controller is one storage controller and its slots.
 type Controller struct {
@@ -160,8 +199,23 @@ func (h Hardware) WithDefaults() Hardware {
 		out.Network = []NIC{{AttachmentType: AttachNAT}}
 	}
 	for i := range out.Network {
-		if out.Network[i].AdapterType == "" {
-			out.Network[i].AdapterType = AdapterVirtio
+		n := &out.Network[i]
+		if n.AdapterType == "" {
+			n.AdapterType = AdapterVirtio
+		}
+		if n.AttachmentType == AttachHostOnly && n.HostOnlyInterface == "" {
+			n.HostOnlyInterface = DefaultHostOnlyInterface
+		}
+		if n.AttachmentType == AttachInternal && n.InternalNetwork == "" {
+			n.InternalNetwork = DefaultInternalNetwork
+		}
+		for j := range n.NATRules {
+			if n.NATRules[j].Protocol == "" {
+				n.NATRules[j].Protocol = ProtocolTCP
+			}
+			if n.NATRules[j].HostIP == "" {
+				n.NATRules[j].HostIP = DefaultNATHostIP
+			}
 		}
 	}
 	if out.Storage == nil {
@@ -187,6 +241,11 @@ func (h Hardware) Clone() Hardware {
 	out := h
 	if h.Network != nil {
 		out.Network = append([]NIC(nil), h.Network...)
+		for i, n := range out.Network {
+			if n.NATRules != nil {
+				out.Network[i].NATRules = append([]NATRule(nil), n.NATRules...)
+			}
+		}
 	}
 	if h.Storage != nil {
 		out.Storage = make([]Controller, len(h.Storage))

@@ -3,14 +3,18 @@ package spec
 import "sort"
 
 // BuiltinHardware returns the built-in hardware models, cloud-style sizes
-// shaped as VMFest's :micro: one NAT NIC and one IDE controller with a DVD
-// drive, booting from [IDE Controller, 0].
+// shaped as VMFest's :micro: NIC 0 on the host-only network vmfestnet0 (the
+// address the host reaches the machine at), NIC 1 on NAT (the way out), and
+// one IDE controller with a DVD drive, booting from [IDE Controller, 0].
 func BuiltinHardware() map[string]Hardware {
 	size := func(mem, cpus int) Hardware {
 		return Hardware{
-			MemorySize:     mem,
-			CPUCount:       cpus,
-			Network:        []NIC{{AttachmentType: AttachNAT, AdapterType: AdapterVirtio}},
+			MemorySize: mem,
+			CPUCount:   cpus,
+			Network: []NIC{
+				{AttachmentType: AttachHostOnly, AdapterType: AdapterVirtio, HostOnlyInterface: DefaultHostOnlyInterface},
+				{AttachmentType: AttachNAT, AdapterType: AdapterVirtio},
+			},
 			Storage:        DefaultStorage(),
 			BootMountPoint: &MountPoint{Controller: DefaultIDEName, Slot: 0},
 		}.WithDefaults()

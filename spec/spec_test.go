@@ -3,6 +3,7 @@ package spec
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -113,7 +114,39 @@ func TestValidate(t *testing.T) {
 		{"memory huge", func(h *Hardware) { h.MemorySize = MaxMemorySize + 1 }, "memory-size", "more than"},
 		{"cpus over host", func(h *Hardware) { h.CPUCount = 3 }, "cpu-count", "more than the host's 2 CPUs"},
 		{"cpus zero", func(h *Hardware) { h.CPUCount = -2 }, "cpu-count", "at least 1"},
-		{"attachment", func(h *Hardware) { h.Network[0].AttachmentType = "wifi" }, "network[0].attachment-type", "allowed: nat, none"},
+		{"attachment", func(h *Hardware) { h.Network[0].AttachmentType = "wifi" }, "network[0].attachment-type", "allowed: nat, host-only, bridged, internal, none"},
+		{"host-only name", func(h *Hardware) {
+			h.Network[0] = NIC{AttachmentType: AttachHostOnly, AdapterType: AdapterVirtio, HostOnlyInterface: "a-very-long-bridge-name"}
+		}, "network[0].host-only-interface", "1-15 letters"},
+		{"host-only key on nat", func(h *Hardware) { h.Network[0].HostOnlyInterface = "vmfestnet0" }, "network[0].host-only-interface", "only applies to attachment-type host-only, not nat"},
+		{"bridged without bridge", func(h *Hardware) { h.Network[0].AttachmentType = AttachBridged }, "network[0].bridged-interface", "must name the host bridge"},
+		{"internal name", func(h *Hardware) {
+			h.Network[0] = NIC{AttachmentType: AttachInternal, AdapterType: AdapterVirtio, InternalNetwork: "bad/name"}
+		}, "network[0].internal-network", "1-15 letters"},
+		{"nat rules on host-only", func(h *Hardware) {
+			h.Network[0] = NIC{AttachmentType: AttachHostOnly, AdapterType: AdapterVirtio, HostOnlyInterface: "vmfestnet0", NATRules: []NATRule{{Name: "w", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 80, GuestPort: 80}}}
+		}, "network[0].nat-rules", "only applies to attachment-type nat"},
+		{"nat rule protocol", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{{Name: "w", Protocol: "sctp", HostIP: "127.0.0.1", HostPort: 80, GuestPort: 80}}
+		}, "network[0].nat-rules[0].protocol", "allowed: tcp, udp"},
+		{"nat rule host port", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{{Name: "w", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 70000, GuestPort: 80}}
+		}, "network[0].nat-rules[0].host-port", "allowed: 1-65535"},
+		{"nat rule guest port", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{{Name: "w", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080}}
+		}, "network[0].nat-rules[0].guest-port", "allowed: 1-65535"},
+		{"nat rule host ip", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{{Name: "w", Protocol: "tcp", HostIP: "localhost", HostPort: 8080, GuestPort: 80}}
+		}, "network[0].nat-rules[0].host-ip", "not an IPv4 address"},
+		{"nat rule name", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{{Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80}}
+		}, "network[0].nat-rules[0].name", "must not be empty"},
+		{"nat rules one host port", func(h *Hardware) {
+			h.Network[0].NATRules = []NATRule{
+				{Name: "a", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80},
+				{Name: "b", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81},
+			}
+		}, "network[0].nat-rules[1].host-port", "already forwarded by network[0].nat-rules[0]"},
 		{"adapter", func(h *Hardware) { h.Network[0].AdapterType = "ne2k" }, "network[0].adapter-type", "allowed: virtio, e1000, rtl8139, pcnet"},
 		{"mac", func(h *Hardware) { h.Network[0].MACAddress = "zz" }, "network[0].mac-address", "not a MAC"},
 		{"multicast mac", func(h *Hardware) { h.Network[0].MACAddress = "01:00:5e:00:00:01" }, "network[0].mac-address", "multicast"},
@@ -188,7 +221,8 @@ func TestBuiltinModels(t *testing.T) {
 		if h.MemorySize != w[0] || h.CPUCount != w[1] {
 			t.Errorf("%s = %d MiB/%d CPU, want %d/%d", name, h.MemorySize, h.CPUCount, w[0], w[1])
 		}
-		if len(h.Network) != 1 || h.Network[0].AttachmentType != AttachNAT || h.BootMountPoint.String() != "[IDE Controller, 0]" {
+		if len(h.Network) != 2 || h.Network[0].AttachmentType != AttachHostOnly || h.Network[0].HostOnlyInterface != "vmfestnet0" ||
+			h.Network[1].AttachmentType != AttachNAT || h.BootMountPoint.String() != "[IDE Controller, 0]" {
 			t.Errorf("%s: %+v", name, h)
 		}
 		if err := h.validate(8); err != nil {
@@ -252,5 +286,44 @@ func TestParseImage(t *testing.T) {
 	}
 	if err := (Image{}).Validate(); err == nil || !strings.Contains(err.Error(), "location") {
 		t.Fatalf("empty image validated: %v", err)
+	}
+}
+
+func TestNetworkKeys(t *testing.T) {
+	doc := `
+network:
+  - attachment-type: host-only
+  - attachment-type: nat
+    nat-rules: [{name: web, host-port: 8080, guest-port: 80}, {name: dns, protocol: udp, host-ip: 0.0.0.0, host-port: 5353, guest-port: 53}]
+  - attachment-type: internal
+  - attachment-type: bridged
+    bridged-interface: br0
+`
+	h, err := ParseHardware([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = h.WithDefaults()
+	if err := h.validate(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.Network[0].HostOnlyInterface; got != DefaultHostOnlyInterface {
+		t.Errorf("host-only-interface = %q", got)
+	}
+	if got := h.Network[2].InternalNetwork; got != DefaultInternalNetwork {
+		t.Errorf("internal-network = %q", got)
+	}
+	want := []NATRule{{Name: "web", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80}, {Name: "dns", Protocol: "udp", HostIP: "0.0.0.0", HostPort: 5353, GuestPort: 53}}
+	if a, b := fmt.Sprint(h.Network[1].NATRules), fmt.Sprint(want); a != b {
+		t.Errorf("nat-rules = %s, want %s", a, b)
+	}
+	// Clone copies the rules: changing the clone leaves the original alone.
+	c := h.Clone()
+	c.Network[1].NATRules[0].HostPort = 1
+	if h.Network[1].NATRules[0].HostPort != 8080 {
+		t.Error("Clone shares nat-rules")
+	}
+	if _, err := ParseHardware([]byte("network: [{attachment-type: nat, nat-rules: [{name: a, hostport: 1}]}]")); err == nil || !strings.Contains(err.Error(), `unknown key "hostport"`) {
+		t.Errorf("unknown nat-rule key: %v", err)
 	}
 }

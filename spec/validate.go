@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -55,7 +56,8 @@ func (p problems) err() error {
 // Allowed values, in the order error messages list them.
 var (
 	// attachment types this version supports.
-	supportedAttachments = []string{AttachNAT, AttachNone}
+	supportedAttachments = []string{AttachNAT, AttachHostOnly, AttachBridged, AttachInternal, AttachNone}
+	protocols            = []string{ProtocolTCP, ProtocolUDP}
 	adapterTypes         = []string{AdapterVirtio, AdapterE1000, AdapterRTL8139, AdapterPCNet}
 	buses                = []string{BusIDE, BusSATA, BusSCSI, BusVirtio}
 	deviceTypes          = []string{DeviceHardDisk, DeviceDVD}
@@ -100,11 +102,13 @@ func (h Hardware) validate(hostCPUs int) error {
 		p.add("cpu-count", "%d is more than the host's %d CPUs", h.CPUCount, hostCPUs)
 	}
 	macs := map[string]int{}
+	forwards := map[string]string{}
 	for i, n := range h.Network {
 		f := fmt.Sprintf("network[%d]", i)
 		if !slices.Contains(supportedAttachments, n.AttachmentType) {
 			p.add(f+".attachment-type", "%q is not supported; allowed: %s", n.AttachmentType, strings.Join(supportedAttachments, ", "))
 		}
+		p.checkNetworkKeys(f, n, forwards)
 		if !slices.Contains(adapterTypes, n.AdapterType) {
 			p.add(f+".adapter-type", "%q is not supported; allowed: %s", n.AdapterType, strings.Join(adapterTypes, ", "))
 		}
@@ -245,4 +249,76 @@ func (im Image) Validate() error {
 		p = append(p, sub...)
 	}
 	return p.err()
+}
+
+// interfaceName is a Linux interface name (at most 15 bytes) that is also
+// safe as one path element: vmfest names a network's bridge after it.
+var interfaceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
+
+// ValidInterfaceName reports whether name can name a vmfest network and its
+// Linux bridge: 1-15 letters, digits, '.', '_' or '-', starting with a
+// letter or digit.
+func ValidInterfaceName(name string) bool { return interfaceName.MatchString(name) }
+
+const interfaceNameRule = "use 1-15 letters, digits, '.', '_' or '-', starting with a letter or digit (it names a Linux interface)"
+
+// checkNetworkKeys checks the keys that belong to one attachment type.
+// forwards maps "protocol host-ip:host-port" to the field that claims it,
+// across the machine's NICs.
+func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string) {
+	only := func(key, value, attachment string) {
+		if value != "" && n.AttachmentType != attachment {
+			p.add(f+"."+key, "only applies to attachment-type %s, not %s", attachment, n.AttachmentType)
+		}
+	}
+	only("host-only-interface", n.HostOnlyInterface, AttachHostOnly)
+	only("bridged-interface", n.BridgedInterface, AttachBridged)
+	only("internal-network", n.InternalNetwork, AttachInternal)
+	if len(n.NATRules) > 0 && n.AttachmentType != AttachNAT {
+		p.add(f+".nat-rules", "only applies to attachment-type nat, not %s", n.AttachmentType)
+	}
+	switch n.AttachmentType {
+	case AttachHostOnly:
+		if !ValidInterfaceName(n.HostOnlyInterface) {
+			p.add(f+".host-only-interface", "%q: %s", n.HostOnlyInterface, interfaceNameRule)
+		}
+	case AttachInternal:
+		if !ValidInterfaceName(n.InternalNetwork) {
+			p.add(f+".internal-network", "%q: %s", n.InternalNetwork, interfaceNameRule)
+		}
+	case AttachBridged:
+		if n.BridgedInterface == "" {
+			p.add(f+".bridged-interface", "must name the host bridge to join, e.g. br0")
+		} else if !ValidInterfaceName(n.BridgedInterface) {
+			p.add(f+".bridged-interface", "%q: %s", n.BridgedInterface, interfaceNameRule)
+		}
+	}
+	names := map[string]bool{}
+	for j, r := range n.NATRules {
+		rf := fmt.Sprintf("%s.nat-rules[%d]", f, j)
+		if strings.TrimSpace(r.Name) == "" {
+			p.add(rf+".name", "must not be empty")
+		} else if names[r.Name] {
+			p.add(rf+".name", "%q names another rule of this adapter too; names must be unique", r.Name)
+		}
+		names[r.Name] = true
+		if !slices.Contains(protocols, r.Protocol) {
+			p.add(rf+".protocol", "%q is not supported; allowed: %s", r.Protocol, strings.Join(protocols, ", "))
+		}
+		if ip := net.ParseIP(r.HostIP); ip == nil || ip.To4() == nil {
+			p.add(rf+".host-ip", "%q is not an IPv4 address like 127.0.0.1", r.HostIP)
+		}
+		if r.HostPort < 1 || r.HostPort > 65535 {
+			p.add(rf+".host-port", "%d is not a port; allowed: 1-65535", r.HostPort)
+		}
+		if r.GuestPort < 1 || r.GuestPort > 65535 {
+			p.add(rf+".guest-port", "%d is not a port; allowed: 1-65535", r.GuestPort)
+		}
+		key := fmt.Sprintf("%s %s:%d", r.Protocol, r.HostIP, r.HostPort)
+		if other, dup := forwards[key]; dup {
+			p.add(rf+".host-port", "%s is already forwarded by %s", key, other)
+		} else {
+			forwards[key] = rf
+		}
+	}
 }
