@@ -8,7 +8,7 @@ IMAGE   := $(BUILD)/vmfest-tiny.qcow2
 META    := $(BUILD)/vmfest-tiny.meta
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps build image demo test test-short vet clean
+.PHONY: all deps build image demo test test-short vet fuzz clean
 
 all: build
 
@@ -37,6 +37,12 @@ test: deps image vet
 # Unit tests only: no guest is booted.
 test-short: vet
 	go test -short -count=1 ./...
+
+# Each fuzz test for FUZZTIME (CI runs them briefly; run longer on demand).
+FUZZTIME ?= 10s
+FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply
+fuzz:
+	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f##*:}; echo "fuzz $$fn ($$pkg) for $(FUZZTIME)"; go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 
 clean:
 	rm -rf $(BUILD)
