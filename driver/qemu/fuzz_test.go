@@ -34,7 +34,7 @@ func FuzzQMPReply(f *testing.F) {
 				}
 			}
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		c := &lineConn{conn: client}
 		q := &QMP{c: c}
@@ -63,7 +63,7 @@ func FuzzAgentReply(f *testing.F) {
 			server.Write(data)
 			server.Close()
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		a := &Agent{c: &lineConn{conn: client}}
 		a.Interfaces(ctx)
