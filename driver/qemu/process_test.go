@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -22,7 +24,10 @@ func startBlank(t *testing.T) Config {
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Name: "blank", Dir: dir, Hardware: hw(func(h *spec.Hardware) { h.MemorySize = 64 }), Disk: Disk{Path: disk, Format: "raw"}, Accel: AccelTCG}
+	cfg := Config{Name: "blank", Dir: dir, Hardware: hw(func(h *spec.Hardware) {
+		h.MemorySize = 64
+		h.Network = []spec.NIC{{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterVirtio, MACAddress: "52:54:00:00:00:01"}}
+	}), Disk: Disk{Path: disk, Format: "raw"}, Accel: AccelTCG}
 	t.Cleanup(func() {
 		Kill(dir)
 		WaitExit(context.Background(), dir)
@@ -115,4 +120,28 @@ func TestStartFailureReportsQEMUError(t *testing.T) {
 		t.Fatalf("state after failed start = %s", st)
 	}
 	t.Log(err)
+}
+
+// TestFrozenQEMUIsBounded: a QEMU that stops answering (SIGSTOP) makes
+// Inspect fail within its context instead of hanging.
+func TestFrozenQEMUIsBounded(t *testing.T) {
+	cfg := startBlank(t)
+	pid, alive, err := PID(cfg.Dir)
+	if err != nil || !alive {
+		t.Fatalf("PID: %v %v", alive, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err = Inspect(ctx, cfg.Dir)
+	if err == nil || !strings.Contains(err.Error(), "does not answer") {
+		t.Fatalf("err = %v", err)
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	if st, err := Inspect(context.Background(), cfg.Dir); err != nil || st != Running {
+		t.Fatalf("after SIGCONT: %s %v", st, err)
+	}
 }
