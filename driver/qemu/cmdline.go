@@ -48,6 +48,25 @@ type Config struct {
 	// OVMF is the EFI firmware image used when Hardware.Firmware is efi;
 	// default /usr/share/ovmf/OVMF.fd.
 	OVMF string
+	// NICs are the host ends of the adapters, indexed by slot like
+	// Hardware.Network: the tap of a host-only, bridged or internal
+	// adapter, the SSH forward of a nat adapter.
+	NICs []NICBackend
+	// CIData is a NoCloud seed ISO (cloud-init), attached read-only in the
+	// first empty dvd slot, else as a CD-ROM on a virtio-scsi controller
+	// of its own. Empty: none.
+	CIData string
+}
+
+// NICBackend is the host end of one adapter.
+type NICBackend struct {
+	// Tap is the tap QEMU creates for a host-only, bridged or internal
+	// adapter (script=no: the caller plugs it into its bridge once QEMU
+	// runs, and QEMU removes it when it exits).
+	Tap string
+	// SSHPort, for a nat adapter, is the 127.0.0.1 port forwarded to the
+	// guest's port 22; 0 for none.
+	SSHPort int
 }
 
 func (c Config) binary() string {
@@ -139,9 +158,25 @@ func (c Config) Args() ([]string, error) {
 			return nil, fmt.Errorf("network[%d]: no MAC address assigned", i)
 		}
 		id := "net" + strconv.Itoa(i)
+		var be NICBackend
+		if i < len(c.NICs) {
+			be = c.NICs[i]
+		}
 		switch n.AttachmentType {
 		case spec.AttachNAT:
-			args = append(args, "-netdev", "user,id="+id)
+			netdev := "user,id=" + id
+			if be.SSHPort > 0 {
+				netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:22", be.SSHPort)
+			}
+			for _, r := range n.NATRules {
+				netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", r.Protocol, r.HostIP, r.HostPort, r.GuestPort)
+			}
+			args = append(args, "-netdev", netdev)
+		case spec.AttachHostOnly, spec.AttachBridged, spec.AttachInternal:
+			if be.Tap == "" {
+				return nil, fmt.Errorf("network[%d]: a %s adapter needs a tap and none was set up", i, n.AttachmentType)
+			}
+			args = append(args, "-netdev", "tap,id="+id+",ifname="+escapeComma(be.Tap)+",script=no,downscript=no")
 		default:
 			return nil, fmt.Errorf("network[%d].attachment-type %q: not supported", i, n.AttachmentType)
 		}
@@ -155,6 +190,7 @@ func (c Config) storageArgs() ([]string, error) {
 	bp := *h.BootMountPoint
 	var args []string
 	booted := false
+	seeded := c.CIData == ""
 	for ci, ctl := range h.Storage {
 		ctlID := "ctl" + strconv.Itoa(ci)
 		switch ctl.Bus {
@@ -190,6 +226,9 @@ func (c Config) storageArgs() ([]string, error) {
 			case boot:
 				drive = fmt.Sprintf("if=none,id=%s,file=%s,format=%s,cache=writeback,discard=unmap", driveID, escapeComma(c.Disk.Path), c.Disk.Format)
 				booted = true
+			case kind == spec.DeviceDVD && !seeded:
+				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on,file=%s,format=raw", driveID, escapeComma(c.CIData))
+				seeded = true
 			case kind == spec.DeviceDVD:
 				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on", driveID)
 			default:
@@ -208,6 +247,12 @@ func (c Config) storageArgs() ([]string, error) {
 	}
 	if !booted {
 		return nil, fmt.Errorf("boot-mount-point %s: no such controller", bp)
+	}
+	if !seeded {
+		args = append(args,
+			"-drive", "if=none,id=cidata,media=cdrom,readonly=on,format=raw,file="+escapeComma(c.CIData),
+			"-device", "virtio-scsi-pci,id=cidata-scsi",
+			"-device", "scsi-cd,bus=cidata-scsi.0,channel=0,scsi-id=0,lun=0,drive=cidata")
 	}
 	return args, nil
 }

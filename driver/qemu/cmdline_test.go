@@ -12,6 +12,7 @@ import (
 func hw(modify func(*spec.Hardware)) spec.Hardware {
 	h := spec.BuiltinHardware()["micro"]
 	h.Network[0].MACAddress = "52:54:00:00:00:01"
+	h.Network[1].MACAddress = "52:54:00:00:00:02"
 	if modify != nil {
 		modify(&h)
 	}
@@ -35,10 +36,26 @@ func TestArgs(t *testing.T) {
 			"-drive if=none,id=ctl0-0,file=/img/d.qcow2,format=qcow2",
 			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0",
 			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
-			"-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
-		}, []string{"-cpu host", "acpi=off"}},
+			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+			"-netdev user,id=net1,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
+		}, []string{"-cpu host", "acpi=off", "cidata"}},
+		{"nat rules", hw(func(h *spec.Hardware) {
+			h.Network[1].NATRules = []spec.NATRule{
+				{Name: "web", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80},
+				{Name: "dns", Protocol: "udp", HostIP: "0.0.0.0", HostPort: 5353, GuestPort: 53},
+			}
+		}), AccelTCG, []string{"-netdev user,id=net1,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53 "}, nil},
+		{"bridged and internal", hw(func(h *spec.Hardware) {
+			h.Network[0] = spec.NIC{AttachmentType: spec.AttachBridged, AdapterType: spec.AdapterVirtio, BridgedInterface: "br0", MACAddress: "52:54:00:00:00:01"}
+			h.Network[1] = spec.NIC{AttachmentType: spec.AttachInternal, AdapterType: spec.AdapterE1000, InternalNetwork: "intnet", MACAddress: "52:54:00:00:00:02"}
+		}), AccelTCG, []string{"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no", "-netdev tap,id=net1,ifname=vmt1,script=no,downscript=no -device e1000,netdev=net1"}, []string{"user,"}},
 		{"kvm uses the host cpu", hw(nil), AccelKVM, []string{"accel=kvm", "-cpu host"}, nil},
 		{"acpi off", hw(func(h *spec.Hardware) { h.ACPIEnabled = spec.Bool(false) }), AccelTCG, []string{"pc,accel=tcg,acpi=off"}, nil},
+		{"cidata in the empty dvd slot", hw(nil), AccelTCG, []string{"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2"}, []string{"cidata-scsi"}},
+		{"cidata without a dvd slot", hw(func(h *spec.Hardware) {
+			h.Storage = []spec.Controller{{Name: "VirtIO", Bus: spec.BusVirtio}}
+			h.BootMountPoint = &spec.MountPoint{Controller: "VirtIO", Slot: 0}
+		}), AccelTCG, []string{"-drive if=none,id=cidata,media=cdrom,readonly=on,format=raw,file=/m/x/cidata.iso", "-device virtio-scsi-pci,id=cidata-scsi", "-device scsi-cd,bus=cidata-scsi.0,channel=0,scsi-id=0,lun=0,drive=cidata"}, nil},
 		{"adapters", hw(func(h *spec.Hardware) {
 			h.Network = []spec.NIC{
 				{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterE1000, MACAddress: "52:54:00:00:00:02"},
@@ -65,7 +82,11 @@ func TestArgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := Config{Name: "x", Dir: "/m/x", Hardware: tt.hardware, Disk: Disk{Path: "/img/d.qcow2", Format: "qcow2"}, Accel: tt.accel}
+			cfg := Config{Name: "x", Dir: "/m/x", Hardware: tt.hardware, Disk: Disk{Path: "/img/d.qcow2", Format: "qcow2"}, Accel: tt.accel,
+				NICs: []NICBackend{{Tap: "vmt0"}, {Tap: "vmt1", SSHPort: 2222}, {}}}
+			if strings.HasPrefix(tt.name, "cidata") {
+				cfg.CIData = "/m/x/cidata.iso"
+			}
 			args, err := cfg.Args()
 			if err != nil {
 				t.Fatal(err)
@@ -97,6 +118,7 @@ func TestArgsErrors(t *testing.T) {
 		{"accel", Config{Dir: "/m", Hardware: hw(nil), Accel: "hvf", Disk: Disk{"/d", "raw"}}, "allowed: kvm, tcg"},
 		{"format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "vdi"}}, "allowed: qcow2, raw"},
 		{"no mac", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Network[0].MACAddress = "" }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "no MAC"},
+		{"no tap", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "network[0]: a host-only adapter needs a tap"},
 		{"efi without ovmf", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Firmware = spec.FirmwareEFI }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}, OVMF: "/nonexistent/OVMF.fd"}, "ovmf"},
 	}
 	for _, tt := range tests {
@@ -110,13 +132,14 @@ func TestArgsErrors(t *testing.T) {
 }
 
 func TestEscapeComma(t *testing.T) {
-	cfg := Config{Name: "x", Dir: "/m,1/x", Hardware: hw(nil), Disk: Disk{Path: "/a,b.qcow2", Format: "qcow2"}, Accel: AccelTCG}
+	cfg := Config{Name: "x", Dir: "/m,1/x", Hardware: hw(nil), Disk: Disk{Path: "/a,b.qcow2", Format: "qcow2"}, Accel: AccelTCG,
+		NICs: []NICBackend{{Tap: "t,0"}}, CIData: "/m,1/x/cidata.iso"}
 	args, err := cfg.Args()
 	if err != nil {
 		t.Fatal(err)
 	}
 	line := strings.Join(args, " ")
-	for _, w := range []string{"file=/a,,b.qcow2", "unix:/m,,1/x/qmp.sock", "-pidfile /m,1/x/qemu.pid"} {
+	for _, w := range []string{"file=/a,,b.qcow2", "unix:/m,,1/x/qmp.sock", "-pidfile /m,1/x/qemu.pid", "ifname=t,,0,", "file=/m,,1/x/cidata.iso,"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("lacks %q: %s", w, line)
 		}

@@ -110,7 +110,7 @@ func TestProcessLifecycle(t *testing.T) {
 
 func TestStartFailureReportsQEMUError(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{Name: "bad", Dir: dir, Hardware: hw(nil), Disk: Disk{Path: filepath.Join(dir, "missing.qcow2"), Format: "qcow2"}, Accel: AccelTCG}
+	cfg := Config{Name: "bad", Dir: dir, Hardware: hw(func(h *spec.Hardware) { h.Network = h.Network[1:] }), Disk: Disk{Path: filepath.Join(dir, "missing.qcow2"), Format: "qcow2"}, Accel: AccelTCG}
 	err := Start(context.Background(), cfg)
 	if err == nil {
 		Kill(dir)
