@@ -1,0 +1,82 @@
+// Package netnstest runs a test inside network and PID namespaces of its
+// own, so that the bridges, taps, dnsmasq and QEMU processes it starts, and
+// every packet it sends to a guest's address, stay inside them. The test
+// binary re-runs itself, for that one test, under
+// `unshare --net --pid --fork --mount-proc`: when the test ends the kernel
+// kills whatever it left running and the namespace disappears with its
+// interfaces, even if the test crashed.
+package netnstest
+
+import (
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+const envVar = "VMFEST_TEST_NETNS"
+
+// Enter reports whether the caller runs inside the test's namespace and
+// should go on. In the parent it runs the test again inside a fresh
+// namespace, reports that run's outcome as its own, and returns false: the
+// caller then returns at once. Without root the test is skipped.
+func Enter(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(envVar) == t.Name() {
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			t.Fatalf("bring lo up in the test's network namespace: %v", err)
+		}
+		return true
+	}
+	if os.Getenv(envVar) != "" {
+		t.Fatalf("%s runs inside the namespace of %s: call Enter only from top-level tests", t.Name(), os.Getenv(envVar))
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs in network and PID namespaces of its own (unshare)")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed: %v", err)
+	}
+	var args []string
+	skip := false
+	for _, a := range os.Args[1:] {
+		if skip {
+			skip = false
+			continue
+		}
+		if a == "-test.run" || a == "-test.skip" {
+			skip = true
+			continue
+		}
+		if strings.HasPrefix(a, "-test.run=") || strings.HasPrefix(a, "-test.skip=") || strings.HasPrefix(a, "-test.v") {
+			continue
+		}
+		args = append(args, a)
+	}
+	parts := strings.Split(t.Name(), "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	args = append([]string{"--net", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.v", "-test.run=" + strings.Join(parts, "/")}, args...)
+	cmd := exec.Command(unshare, args...)
+	cmd.Env = append(os.Environ(), envVar+"="+t.Name())
+	out, err := cmd.CombinedOutput()
+	switch {
+	case err != nil:
+		t.Fatalf("in its own network namespace: %v\n%s", err, out)
+	case strings.Contains(string(out), "--- SKIP: "+t.Name()):
+		t.Skipf("skipped in its own network namespace:\n%s", out)
+	case !strings.Contains(string(out), "--- PASS: "+t.Name()):
+		t.Fatalf("did not run in its own network namespace:\n%s", out)
+	}
+	t.Logf("in its own network namespace:\n%s", out)
+	return false
+}
