@@ -151,6 +151,9 @@ type SetupOptions struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// Meta is the image metadata; default: a sidecar .meta beside the source.
 	Meta *spec.Image `json:"meta,omitempty"`
+	// Overrides, when set, are laid over the metadata field by field (the
+	// CLI's --os-family, --username, ... flags); a false bool changes nothing.
+	Overrides *spec.Image `json:"overrides,omitempty"`
 	// Replace an installed model of the same id (refused while in use).
 	Replace bool `json:"replace,omitempty"`
 	// Progress, when set, receives progress reports.

@@ -16,8 +16,15 @@ import (
 	"github.com/vmfest/vmfest/store"
 )
 
-// ErrNotFound is wrapped by errors about models that do not exist.
-var ErrNotFound = errors.New("no such model")
+// Errors callers can test for with errors.Is.
+var (
+	// ErrNotFound is wrapped by errors about models that do not exist.
+	ErrNotFound = errors.New("no such model")
+	// ErrExists is wrapped by errors about a model name already taken.
+	ErrExists = errors.New("model exists")
+	// ErrBuiltin is wrapped by errors about changing a built-in model.
+	ErrBuiltin = errors.New("built-in model")
+)
 
 // Hardware is the hardware catalogue: the built-in models and the YAML files
 // under models/hardware/ (a user file named like a built-in replaces it).
@@ -81,4 +88,64 @@ func (c Hardware) Names() ([]string, error) {
 	}
 	sort.Strings(user)
 	return append(names, user...), nil
+}
+
+// Add validates h (defaults applied, then Validate) and saves it as the
+// user model name, written atomically as models/hardware/<name>.yaml. A
+// user model named like a built-in one replaces it for this state
+// directory; an existing user model is an error wrapping ErrExists unless
+// replace is true.
+func (c Hardware) Add(name string, h spec.Hardware, replace bool) error {
+	if err := store.ValidateName("hardware model", name); err != nil {
+		return err
+	}
+	if err := h.WithDefaults().Validate(); err != nil {
+		return fmt.Errorf("hardware model %s: %w", name, err)
+	}
+	if !replace {
+		if file := c.userFile(name); file != "" {
+			return fmt.Errorf("%w: hardware model %q is already defined by %s", ErrExists, name, file)
+		}
+	}
+	data, err := spec.MarshalYAML(h)
+	if err != nil {
+		return fmt.Errorf("hardware model %s: %w", name, err)
+	}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("hardware model %s: %w", name, err)
+	}
+	for _, ext := range []string{".yml", ".json"} { // one file per model
+		os.Remove(filepath.Join(c.dir, name+ext))
+	}
+	return store.WriteFileAtomic(filepath.Join(c.dir, name+".yaml"), data, 0o644)
+}
+
+// Remove deletes the user model name. Built-in models cannot be removed
+// (a user file shadowing one can: the built-in comes back).
+func (c Hardware) Remove(name string) error {
+	if err := store.ValidateName("hardware model", name); err != nil {
+		return err
+	}
+	file := c.userFile(name)
+	if file == "" {
+		if _, ok := spec.BuiltinHardware()[name]; ok {
+			return fmt.Errorf("%w: hardware model %q is built in and cannot be removed", ErrBuiltin, name)
+		}
+		return fmt.Errorf("%w: hardware model %q", ErrNotFound, name)
+	}
+	if err := os.Remove(file); err != nil {
+		return fmt.Errorf("remove hardware model %s: %w", name, err)
+	}
+	return store.SyncDir(c.dir)
+}
+
+// userFile is the user's file defining name, or "".
+func (c Hardware) userFile(name string) string {
+	for _, ext := range []string{".yaml", ".yml", ".json"} {
+		p := filepath.Join(c.dir, name+ext)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
 }

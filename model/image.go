@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -27,8 +30,18 @@ type ImageModel struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// VirtualSize is the disk's size as the guest sees it, in bytes.
 	VirtualSize int64 `json:"virtual-size,omitempty"`
-	// SourceFormat is the disk format the image came in.
+	// SourceFormat is the disk format the image came in, as qemu-img
+	// names it (qcow2, raw, vdi, vmdk, vpc for VHD, vhdx).
 	SourceFormat string `json:"source-format,omitempty"`
+	// Compression is how the source was compressed (none, gzip, xz,
+	// zstd, bzip2).
+	Compression string `json:"compression,omitempty"`
+	// Container is the archive the disk came in: box (Vagrant), ova, tar,
+	// or empty for a bare disk.
+	Container string `json:"container,omitempty"`
+	// Verified says SHA256 was checked against a published or given
+	// digest.
+	Verified bool `json:"verified,omitempty"`
 	// Installed is when the model was installed.
 	Installed time.Time `json:"installed"`
 }
@@ -83,4 +96,116 @@ func (r Images) IDs() ([]string, error) {
 	}
 	sort.Strings(ids)
 	return ids, nil
+}
+
+// Lock takes the registry's lock (flock on models/images), serialising
+// installs and removals across goroutines and processes. ctx bounds the
+// wait.
+func (r Images) Lock(ctx context.Context) (*store.Lock, error) {
+	return store.LockDir(ctx, r.dir)
+}
+
+// List reads every installed model. Models whose model.json cannot be read
+// are returned in broken, keyed by id, so one bad model does not hide the
+// others.
+func (r Images) List() (models []ImageModel, broken map[string]error, err error) {
+	ids, err := r.IDs()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, id := range ids {
+		m, err := r.Get(id)
+		if err != nil {
+			if broken == nil {
+				broken = map[string]error{}
+			}
+			broken[id] = err
+			continue
+		}
+		models = append(models, m)
+	}
+	return models, broken, nil
+}
+
+// Install moves a staged directory holding a complete, verified disk
+// (store.ModelDiskFile) into the registry as model m.ID: model.json is
+// written into it, the disk made read-only (0444), and the directory
+// renamed into place, so the model appears whole or not at all. An
+// existing model of that id is an error wrapping ErrExists unless replace
+// is true; then the two directories are exchanged atomically and the old
+// one removed. The caller holds Lock and has checked that no machine uses
+// a model it replaces.
+func (r Images) Install(staged string, m ImageModel, replace bool) (ImageModel, error) {
+	if err := store.ValidateName("image model", m.ID); err != nil {
+		return ImageModel{}, err
+	}
+	disk := filepath.Join(staged, store.ModelDiskFile)
+	if err := os.Chmod(disk, 0o444); err != nil {
+		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
+	}
+	rec := m
+	rec.Spec.Location = store.ModelDiskFile // relative to the model directory
+	rec.Spec.Immutable = true
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return ImageModel{}, err
+	}
+	if err := store.WriteFileAtomic(filepath.Join(staged, store.ModelFile), append(data, '\n'), 0o644); err != nil {
+		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
+	}
+	if err := store.SyncDir(staged); err != nil {
+		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
+	}
+	final := r.Dir(m.ID)
+	_, statErr := os.Lstat(final)
+	switch {
+	case statErr == nil && !replace:
+		return ImageModel{}, fmt.Errorf("%w: image model %q is installed; remove it or replace it", ErrExists, m.ID)
+	case statErr == nil:
+		// Exchange the new directory with the old, then remove the old.
+		if err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
+			return ImageModel{}, fmt.Errorf("replace image model %s: %w", m.ID, err)
+		}
+		if err := os.RemoveAll(staged); err != nil { // now the old model
+			return ImageModel{}, fmt.Errorf("replace image model %s: remove the old one: %w", m.ID, err)
+		}
+	default:
+		// renameat2 with RENAME_NOREPLACE: of concurrent installs of one
+		// id, exactly one wins.
+		if err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return ImageModel{}, fmt.Errorf("%w: image model %q is installed; remove it or replace it", ErrExists, m.ID)
+			}
+			return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
+		}
+	}
+	if err := store.SyncDir(r.dir); err != nil {
+		return ImageModel{}, err
+	}
+	return r.Get(m.ID)
+}
+
+// Remove deletes the model id: its directory is renamed to a hidden name
+// first (so it disappears at once and whole), then removed. The caller
+// holds Lock and has checked that no machine uses it.
+func (r Images) Remove(id string) error {
+	if err := store.ValidateName("image model", id); err != nil {
+		return err
+	}
+	final := r.Dir(id)
+	if _, err := os.Stat(filepath.Join(final, store.ModelFile)); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: image model %q", ErrNotFound, id)
+	}
+	gone, err := os.MkdirTemp(r.dir, ".removing-"+id+"-")
+	if err != nil {
+		return fmt.Errorf("remove image model %s: %w", id, err)
+	}
+	if err := os.Rename(final, gone); err != nil {
+		os.Remove(gone)
+		return fmt.Errorf("remove image model %s: %w", id, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("remove image model %s: %w", id, err)
+	}
+	return store.SyncDir(r.dir)
 }

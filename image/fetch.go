@@ -1,0 +1,338 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockFile opens (creating it) and takes the exclusive flock of the file at
+// path, waiting until it is free or ctx is done. The holder may remove the
+// file before unlocking: a waiter that then gets the lock of the unlinked
+// file notices (the path no longer names it) and tries again, so the
+// file at path and the lock always go together.
+func lockFile(ctx context.Context, path string) (*os.File, error) {
+	delay := time.Millisecond
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		for {
+			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if err == nil || (!errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR)) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				f.Close()
+				return nil, fmt.Errorf("wait for another setup of the same source: %w", ctx.Err())
+			case <-time.After(delay):
+			}
+			if delay < 100*time.Millisecond {
+				delay *= 2
+			}
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		var held, now unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &held); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if err := unix.Stat(path, &now); err == nil && now.Ino == held.Ino && now.Dev == held.Dev {
+			return f, nil
+		}
+		f.Close() // removed or replaced while we waited: take the new one
+	}
+}
+
+// fetchError is a failed request, classified for retrying.
+type fetchError struct {
+	err       error
+	transient bool
+	notFound  bool
+}
+
+func (e *fetchError) Error() string { return e.err.Error() }
+func (e *fetchError) Unwrap() error { return e.err }
+
+// classify words a transport error for the user and says whether a retry
+// may help.
+func classify(u string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &fetchError{err: fmt.Errorf("%w: %s: connection refused: is the server up and the port right?", ErrSource, u)}
+	case isDNSError(err):
+		return &fetchError{err: fmt.Errorf("%w: %s: %v: check the host name", ErrSource, u, err)}
+	}
+	return &fetchError{err: fmt.Errorf("%w: %s: %w", ErrSource, u, err), transient: true}
+}
+
+func isDNSError(err error) bool {
+	var d *net.DNSError
+	return errors.As(err, &d) && !d.IsTemporary
+}
+
+func statusError(u string, resp *http.Response) error {
+	code := resp.StatusCode
+	var err error
+	switch {
+	case code == http.StatusNotFound || code == http.StatusGone:
+		err = fmt.Errorf("%w: %s: %s: no such file on the server; check the URL", ErrSource, u, resp.Status)
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		err = fmt.Errorf("%w: %s: %s: the server refuses access", ErrSource, u, resp.Status)
+	default:
+		err = fmt.Errorf("%w: %s: %s", ErrSource, u, resp.Status)
+	}
+	transient := code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests
+	notFound := code == http.StatusNotFound || code == http.StatusGone
+	return &fetchError{err: err, transient: transient, notFound: notFound}
+}
+
+// retry runs op up to cfg.Attempts times while it fails transiently,
+// waiting cfg.Backoff (doubling) between tries.
+func retry(ctx context.Context, cfg Config, what string, op func() error) error {
+	wait := cfg.Backoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = op()
+		var fe *fetchError
+		if err == nil || !errors.As(err, &fe) || !fe.transient {
+			return err
+		}
+		if attempt >= cfg.Attempts {
+			return fmt.Errorf("%w (gave up after %d attempts)", err, attempt)
+		}
+		cfg.Logger.Debug("retrying", "what", what, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// get issues one GET of u from offset (a Range request when offset > 0).
+// It returns the body, the offset the body starts at (0 when the server
+// ignored the range) and the total size (-1 when unknown).
+func get(ctx context.Context, cfg Config, u string, offset int64) (io.ReadCloser, int64, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: %v", ErrSource, u, err)}
+	}
+	req.Header.Set("User-Agent", "vmfest")
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	resp, err := cfg.Client.Do(req)
+	if err != nil {
+		return nil, 0, 0, classify(u, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return resp.Body, 0, resp.ContentLength, nil
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != offset {
+			resp.Body.Close()
+			return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: bad Content-Range %q for a resume at byte %d", ErrSource, u, resp.Header.Get("Content-Range"), offset)}
+		}
+		return resp.Body, start, total, nil
+	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
+		// The partial file is as long as the file or longer: it changed.
+		// Start over.
+		resp.Body.Close()
+		return get(ctx, cfg, u, 0)
+	}
+	resp.Body.Close()
+	return nil, 0, 0, statusError(u, resp)
+}
+
+// parseContentRange reads "bytes START-END/TOTAL" (TOTAL may be *).
+func parseContentRange(h string) (start, total int64, ok bool) {
+	rest, found := strings.CutPrefix(h, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	span, size, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	first, _, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err := strconv.ParseInt(first, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	total = -1
+	if size != "*" {
+		if total, err = strconv.ParseInt(size, 10, 64); err != nil {
+			return 0, 0, false
+		}
+	}
+	return start, total, true
+}
+
+// remoteReader reads an http source from an offset to its end. When the
+// body breaks off (connection reset, fewer bytes than announced), it asks
+// for the rest with a Range request, up to cfg.Attempts times in a row, so
+// its reader sees one whole stream.
+type remoteReader struct {
+	ctx   context.Context
+	cfg   Config
+	url   string
+	off   int64 // bytes of the file delivered so far (including the cache's)
+	total int64 // -1 when unknown
+	body  io.ReadCloser
+}
+
+// openRemote starts reading u at offset. It returns the reader and the
+// offset it actually starts at: 0 when the server ignores ranges.
+func openRemote(ctx context.Context, cfg Config, u string, offset int64) (*remoteReader, int64, error) {
+	r := &remoteReader{ctx: ctx, cfg: cfg, url: u}
+	err := retry(ctx, cfg, u, func() error {
+		body, start, total, err := get(ctx, cfg, u, offset)
+		if err != nil {
+			return err
+		}
+		r.body, r.off, r.total = body, start, total
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, r.off, nil
+}
+
+func (r *remoteReader) Read(p []byte) (int, error) {
+	for attempt := 1; ; attempt++ {
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		if err == nil || n > 0 {
+			if err == io.EOF && r.total >= 0 && r.off < r.total {
+				err = nil // handled on the next call, once n bytes are passed on
+			}
+			if err == io.EOF {
+				return n, io.EOF
+			}
+			return n, nil
+		}
+		if err == io.EOF && (r.total < 0 || r.off >= r.total) {
+			return 0, io.EOF
+		}
+		if r.ctx.Err() != nil {
+			return 0, r.ctx.Err()
+		}
+		// The body broke off early: resume from r.off.
+		cause := err
+		if err == io.EOF {
+			cause = io.ErrUnexpectedEOF
+		}
+		r.body.Close()
+		if attempt >= r.cfg.Attempts {
+			return 0, fmt.Errorf("%w: %s: the download broke off at byte %d of %s and did not resume after %d attempts: %v", ErrSource, r.url, r.off, sizeText(r.total), attempt, cause)
+		}
+		r.cfg.Logger.Debug("download broke off; resuming", "url", r.url, "at", r.off, "err", cause)
+		select {
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		case <-time.After(r.cfg.Backoff << (attempt - 1)):
+		}
+		var start int64
+		err = retry(r.ctx, r.cfg, r.url, func() error {
+			body, s, total, err := get(r.ctx, r.cfg, r.url, r.off)
+			if err != nil {
+				return err
+			}
+			r.body, start = body, s
+			if total >= 0 {
+				r.total = total
+			}
+			return nil
+		})
+		if err != nil {
+			r.body = io.NopCloser(strings.NewReader(""))
+			return 0, err
+		}
+		if start != r.off {
+			r.body.Close()
+			r.body = io.NopCloser(strings.NewReader(""))
+			return 0, fmt.Errorf("%w: %s: the download broke off at byte %d and the server cannot resume it (no Range support)", ErrSource, r.url, r.off)
+		}
+	}
+}
+
+func (r *remoteReader) Close() error { return r.body.Close() }
+
+func sizeText(n int64) string {
+	if n < 0 {
+		return "an unknown size"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// maxSidecar bounds the size of a .meta, .sha256 or SHA256SUMS file.
+const maxSidecar = 1 << 20
+
+// fetchSidecar reads a small file beside the source. found is false when
+// it does not exist (404, no such file); other failures are errors.
+func fetchSidecar(ctx context.Context, cfg Config, src Source) (data []byte, found bool, err error) {
+	if !src.Remote() {
+		f, err := os.Open(src.Path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: %s: %v", ErrSource, src.Path, err)
+		}
+		defer f.Close()
+		data, err = io.ReadAll(io.LimitReader(f, maxSidecar+1))
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: %s: %v", ErrSource, src.Path, err)
+		}
+	} else {
+		u := src.String()
+		err = retry(ctx, cfg, u, func() error {
+			body, _, _, err := get(ctx, cfg, u, 0)
+			if err != nil {
+				return err
+			}
+			defer body.Close()
+			data, err = io.ReadAll(io.LimitReader(body, maxSidecar+1))
+			if err != nil {
+				return classify(u, err)
+			}
+			return nil
+		})
+		var fe *fetchError
+		if errors.As(err, &fe) && fe.notFound {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	if len(data) > maxSidecar {
+		return nil, false, fmt.Errorf("%w: %s: larger than %d bytes: not a metadata or checksum file", ErrMeta, src, maxSidecar)
+	}
+	return data, true, nil
+}
