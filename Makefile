@@ -8,7 +8,7 @@ IMAGE   := $(BUILD)/vmfest-tiny.qcow2
 META    := $(BUILD)/vmfest-tiny.meta
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps build image demo test test-short vet fuzz clean
+.PHONY: all deps build image demo test test-short vet fuzz bench clean
 
 all: build
 
@@ -37,6 +37,12 @@ test: deps image vet
 # Unit tests only: no guest is booted.
 test-short: vet
 	go test -short -count=1 ./...
+
+# Benchmarks side by side with their baselines; writes docs/BENCHMARKS.md and docs/bench.png.
+bench: deps build image
+	go run ./bench -image $(META) -out docs/BENCHMARKS.md
+	go test -run '^$$' -bench . -benchtime 100x . | tee -a docs/BENCHMARKS.md.gobench
+	@{ echo; echo '## Go benchmarks (`go test -run "^$$" -bench . -benchtime 100x .`)'; echo; echo '```'; grep -E '^(Benchmark|goos|goarch|cpu)' docs/BENCHMARKS.md.gobench; echo '```'; } >> docs/BENCHMARKS.md; rm -f docs/BENCHMARKS.md.gobench
 
 # Each fuzz test for FUZZTIME (CI runs them briefly; run longer on demand).
 FUZZTIME ?= 10s
