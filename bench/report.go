@@ -49,7 +49,9 @@ func (r *report) section(title string) *section {
 
 func (s *section) add(r row) { s.Rows = append(s.Rows, r) }
 
-func (s *section) note(format string, args ...any) { s.Notes = append(s.Notes, fmt.Sprintf(format, args...)) }
+func (s *section) note(format string, args ...any) {
+	s.Notes = append(s.Notes, fmt.Sprintf(format, args...))
+}
 
 func met(ok bool) string {
 	if ok {
