@@ -2,6 +2,7 @@ package vmfest
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -15,13 +16,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/internal/netnstest"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
 // The test binary re-runs itself as a helper process for crash and
 // multi-process tests: VMFEST_HELPER says what to do.
+//
+// As root the whole binary first re-runs itself inside network and PID
+// namespaces of its own (netnstest.Wrap): the host-only bridges, taps,
+// dnsmasq and QEMU the tests start, and every packet sent to a guest's
+// address, stay inside them and die with them.
 func TestMain(m *testing.M) {
+	if code, done := netnstest.Wrap(); done {
+		os.Exit(code)
+	}
 	switch os.Getenv("VMFEST_HELPER") {
 	case "":
 	case "churn":
@@ -32,7 +42,42 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv("VMFEST_HELPER"))
 		os.Exit(2)
 	}
-	os.Exit(m.Run())
+	os.Exit(checkBaseImageUnchanged(m.Run))
+}
+
+// checkBaseImageUnchanged runs the suite and fails it if the tiny guest's
+// base image (which every booting test uses through overlays) changed by
+// a single byte.
+func checkBaseImageUnchanged(run func() int) int {
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		return run()
+	}
+	disk := strings.TrimSuffix(meta, ".meta") + ".qcow2"
+	before, err := sumFile(disk)
+	if err != nil {
+		return run()
+	}
+	code := run()
+	after, err := sumFile(disk)
+	if err != nil || after != before {
+		fmt.Fprintf(os.Stderr, "FAIL: the base image %s changed during the suite (%v)\n", disk, err)
+		return 1
+	}
+	return code
+}
+
+func sumFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
 func helperServer() (*Local, spec.Image) {
