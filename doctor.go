@@ -14,7 +14,8 @@ import (
 // Finding is one thing Doctor found in the state directory.
 type Finding struct {
 	// Kind is partial-create, partial-destroy, temp-file, stale-stopping,
-	// corrupt-record, missing-disk or aborted.
+	// corrupt-record, missing-disk, aborted or orphan-allocation (a network
+	// address held for a machine that does not exist).
 	Kind string `json:"kind"`
 	// Machine is the machine concerned, if any.
 	Machine string `json:"machine,omitempty"`
@@ -93,6 +94,7 @@ func (l *Local) sweepPartial(fix bool) ([]Finding, error) {
 		}
 		out = append(out, f)
 	}
+	out = append(out, l.sweepAllocations(fix)...)
 	return out, nil
 }
 

@@ -67,5 +67,5 @@ network: [{attachment-type: nat, adapter-type: e1000}]
 	fmt.Println(h.Validate())
 	// Output:
 	// 256 e1000 [IDE Controller, 0]
-	// network[0].attachment-type: "wifi" is not supported; allowed: nat, none
+	// network[0].attachment-type: "wifi" is not supported; allowed: nat, host-only, bridged, internal, none
 }

@@ -106,6 +106,9 @@ type record struct {
 	DiskFormat string `json:"disk-format"`
 	// Accel is the accelerator of the last start.
 	Accel string `json:"accel,omitempty"`
+	// Net is the machine's networking: instance id, network allocations,
+	// SSH forwards (see networks.go).
+	Net netRecord `json:"net"`
 }
 
 func (r record) disk(dir string) string {
@@ -179,6 +182,14 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 	defer func() {
 		if !done {
 			os.RemoveAll(tmp)
+		}
+	}()
+	if err := l.allocateNetworks(ctx, &r, image.SSHKeys); err != nil {
+		return nil, fmt.Errorf("create machine %s: %w", name, err)
+	}
+	defer func() {
+		if !done {
+			l.releaseNetworks(ctx, r)
 		}
 	}()
 	if r.Overlay {

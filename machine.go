@@ -66,6 +66,8 @@ func (m *localMachine) Start(ctx context.Context) error {
 // start runs the start-up steps, undoing what was done if one fails.
 func (m *localMachine) start(ctx context.Context, r record) (err error) {
 	var undo []func()
+	var ns *netStart // see networks.go
+	defer func() { ns.unlock() }()
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
@@ -98,6 +100,12 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 			}
 			return nil
 		}},
+		{"set up the networks", func() (err error) {
+			if ns, err = m.setUpNetworks(ctx, &r); err == nil {
+				undo = append(undo, ns.undo)
+			}
+			return err
+		}},
 		{"launch QEMU", func() error {
 			cfg := qemu.Config{
 				Name:     m.name,
@@ -106,6 +114,8 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 				Disk:     qemu.Disk{Path: r.disk(m.dir()), Format: r.DiskFormat},
 				Accel:    r.Accel,
 				Binary:   m.l.cfg.QEMU,
+				NICs:     ns.backends,
+				CIData:   ns.cidata,
 			}
 			if err := qemu.Start(ctx, cfg); err != nil {
 				return err
@@ -113,6 +123,7 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 			undo = append(undo, func() { qemu.Kill(m.dir()); qemu.WaitExit(context.Background(), m.dir()); qemu.Clean(m.dir()) })
 			return nil
 		}},
+		{"plug the NICs into their networks", func() error { return ns.plug() }},
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
@@ -200,6 +211,9 @@ func (m *localMachine) cleanAfterExit(ctx context.Context) error {
 		return nil // started again meanwhile
 	}
 	qemu.ClearStopping(m.dir())
+	if r, err := m.l.readRecord(m.name); err == nil {
+		m.settleNetworks(ctx, r)
+	}
 	return nil
 }
 
@@ -231,6 +245,7 @@ func (m *localMachine) PowerDown(ctx context.Context) error {
 		if err := qemu.Clean(m.dir()); err != nil {
 			return fmt.Errorf("power-down machine %s: %w", m.name, err)
 		}
+		m.settleNetworks(ctx, r)
 		return nil
 	})
 }
@@ -266,6 +281,9 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 		}
 		if err := os.RemoveAll(trash); err != nil {
 			errs = append(errs, err)
+		}
+		if err := m.l.releaseNetworks(ctx, r); err != nil {
+			errs = append(errs, fmt.Errorf("release its network addresses: %w", err))
 		}
 		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
@@ -320,6 +338,7 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 	if pid, alive, _ := qemu.PID(m.dir()); alive {
 		info.PID = pid
 	}
+	info.Networks = m.nicInfos(r, st)
 	return info, nil
 }
 

@@ -79,6 +79,9 @@ func (e *StateError) Unwrap() error { return ErrWrongState }
 type Image struct {
 	Model string
 	Spec  *spec.Image
+	// SSHKeys are OpenSSH public keys, beside vmfest's own, that may log
+	// in to a cloud-init image's user (given in its NoCloud seed).
+	SSHKeys []string
 }
 
 // ImageModel chooses the installed image model id.
@@ -271,4 +274,7 @@ type Info struct {
 	// HardwareSpec and ImageSpec are the resolved specs the machine runs.
 	HardwareSpec spec.Hardware `json:"hardware-spec"`
 	ImageSpec    spec.Image    `json:"image-spec"`
+	// Networks says where each NIC is plugged in and the address known
+	// without asking the guest (see Machine.IP for the confirmed one).
+	Networks []NICInfo `json:"networks,omitempty"`
 }

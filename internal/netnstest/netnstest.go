@@ -8,6 +8,8 @@
 package netnstest
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -19,19 +21,71 @@ import (
 
 const envVar = "VMFEST_TEST_NETNS"
 
+// wholePackage is envVar's value inside a namespace made by Wrap.
+const wholePackage = "*"
+
+// Wrap, called first in TestMain, re-runs the whole test binary inside
+// fresh network and PID namespaces when it can (as root) and returns its
+// exit status and true: TestMain exits with it. Inside them, or without
+// root, it returns false and TestMain goes on to m.Run (without root, the
+// tests that need a namespace skip themselves through Enter).
+func Wrap() (int, bool) {
+	switch os.Getenv(envVar) {
+	case wholePackage:
+		if err := loUp(); err != nil {
+			fmt.Fprintln(os.Stderr, "netnstest:", err)
+			return 1, true
+		}
+		return 0, false
+	case "":
+	default:
+		return 0, false // a test re-run by Enter
+	}
+	if os.Geteuid() != 0 {
+		return 0, false
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		return 0, false
+	}
+	cmd := exec.Command(unshare, append([]string{"--net", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0]}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), envVar+"="+wholePackage)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.As(err, &ee) && ee.ExitCode() > 0:
+		return ee.ExitCode(), true
+	}
+	fmt.Fprintln(os.Stderr, "netnstest: run the tests in a namespace of their own:", err)
+	return 1, true
+}
+
+func loUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		return fmt.Errorf("bring lo up in the test's network namespace: %w", err)
+	}
+	return nil
+}
+
 // Enter reports whether the caller runs inside the test's namespace and
 // should go on. In the parent it runs the test again inside a fresh
 // namespace, reports that run's outcome as its own, and returns false: the
 // caller then returns at once. Without root the test is skipped.
 func Enter(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(envVar) == t.Name() {
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		if err != nil {
-			t.Fatalf("bring lo up in the test's network namespace: %v", err)
+	switch os.Getenv(envVar) {
+	case wholePackage:
+		return true // the whole binary runs in a namespace (Wrap)
+	case t.Name():
+		if err := loUp(); err != nil {
+			t.Fatal(err)
 		}
 		return true
 	}

@@ -1,0 +1,274 @@
+package vmfest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
+)
+
+// The vmfest-managed SSH key pair, in $VMFEST_HOME/ssh/.
+const (
+	SSHDir        = "ssh"
+	SSHPrivateKey = "id_ed25519"
+	SSHPublicKey  = "id_ed25519.pub"
+)
+
+// SSHKey returns vmfest's own ed25519 key pair ($VMFEST_HOME/ssh/), made on
+// first use: the signer and the public key in authorized_keys form. Safe
+// for concurrent use across processes (the first one makes it).
+func (l *Local) SSHKey() (ssh.Signer, string, error) {
+	return LoadSSHKey(l.home.Root())
+}
+
+// LoadSSHKey returns the key pair of the state directory home, making it
+// on first use.
+func LoadSSHKey(home string) (ssh.Signer, string, error) {
+	dir := filepath.Join(home, SSHDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("ssh key: %w", err)
+	}
+	priv := filepath.Join(dir, SSHPrivateKey)
+	if _, err := os.Stat(priv); errors.Is(err, fs.ErrNotExist) {
+		lk, err := store.LockDir(context.Background(), dir)
+		if err != nil {
+			return nil, "", fmt.Errorf("ssh key: %w", err)
+		}
+		defer lk.Unlock()
+		if _, err := os.Stat(priv); errors.Is(err, fs.ErrNotExist) {
+			if err := makeSSHKey(dir); err != nil {
+				return nil, "", err
+			}
+		}
+	}
+	data, err := os.ReadFile(priv)
+	if err != nil {
+		return nil, "", fmt.Errorf("ssh key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(data)
+	if err != nil {
+		return nil, "", fmt.Errorf("ssh key %s: %w", priv, err)
+	}
+	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " vmfest"
+	return signer, pub, nil
+}
+
+func makeSSHKey(dir string) error {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "vmfest")
+	if err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " vmfest\n"
+	if err := store.WriteFileAtomic(filepath.Join(dir, SSHPublicKey), []byte(line), 0o644); err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	if err := store.WriteFileAtomic(filepath.Join(dir, SSHPrivateKey), pem.EncodeToMemory(block), 0o600); err != nil {
+		return fmt.Errorf("ssh key: %w", err)
+	}
+	return nil
+}
+
+// SSHOptions tunes SSH.
+type SSHOptions struct {
+	// Command runs through the guest's shell; empty: an interactive shell.
+	Command []string
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+	// TTY asks for a pseudo-terminal of Width x Height (an interactive
+	// session).
+	TTY           bool
+	Width, Height int
+	// User overrides the image's username (default root).
+	User string
+}
+
+// SSHEndpoint returns where to reach a running machine's SSH server: its
+// NAT NIC's loopback forward when it has one, else the address of its
+// first host-only (then bridged, then internal) NIC, port 22, waiting for
+// that address within ctx.
+func SSHEndpoint(ctx context.Context, m Machine) (string, error) {
+	info, err := m.Info(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range info.Networks {
+		if n.SSH != "" {
+			return n.SSH, nil
+		}
+	}
+	for _, kind := range []string{spec.AttachHostOnly, spec.AttachBridged, spec.AttachInternal} {
+		for _, n := range info.Networks {
+			if n.Attachment != kind {
+				continue
+			}
+			a, err := m.IP(ctx, n.Slot)
+			if err != nil {
+				return "", err
+			}
+			return net.JoinHostPort(a.IP, "22"), nil
+		}
+	}
+	return "", fmt.Errorf("%w: machine %s has no NIC to reach it by (no nat, host-only, bridged or internal NIC, or it is not running)", ErrInvalid, m.Name())
+}
+
+// SSH runs opts.Command (or a shell) on machine m as its image's user
+// (root when the image names none), authenticated with signer (and the
+// image's password, if it has one), and returns the remote exit status.
+// It retries the connection until the guest's SSH server answers or ctx
+// is done. Host keys are not checked: the endpoint is a loopback forward
+// or a host-only address that only this host reaches.
+func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (int, error) {
+	info, err := m.Info(ctx)
+	if err != nil {
+		return -1, err
+	}
+	addr, err := SSHEndpoint(ctx, m)
+	if err != nil {
+		return -1, err
+	}
+	user := opts.User
+	if user == "" {
+		user = info.ImageSpec.Username
+	}
+	if user == "" {
+		user = "root"
+	}
+	auth := []ssh.AuthMethod{ssh.PublicKeys(signer)}
+	if info.ImageSpec.Password != "" {
+		auth = append(auth, ssh.Password(info.ImageSpec.Password))
+	}
+	cfg := &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second}
+	var client *ssh.Client
+	var last error
+	for {
+		client, last = dialSSH(ctx, addr, cfg)
+		if last == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("ssh to machine %s at %s: %w: %w", m.Name(), addr, ErrTimeout, last)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return -1, fmt.Errorf("ssh to machine %s: %w", m.Name(), err)
+	}
+	defer sess.Close()
+	sess.Stdin, sess.Stdout, sess.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
+	if opts.TTY {
+		w, h := opts.Width, opts.Height
+		if w <= 0 || h <= 0 {
+			w, h = 80, 24
+		}
+		if err := sess.RequestPty(termName(), h, w, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
+			return -1, fmt.Errorf("ssh to machine %s: pseudo-terminal: %w", m.Name(), err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		if len(opts.Command) == 0 {
+			if err := sess.Shell(); err != nil {
+				done <- err
+				return
+			}
+			done <- sess.Wait()
+			return
+		}
+		done <- sess.Run(shellJoin(opts.Command))
+	}()
+	select {
+	case <-ctx.Done():
+		client.Close()
+		return -1, fmt.Errorf("ssh to machine %s: %w", m.Name(), ctx.Err())
+	case err = <-done:
+	}
+	var ee *ssh.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
+		return ee.ExitStatus(), nil
+	}
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return -1, fmt.Errorf("ssh to machine %s: the connection closed without an exit status", m.Name())
+	}
+	return -1, fmt.Errorf("ssh to machine %s: %w", m.Name(), err)
+}
+
+func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := dctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+func termName() string {
+	if t := os.Getenv("TERM"); t != "" {
+		return t
+	}
+	return "xterm"
+}
+
+// shellJoin quotes args for a POSIX shell; a single argument is passed
+// as is (it may be a whole command line).
+func shellJoin(args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	var b bytes.Buffer
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r == '-' || r == '_' || r == '.' || r == '/' || r == '=' || r == ':' || r == ',' || r == '@' ||
+				r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+		}) < 0 {
+			b.WriteString(a)
+			continue
+		}
+		b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
+	}
+	return b.String()
+}
