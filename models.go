@@ -22,9 +22,9 @@ func (l *Local) AddHardwareModel(ctx context.Context, name string, h spec.Hardwa
 	err := l.hardware.Add(name, h, false)
 	switch {
 	case errors.Is(err, store.ErrInvalidName):
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return tagged{err, ErrInvalid}
 	case errors.Is(err, model.ErrExists):
-		return fmt.Errorf("%w: %w; remove it first with `vmfest hardware rm %s`", ErrExists, err, name)
+		return tagged{fmt.Errorf("%w; remove it first with `vmfest hardware rm %s`", err, name), ErrExists}
 	}
 	return err
 }
@@ -36,12 +36,19 @@ func (l *Local) RemoveHardwareModel(ctx context.Context, name string) error {
 	err := l.hardware.Remove(name)
 	switch {
 	case errors.Is(err, store.ErrInvalidName), errors.Is(err, model.ErrBuiltin):
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return tagged{err, ErrInvalid}
 	case errors.Is(err, model.ErrNotFound):
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
+		return tagged{err, ErrNotFound}
 	}
 	return err
 }
+
+// tagged is err, worded as err, that also matches sentinel with errors.Is:
+// a lower layer's error given the API's sentinel without repeating it.
+type tagged struct{ err, sentinel error }
+
+func (t tagged) Error() string   { return t.err.Error() }
+func (t tagged) Unwrap() []error { return []error{t.err, t.sentinel} }
 
 // cacheDir is where partial downloads and staging directories live: under
 // the state directory, so installing is a rename.
@@ -54,15 +61,15 @@ func (l *Local) cacheDir() string { return filepath.Join(l.home.Root(), store.Ca
 func (l *Local) SetupModel(ctx context.Context, source string, opts SetupOptions) (model.ImageModel, error) {
 	src, err := image.ParseSource(source)
 	if err != nil {
-		return model.ImageModel{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return model.ImageModel{}, tagged{err, ErrInvalid}
 	}
 	id, err := image.ModelID(src, opts.ID)
 	if err != nil {
-		return model.ImageModel{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return model.ImageModel{}, tagged{err, ErrInvalid}
 	}
 	if opts.SHA256 != "" {
 		if _, err := image.NormalizeSHA256(opts.SHA256); err != nil {
-			return model.ImageModel{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return model.ImageModel{}, tagged{err, ErrInvalid}
 		}
 	}
 	begun := time.Now().UTC()
@@ -128,7 +135,7 @@ func (l *Local) SetupModel(ctx context.Context, source string, opts SetupOptions
 		Installed:    time.Now().UTC(),
 	}, opts.Replace)
 	if errors.Is(err, model.ErrExists) {
-		return model.ImageModel{}, fmt.Errorf("%w: %w", ErrExists, err)
+		return model.ImageModel{}, tagged{err, ErrExists}
 	}
 	if err != nil {
 		return model.ImageModel{}, fmt.Errorf("setup-model %s: %w", id, err)
@@ -195,9 +202,9 @@ func (l *Local) Model(ctx context.Context, id string) (model.ImageModel, error) 
 	m, err := l.images.Get(id)
 	switch {
 	case errors.Is(err, store.ErrInvalidName):
-		return m, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return m, tagged{err, ErrInvalid}
 	case errors.Is(err, model.ErrNotFound):
-		return m, fmt.Errorf("%w: %w", ErrNotFound, err)
+		return m, tagged{err, ErrNotFound}
 	}
 	return m, err
 }
@@ -206,7 +213,7 @@ func (l *Local) Model(ctx context.Context, id string) (model.ImageModel, error) 
 // machine's disk is backed by the model, and the error names them.
 func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	if err := store.ValidateName("image model", id); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return tagged{err, ErrInvalid}
 	}
 	reg, err := l.images.Lock(ctx)
 	if err != nil {
@@ -220,7 +227,7 @@ func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	defer busy.Unlock()
 	if _, err := l.images.Get(id); err != nil {
 		if errors.Is(err, model.ErrNotFound) {
-			return fmt.Errorf("%w: %w", ErrNotFound, err)
+			return tagged{err, ErrNotFound}
 		}
 		return err
 	}
@@ -233,7 +240,7 @@ func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	}
 	if err := l.images.Remove(id); err != nil {
 		if errors.Is(err, model.ErrNotFound) {
-			return fmt.Errorf("%w: %w", ErrNotFound, err)
+			return tagged{err, ErrNotFound}
 		}
 		return err
 	}

@@ -21,9 +21,9 @@ var (
 	// ErrNotFound is wrapped by errors about models that do not exist.
 	ErrNotFound = errors.New("no such model")
 	// ErrExists is wrapped by errors about a model name already taken.
-	ErrExists = errors.New("model exists")
+	ErrExists = errors.New("already exists")
 	// ErrBuiltin is wrapped by errors about changing a built-in model.
-	ErrBuiltin = errors.New("built-in model")
+	ErrBuiltin = errors.New("built-in hardware model")
 )
 
 // Hardware is the hardware catalogue: the built-in models and the YAML files
@@ -129,7 +129,7 @@ func (c Hardware) Remove(name string) error {
 	file := c.userFile(name)
 	if file == "" {
 		if _, ok := spec.BuiltinHardware()[name]; ok {
-			return fmt.Errorf("%w: hardware model %q is built in and cannot be removed", ErrBuiltin, name)
+			return fmt.Errorf("%w: %q cannot be removed", ErrBuiltin, name)
 		}
 		return fmt.Errorf("%w: hardware model %q", ErrNotFound, name)
 	}

@@ -2,6 +2,8 @@ package model
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,6 +142,9 @@ func (r Images) Install(staged string, m ImageModel, replace bool) (ImageModel, 
 		return ImageModel{}, err
 	}
 	disk := filepath.Join(staged, store.ModelDiskFile)
+	if err := os.Chmod(staged, 0o755); err != nil { // staging directories are private
+		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
+	}
 	if err := os.Chmod(disk, 0o444); err != nil {
 		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
 	}
@@ -196,12 +201,10 @@ func (r Images) Remove(id string) error {
 	if _, err := os.Stat(filepath.Join(final, store.ModelFile)); errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: image model %q", ErrNotFound, id)
 	}
-	gone, err := os.MkdirTemp(r.dir, ".removing-"+id+"-")
-	if err != nil {
-		return fmt.Errorf("remove image model %s: %w", id, err)
-	}
-	if err := os.Rename(final, gone); err != nil {
-		os.Remove(gone)
+	var suffix [8]byte
+	rand.Read(suffix[:])
+	gone := filepath.Join(r.dir, ".removing-"+id+"-"+hex.EncodeToString(suffix[:]))
+	if err := unix.Renameat2(unix.AT_FDCWD, final, unix.AT_FDCWD, gone, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("remove image model %s: %w", id, err)
 	}
 	if err := os.RemoveAll(gone); err != nil {

@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -83,5 +86,70 @@ func (a *app) hardwareCommand() *cobra.Command {
 			return err
 		},
 	})
+	cmd.AddCommand(a.hardwareAddCommand(), &cobra.Command{
+		Use:     "rm NAME",
+		Aliases: []string{"remove"},
+		Short:   "Remove a user hardware model (built-in ones stay)",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			if err := srv.RemoveHardwareModel(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"removed": args[0]})
+			}
+			fmt.Fprintf(a.out, "removed hardware model %s\n", args[0])
+			return nil
+		},
+	})
+	return cmd
+}
+
+func (a *app) hardwareAddCommand() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "add FILE [--name NAME]",
+		Short: "Add a hardware model from a YAML or JSON hardware spec file",
+		Long: `Add a hardware model from a hardware spec file (YAML or JSON, VMFest's keys).
+The spec is checked (unknown keys, values, with defaults applied) before it is
+saved. The name is the file's name without its extension unless --name is
+given; a model of that name must not exist (a built-in one is shadowed).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			h, err := spec.ParseHardware(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			if name == "" {
+				base := filepath.Base(args[0])
+				name = strings.TrimSuffix(base, filepath.Ext(base))
+			}
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			if err := srv.AddHardwareModel(cmd.Context(), name, h); err != nil {
+				return err
+			}
+			if a.json {
+				saved, err := srv.HardwareModel(cmd.Context(), name)
+				if err != nil {
+					return err
+				}
+				return a.printJSON(map[string]any{"name": name, "hardware": saved})
+			}
+			fmt.Fprintf(a.out, "added hardware model %s\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "model name (default: the file name without its extension)")
 	return cmd
 }

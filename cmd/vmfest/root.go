@@ -60,6 +60,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 			},
 		},
 	)
+	root.AddCommand(a.modelCommands()...)
 	return root
 }
 
