@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/spec"
 )
 
 // These tests boot the real tiny guest (make image) under whatever
@@ -45,13 +46,19 @@ func expectState(t *testing.T, m Machine, want State) {
 	}
 }
 
-// TestTutorial follows VMFest's tutorial: create a machine from an image and
-// a hardware model, start it, wait for it, pause, resume, stop, start again,
-// power down and destroy.
+// TestTutorial follows VMFest's tutorial against the Local server; the
+// same body runs against a Remote one through the HTTP API in
+// remote_e2e_test.go.
 func TestTutorial(t *testing.T) {
 	image := tinyImage(t)
+	RunTutorial(t, newTestServer(t), image)
+}
+
+// RunTutorial is the tutorial on any Server: create a machine from an image
+// and a hardware model, start it, wait for it, pause, resume, stop, start
+// again, power down and destroy. (Exported for the external test package.)
+func RunTutorial(t *testing.T, l Server, image spec.Image) {
 	base := fileSum(t, image.Location)
-	l := newTestServer(t)
 	ctx := ctxTimeout(t, 5*time.Minute)
 
 	begun := time.Now()
@@ -148,7 +155,7 @@ func TestGuestAgentNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, _ := m.Info(ctx)
-	mac := info.HardwareSpec.Network[0].MACAddress
+	mac := info.HardwareSpec.Network[1].MACAddress // micro: NIC 0 host-only, NIC 1 NAT
 	for {
 		a, err := qemu.DialAgent(ctx, filepath.Join(l.home.MachinePath("net"), qemu.QGASocket))
 		if err != nil {

@@ -1,0 +1,151 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// env is a served Local over a fresh state directory: the API's handler,
+// an httptest server requiring the token in front of it, a directory the
+// server allows, and a blank disk image in it.
+type env struct {
+	home    string
+	local   *vmfest.Local
+	api     *Server
+	http    *httptest.Server // token required
+	token   string
+	allowed string
+	blank   spec.Image
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// newEnv builds an env. Cleanup kills any QEMU left and removes the
+// directories.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	home, err := os.MkdirTemp("", "vmfa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := vmfest.NewLocal(vmfest.Config{Home: home, Accel: os.Getenv("VMFEST_ACCEL"), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := filepath.Join(home, "allowed")
+	if err := os.Mkdir(allowed, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(context.Background(), l, Config{Home: home, AllowPaths: []string{allowed}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenPath := filepath.Join(home, TokenFile)
+	tok, err := LoadToken(tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(RequireToken(s.Handler(), tokenPath))
+	e := &env{home: home, local: l, api: s, http: ts, token: tok, allowed: allowed, blank: blankImage(t, allowed, "blank.raw")}
+	t.Cleanup(func() {
+		ts.Close()
+		s.Close()
+		killAll(home)
+		os.RemoveAll(home)
+	})
+	return e
+}
+
+// killAll kills every QEMU under home's machines.
+func killAll(home string) {
+	entries, _ := os.ReadDir(filepath.Join(home, "machines"))
+	for _, e := range entries {
+		dir := filepath.Join(home, "machines", e.Name())
+		qemu.Kill(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		qemu.WaitExit(ctx, dir)
+		cancel()
+	}
+}
+
+// blankImage writes a 1 MiB read-only raw disk with no OS.
+func blankImage(t testing.TB, dir, name string) spec.Image {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return spec.Image{Location: path, Immutable: true}
+}
+
+// natOnly is hardware that needs no host network.
+var natOnly = &spec.Hardware{MemorySize: 128, CPUCount: 1, Network: []spec.NIC{{AttachmentType: "nat"}}}
+
+// do sends a request with the token to the httptest server and returns the
+// status and body.
+func (e *env) do(t *testing.T, method, path string, body any) (int, []byte) {
+	t.Helper()
+	return e.doAuth(t, method, path, body, "Bearer "+e.token)
+}
+
+func (e *env) doAuth(t *testing.T, method, path string, body any, auth string) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = bytes.NewReader([]byte(b))
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, e.http.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, data
+}
+
+// machineExists reports whether the Local server has the machine.
+func (e *env) machineExists(t *testing.T, name string) bool {
+	t.Helper()
+	_, err := e.local.FindMachine(context.Background(), name)
+	return err == nil
+}
+
+func createBody(name string, im spec.Image) map[string]any {
+	return map[string]any{"name": name, "image": map[string]any{"spec": im}, "hardware": map[string]any{"spec": natOnly}}
+}

@@ -1,0 +1,192 @@
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPort is the TCP port of --listen when the address has none
+// (VirtualBox's web service port, as VMFest users know it).
+const DefaultPort = 18083
+
+// SocketFile is the name of the default Unix socket in the state directory.
+const SocketFile = "vmfest.sock"
+
+// Listen says where to serve.
+type Listen struct {
+	// Unix is the path of a Unix socket (mode 0600: only its owner can
+	// connect, so no token is asked); "" for none.
+	Unix string
+	// TCP is host:port; "" for none. Every request on it needs the token.
+	TCP string
+	// TLSCert and TLSKey serve TCP over TLS.
+	TLSCert, TLSKey string
+	// Insecure allows plain HTTP on a non-loopback TCP address.
+	Insecure bool
+	// TokenFile holds the bearer token for TCP (see LoadToken).
+	TokenFile string
+}
+
+// TCPAddress completes addr with DefaultPort and refuses, without TLS and
+// unless insecure, any address but a loopback one: the token would cross
+// the network in clear.
+func TCPAddress(addr string, tls, insecure bool) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		host, port = addr, strconv.Itoa(DefaultPort)
+		if _, _, err2 := net.SplitHostPort(net.JoinHostPort(host, port)); err2 != nil {
+			return "", fmt.Errorf("--listen %q: give host:port: %w", addr, err)
+		}
+	}
+	if port == "" {
+		port = strconv.Itoa(DefaultPort)
+	}
+	if tls || insecure {
+		return net.JoinHostPort(host, port), nil
+	}
+	loopback := host == "localhost"
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		loopback = true
+	}
+	if !loopback {
+		shown := host
+		if shown == "" {
+			shown = "every interface"
+		}
+		return "", fmt.Errorf("--listen %s: refusing plain HTTP on %s (not loopback): give --tls-cert and --tls-key, or --insecure to send the token in clear", addr, shown)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// listenUnix opens a Unix socket with mode 0600. A stale socket (nobody
+// answers) is replaced; a live one means another server runs.
+func listenUnix(path string) (net.Listener, error) {
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another vmfest server is listening there", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove the stale socket: %w", err)
+		}
+	}
+	old := unix.Umask(0o177) // the socket is created 0600, never wider
+	l, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Serve serves the API on the listeners lc names until ctx is done, then
+// shuts down (letting requests finish for up to 10 s) and closes s.
+func (s *Server) Serve(ctx context.Context, lc Listen) error {
+	if lc.Unix == "" && lc.TCP == "" {
+		return errors.New("serve: give a Unix socket or a TCP address")
+	}
+	type served struct {
+		srv *http.Server
+		l   net.Listener
+		tls bool
+	}
+	var all []served
+	closeAll := func() {
+		for _, x := range all {
+			x.l.Close()
+		}
+	}
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	newHTTP := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          errLog,
+			BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		}
+	}
+	if lc.Unix != "" {
+		l, err := listenUnix(lc.Unix)
+		if err != nil {
+			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
+		}
+		all = append(all, served{srv: newHTTP(s.Handler()), l: l})
+		s.log.Info("listening", "unix", lc.Unix)
+	}
+	if lc.TCP != "" {
+		addr, err := TCPAddress(lc.TCP, lc.TLSCert != "", lc.Insecure)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		if (lc.TLSCert == "") != (lc.TLSKey == "") {
+			closeAll()
+			return errors.New("serve: give both --tls-cert and --tls-key")
+		}
+		if lc.TokenFile == "" {
+			closeAll()
+			return errors.New("serve: TCP needs a token file")
+		}
+		if _, err := LoadToken(lc.TokenFile); err != nil {
+			closeAll()
+			return err
+		}
+		hs := newHTTP(RequireToken(s.Handler(), lc.TokenFile))
+		if lc.TLSCert != "" {
+			cert, err := tls.LoadX509KeyPair(lc.TLSCert, lc.TLSKey)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("serve: TLS key pair: %w", err)
+			}
+			hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("serve: %w", err)
+		}
+		if hs.TLSConfig != nil {
+			l = tls.NewListener(l, hs.TLSConfig)
+		}
+		all = append(all, served{srv: hs, l: l, tls: hs.TLSConfig != nil})
+		s.log.Info("listening", "tcp", l.Addr().String(), "tls", hs.TLSConfig != nil)
+	}
+	errc := make(chan error, len(all))
+	for _, x := range all {
+		go func() { errc <- x.srv.Serve(x.l) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.Close() // ends event streams and waits, which Shutdown does not
+	for _, x := range all {
+		x.srv.Shutdown(sctx)
+	}
+	if lc.Unix != "" {
+		os.Remove(lc.Unix)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

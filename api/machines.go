@@ -1,0 +1,290 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/store"
+)
+
+// machineEntry is one item of GET /v1/machines: the machine's Info, or its
+// name and why its Info could not be read (so one broken machine never hides
+// the others).
+type machineEntry struct {
+	vmfest.Info
+	Error string `json:"error,omitempty"`
+}
+
+func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	ms, err := s.srv.Machines(ctx)
+	if err != nil {
+		return err
+	}
+	if r.URL.Query().Get("fields") == "name" {
+		names := make([]machineEntry, len(ms))
+		for i, m := range ms {
+			names[i].Name = m.Name()
+		}
+		return writeJSON(w, http.StatusOK, names)
+	}
+	out := make([]machineEntry, len(ms))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			info, err := m.Info(ctx)
+			if err != nil {
+				out[i] = machineEntry{Info: vmfest.Info{Name: m.Name(), State: "unknown"}, Error: err.Error()}
+				return
+			}
+			out[i] = machineEntry{Info: info}
+		}()
+	}
+	wg.Wait()
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
+	var req wire.CreateMachine
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := validName(req.Name, "machine"); err != nil {
+		return err
+	}
+	var img vmfest.Image
+	switch {
+	case req.Image.Model != "" && req.Image.Spec != nil:
+		return badRequest("image: give a model or a spec, not both")
+	case req.Image.Model != "":
+		if err := validName(req.Image.Model, "image model"); err != nil {
+			return err
+		}
+		img = vmfest.ImageModel(req.Image.Model)
+	case req.Image.Spec != nil:
+		im := *req.Image.Spec
+		loc, err := s.paths.check("image location", im.Location, im.Immutable)
+		if err != nil {
+			return err
+		}
+		im.Location = loc
+		img = vmfest.ImageSpec(im)
+	default:
+		return badRequest("image: give a model or a spec")
+	}
+	var hw vmfest.Hardware
+	switch {
+	case req.Hardware.Model != "" && req.Hardware.Spec != nil:
+		return badRequest("hardware: give a model or a spec, not both")
+	case req.Hardware.Model != "":
+		if err := validName(req.Hardware.Model, "hardware model"); err != nil {
+			return err
+		}
+		hw = vmfest.HardwareModel(req.Hardware.Model)
+	case req.Hardware.Spec != nil:
+		hw = vmfest.HardwareSpec(*req.Hardware.Spec)
+	default:
+		hw = vmfest.HardwareModel("micro")
+	}
+	m, err := s.srv.Instance(r.Context(), req.Name, img, hw)
+	if err != nil {
+		return err
+	}
+	s.events.machine(req.Name, "created")
+	info, err := m.Info(r.Context())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", wire.Prefix+"/machines/"+req.Name)
+	return writeJSON(w, http.StatusCreated, info)
+}
+
+// validName validates a name from a body, as name does one from the path.
+func validName(n, kind string) error {
+	if err := store.ValidateName(kind, n); err != nil {
+		return badRequest("%v", err)
+	}
+	return nil
+}
+
+// machine finds the machine named in the path.
+func (s *Server) machine(r *http.Request) (vmfest.Machine, error) {
+	n, err := pathName(r, "name", "machine")
+	if err != nil {
+		return nil, err
+	}
+	return s.srv.FindMachine(r.Context(), n)
+}
+
+func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	info, err := m.Info(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) destroyMachine(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	if err := m.Destroy(r.Context()); err != nil {
+		return err
+	}
+	s.events.machine(m.Name(), "destroyed")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) machineState(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	st, err := m.State(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, wire.State{State: string(st)})
+}
+
+// machineAction runs start, pause, resume, power-down (synchronous: they
+// take well under a second), and stop, wait-ready and start?wait= (long:
+// 202 and an operation).
+func (s *Server) machineAction(w http.ResponseWriter, r *http.Request) error {
+	action := r.PathValue("action")
+	var quick func(m vmfest.Machine, ctx context.Context) error
+	past := ""
+	switch action {
+	case "start", "pause", "resume", "power-down", "stop", "wait-ready":
+	default:
+		return &httpError{status: http.StatusNotFound, code: wire.CodeNotFound, msg: fmt.Sprintf("no action %q: use start, pause, resume, stop, power-down or wait-ready", action)}
+	}
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	switch action {
+	case "start":
+		wait, err := s.duration(r, "wait", 0)
+		if err != nil {
+			return err
+		}
+		if wait > 0 {
+			return s.startOp(w, wire.OpStart, m.Name(), wait, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+				if err := m.Start(ctx); err != nil {
+					return nil, err
+				}
+				s.events.machine(m.Name(), "started")
+				return nil, m.WaitReady(ctx)
+			})
+		}
+		quick, past = vmfest.Machine.Start, "started"
+	case "pause":
+		quick, past = vmfest.Machine.Pause, "paused"
+	case "resume":
+		quick, past = vmfest.Machine.Resume, "resumed"
+	case "power-down":
+		quick, past = vmfest.Machine.PowerDown, "powered-down"
+	case "stop":
+		timeout, err := s.duration(r, "timeout", vmfest.DefaultStopTimeout)
+		if err != nil {
+			return err
+		}
+		return s.startOp(w, wire.OpStop, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+			if err := m.Stop(ctx); err != nil {
+				return nil, err
+			}
+			s.events.machine(m.Name(), "stopped")
+			return nil, nil
+		})
+	case "wait-ready":
+		timeout, err := s.duration(r, "timeout", 2*time.Minute)
+		if err != nil {
+			return err
+		}
+		// Refuse at once what cannot succeed, rather than in an operation.
+		if st, err := m.State(r.Context()); err != nil {
+			return err
+		} else if st != vmfest.Running {
+			return &vmfest.StateError{Machine: m.Name(), Op: "wait for", State: st, Needs: []vmfest.State{vmfest.Running}}
+		}
+		return s.startOp(w, wire.OpWaitReady, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+			return nil, m.WaitReady(ctx)
+		})
+	}
+	if err := quick(m, r.Context()); err != nil {
+		return err
+	}
+	s.events.machine(m.Name(), past)
+	st, err := m.State(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, wire.State{State: string(st)})
+}
+
+func (s *Server) machineIP(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	slot := 0
+	if v := r.URL.Query().Get("slot"); v != "" {
+		slot, err = strconv.Atoi(v)
+		if err != nil || slot < 0 || slot > 63 {
+			return badRequest("?slot=%q: give a NIC slot number (0 is the first NIC)", v)
+		}
+	}
+	wait, err := s.duration(r, "wait", 0)
+	if err != nil {
+		return err
+	}
+	ctx := r.Context()
+	if wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+	} else {
+		// No wait: one look at the sources.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Second)
+		defer cancel()
+	}
+	a, err := m.IP(ctx, slot)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, a)
+}
+
+func (s *Server) machineConsole(w http.ResponseWriter, r *http.Request) error {
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	data, err := m.ConsoleLog(r.Context())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, err = w.Write(data)
+	return err
+}

@@ -1,0 +1,218 @@
+package vmfest_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/api"
+	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// serve runs the HTTP API over l on a Unix socket in l's state directory,
+// as `vmfest serve` does, and returns a Remote connected to it. Cleanup
+// stops the server.
+func serve(t *testing.T, l *vmfest.Local, allow ...string) *vmfest.Remote {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := api.New(ctx, l, api.Config{Home: l.Home(), AllowPaths: allow, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(l.Home(), api.SocketFile)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, api.Listen{Unix: sock}) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	// Serve creates the socket before accepting; wait for it to exist.
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-served:
+			t.Fatalf("serve ended: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	r, err := vmfest.Connect("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestTutorialRemote runs the tutorial through `vmfest serve` on a Unix
+// socket: the same body as TestTutorial, against a Remote.
+func TestTutorialRemote(t *testing.T) {
+	image := vmfest.TinyImage(t)
+	l := vmfest.NewTestServer(t)
+	r := serve(t, l, filepath.Dir(image.Location))
+	vmfest.RunTutorial(t, r, image)
+}
+
+// natOnly is hardware that needs no host network (micro has a host-only NIC).
+func natOnly() vmfest.Hardware {
+	return vmfest.HardwareSpec(spec.Hardware{MemorySize: 128, CPUCount: 1, Network: []spec.NIC{{AttachmentType: "nat"}}})
+}
+
+// TestRemoteErrors checks that a Remote reports the errors a Local does, as
+// the same values (errors.Is, *StateError), without booting a guest.
+func TestRemoteErrors(t *testing.T) {
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	blank := vmfest.BlankImage(t, dir)
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	m, err := r.Instance(ctx, "e1", vmfest.ImageSpec(blank), natOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Instance(ctx, "e1", vmfest.ImageSpec(blank), natOnly()); !errors.Is(err, vmfest.ErrExists) {
+		t.Errorf("second create: %v, want ErrExists", err)
+	}
+	if _, err := r.FindMachine(ctx, "nope"); !errors.Is(err, vmfest.ErrNotFound) {
+		t.Errorf("find nope: %v, want ErrNotFound", err)
+	}
+	err = m.Pause(ctx)
+	var se *vmfest.StateError
+	if !errors.As(err, &se) || se.State != vmfest.PoweredOff || se.Op != "pause" || !errors.Is(err, vmfest.ErrWrongState) {
+		t.Errorf("pause powered-off: %#v, want a *StateError", err)
+	}
+	local, _ := l.FindMachine(ctx, "e1")
+	if lerr := local.Pause(ctx); lerr == nil || err == nil || lerr.Error() != err.Error() {
+		t.Errorf("messages differ:\nlocal:  %v\nremote: %v", lerr, err)
+	}
+	for _, bad := range []string{"a/b", "..", "x\x00y", "", strings.Repeat("n", 64)} {
+		if _, err := r.Instance(ctx, bad, vmfest.ImageSpec(blank), natOnly()); !errors.Is(err, vmfest.ErrInvalid) {
+			t.Errorf("create %q: %v, want ErrInvalid", bad, err)
+		}
+	}
+	outside := vmfest.BlankImage(t, t.TempDir())
+	if _, err := r.Instance(ctx, "e2", vmfest.ImageSpec(outside), natOnly()); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("create from outside the allowed paths: %v, want fs.ErrPermission", err)
+	}
+	if _, err := r.Instance(ctx, "e3", vmfest.ImageSpec(spec.Image{Location: "relative.raw", Immutable: true}), natOnly()); !errors.Is(err, vmfest.ErrInvalid) && !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("create from a relative path: %v", err)
+	}
+
+	// Hardware models read the same either way.
+	ln, err1 := l.HardwareModels(ctx)
+	rn, err2 := r.HardwareModels(ctx)
+	if err1 != nil || err2 != nil || !reflect.DeepEqual(ln, rn) {
+		t.Errorf("hardware models: local %v %v, remote %v %v", ln, err1, rn, err2)
+	}
+	lh, err1 := l.HardwareModel(ctx, "small")
+	rh, err2 := r.HardwareModel(ctx, "small")
+	if err1 != nil || err2 != nil || !reflect.DeepEqual(lh, rh) {
+		t.Errorf("hardware model small: local %+v %v, remote %+v %v", lh, err1, rh, err2)
+	}
+
+	// Info matches Local's.
+	li, err1 := local.Info(ctx)
+	ri, err2 := m.Info(ctx)
+	if err1 != nil || err2 != nil || !li.Created.Equal(ri.Created) {
+		t.Fatalf("info: %v %v", err1, err2)
+	}
+	ri.Created = li.Created
+	if !reflect.DeepEqual(li, ri) {
+		t.Errorf("info differs:\nlocal:  %+v\nremote: %+v", li, ri)
+	}
+
+	if err := m.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := r.Machines(ctx); err != nil || len(ms) != 0 {
+		t.Errorf("machines after destroy: %v, %v", ms, err)
+	}
+}
+
+// TestRemoteOperations drives a machine whose disk is blank (QEMU runs,
+// no guest boots) through the operations: a stop the guest never answers
+// times out as ErrTimeout and leaves it running; wait-ready is bounded by
+// the caller's context; power-down ends it.
+func TestRemoteOperations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs QEMU")
+	}
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m, err := r.Instance(ctx, "ops", vmfest.ImageSpec(vmfest.BlankImage(t, dir)), natOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	err = m.Stop(sctx)
+	scancel()
+	if !errors.Is(err, vmfest.ErrTimeout) {
+		t.Fatalf("stop of a guest with no OS: %v, want ErrTimeout", err)
+	}
+	if st, err := m.State(ctx); err != nil || st != vmfest.Running {
+		t.Fatalf("after a timed-out stop: %s, %v; want running", st, err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Second)
+	err = m.WaitReady(wctx)
+	wcancel()
+	if !errors.Is(err, vmfest.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait-ready with no agent: %v, want a timeout", err)
+	}
+	// A canceled caller cancels its operation on the server.
+	cctx, ccancel := context.WithCancel(ctx)
+	go func() { time.Sleep(200 * time.Millisecond); ccancel() }()
+	if err := m.WaitReady(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled wait-ready: %v", err)
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := m.State(ctx); st != vmfest.Paused {
+		t.Fatalf("state %s, want paused", st)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRemoteSetupOptionsComplete fails when SetupOptions gains a field the
+// wire format does not carry (Progress travels as the operation's
+// progress).
+func TestRemoteSetupOptionsComplete(t *testing.T) {
+	wireFields := map[string]bool{}
+	wt := reflect.TypeOf(wire.SetupModel{})
+	for i := range wt.NumField() {
+		wireFields[wt.Field(i).Name] = true
+	}
+	ot := reflect.TypeOf(vmfest.SetupOptions{})
+	for i := range ot.NumField() {
+		f := ot.Field(i).Name
+		if f != "Progress" && !wireFields[f] {
+			t.Errorf("SetupOptions.%s is not in wire.SetupModel: a Remote would drop it", f)
+		}
+	}
+}
