@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,9 @@ type app struct {
 	verbose bool
 	out     io.Writer
 	errOut  io.Writer
+	// remote and token choose a remote server (--server, --token).
+	remote string
+	token  string
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
@@ -34,6 +38,8 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.home, "home", store.DefaultRoot(), "state directory (env VMFEST_HOME)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
+	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
+	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default: read from --home's token file)")
 	root.AddCommand(
 		a.createCommand(),
 		a.startCommand(),
@@ -45,8 +51,12 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.listCommand(),
 		a.showCommand(),
 		a.consoleCommand(),
+		a.ipCommand(),
+		a.sshCommand(),
+		a.networkCommand(),
 		a.hardwareCommand(),
 		a.doctorCommand(),
+		a.serveCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print vmfest's version",
@@ -64,8 +74,18 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	return root
 }
 
-// server opens the server the commands talk to.
-func (a *app) server() (*vmfest.Local, error) { return a.local() }
+// server opens the server the commands talk to: the one at --server, else
+// the local one over --home.
+func (a *app) server() (vmfest.Server, error) {
+	if a.remote == "" {
+		l, err := a.local()
+		if err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	return a.connect()
+}
 
 // local opens the local server over --home.
 func (a *app) local() (*vmfest.Local, error) {
