@@ -21,10 +21,12 @@ build:
 # The tiny guest (kernel, busybox, dropbear, the vmfest agent) from Debian packages.
 image: deps
 	bash guest/build-image.sh $(BUILD)
+	bash scripts/package-image.sh $(BUILD)
 
-# Create and start a real machine from the tiny image.
+# Install the tiny image as a model from a local web server, then create
+# and start a machine from it.
 demo: deps build image
-	@bash scripts/demo.sh $(VMFEST) $(META)
+	@bash scripts/demo.sh $(VMFEST) $(BUILD)
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
