@@ -8,7 +8,7 @@ IMAGE   := $(BUILD)/vmfest-tiny.qcow2
 META    := $(BUILD)/vmfest-tiny.meta
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all deps build image demo test test-short vet fuzz bench clean
+.PHONY: all deps build image demo test test-short test-race vet fuzz bench clean
 
 all: build
 
@@ -32,9 +32,14 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
 
-# Unit tests plus the end-to-end suite, which boots real guests.
+# Unit tests plus the end-to-end suite, which boots real guests; then the
+# unit and concurrency tests again under the race detector.
 test: deps image vet
 	VMFEST_TEST_IMAGE=$(abspath $(META)) go test -count=1 -timeout 25m ./...
+	$(MAKE) test-race
+
+test-race:
+	go test -race -short -count=1 -timeout 15m ./...
 
 # Unit tests only: no guest is booted.
 test-short: vet
