@@ -1,11 +1,15 @@
 package vmfest_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -214,5 +218,86 @@ func TestRemoteSetupOptionsComplete(t *testing.T) {
 		if f != "Progress" && !wireFields[f] {
 			t.Errorf("SetupOptions.%s is not in wire.SetupModel: a Remote would drop it", f)
 		}
+	}
+}
+
+// TestRemoteSetupModel installs an image model through the server from a
+// web server on loopback and from a file in an allowed directory, with
+// progress reported to the caller, then uses and removes it.
+func TestRemoteSetupModel(t *testing.T) {
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	raw := make([]byte, 4<<20)
+	copy(raw[1<<20:], strings.Repeat("vmfest", 1000))
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(raw)
+	zw.Close()
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/disk.raw.gz" {
+			http.NotFound(w, req)
+			return
+		}
+		http.ServeContent(w, req, "disk.raw.gz", time.Time{}, bytes.NewReader(gz.Bytes()))
+	}))
+	defer web.Close()
+
+	var reports []vmfest.Progress
+	m, err := r.SetupModel(ctx, web.URL+"/disk.raw.gz", vmfest.SetupOptions{ID: "web", Meta: &spec.Image{OSFamily: "none"}, Progress: func(p vmfest.Progress) {
+		reports = append(reports, p)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != "web" || m.VirtualSize != 4<<20 || m.Spec.OSFamily != "none" {
+		t.Errorf("model %+v", m)
+	}
+	if len(reports) == 0 {
+		t.Error("no progress reported")
+	}
+	got, err := r.Model(ctx, "web")
+	if err != nil || got.ID != "web" || got.SHA256 != m.SHA256 {
+		t.Errorf("model web: %+v, %v", got, err)
+	}
+	if _, err := r.SetupModel(ctx, web.URL+"/disk.raw.gz", vmfest.SetupOptions{ID: "web"}); !errors.Is(err, vmfest.ErrExists) {
+		t.Errorf("setup again: %v, want ErrExists", err)
+	}
+	if _, err := r.SetupModel(ctx, web.URL+"/missing.raw", vmfest.SetupOptions{ID: "gone"}); err == nil {
+		t.Error("setup of a missing URL succeeded")
+	}
+
+	path := filepath.Join(dir, "local.raw")
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SetupModel(ctx, path, vmfest.SetupOptions{ID: "file"}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := r.Models(ctx)
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("models: %+v, %v", ms, err)
+	}
+
+	vm, err := r.Instance(ctx, "onmodel", vmfest.ImageModel("web"), natOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RemoveModel(ctx, "web"); err == nil {
+		t.Error("removed a model in use")
+	}
+	if err := vm.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"web", "file"} {
+		if err := r.RemoveModel(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Model(ctx, "web"); !errors.Is(err, vmfest.ErrNotFound) {
+		t.Errorf("removed model: %v, want ErrNotFound", err)
 	}
 }
