@@ -90,8 +90,16 @@ func helperServer() (*Local, spec.Image) {
 }
 
 // helperChurn creates and destroys machines as fast as it can until killed.
+// With VMFEST_HELPER_CRASH set, it kills itself at that crash point instead.
 func helperChurn() int {
 	l, img := helperServer()
+	if point := os.Getenv("VMFEST_HELPER_CRASH"); point != "" {
+		l.crashAt = func(p string) {
+			if p == point {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
 	ctx := context.Background()
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("m%d", i%4)
@@ -167,6 +175,46 @@ func TestCrashConsistency(t *testing.T) {
 	t.Logf("%d trials; %d partial operations were interrupted and swept", trials, partials)
 	if partials == 0 {
 		t.Error("no kill landed inside an operation: the test exercised nothing")
+	}
+}
+
+// TestCrashPoints kills a process at each named point of Instance and
+// Destroy in turn, then checks the state directory as TestCrashConsistency
+// does: whatever the point, the machine is wholly there or wholly absent.
+func TestCrashPoints(t *testing.T) {
+	points := []string{"create:mkdir", "create:allocated", "create:overlay", "create:record", "create:renamed",
+		"destroy:trash", "destroy:moved", "destroy:disk", "destroy:removed"}
+	l := newTestServer(t)
+	img := blankImage(t, l.Home())
+	ctx := context.Background()
+	for round := 0; round < 3; round++ {
+		for _, point := range points {
+			cmd := helperCmd(t, "churn", l.Home(), img.Location)
+			cmd.Env = append(cmd.Env, "VMFEST_HELPER_CRASH="+point)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+					t.Fatalf("%s: helper ended without reaching the point: %v", point, err)
+				}
+			case <-time.After(time.Minute):
+				cmd.Process.Kill()
+				t.Fatalf("%s: the point was never reached", point)
+			}
+			l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+			if err != nil {
+				t.Fatalf("%s: %v", point, err)
+			}
+			if _, err := l2.Doctor(ctx, true); err != nil {
+				t.Fatalf("%s: doctor: %v", point, err)
+			}
+			checkWhole(t, l2, round)
+		}
 	}
 }
 

@@ -48,6 +48,9 @@ type Local struct {
 	hardware model.Hardware
 	images   model.Images
 	log      *slog.Logger
+	// crashAt, when set (by crash tests), is called at each named point of
+	// Instance and Destroy where a crash leaves a distinct state.
+	crashAt func(point string)
 }
 
 var _ Server = (*Local)(nil)
@@ -184,9 +187,11 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 			os.RemoveAll(tmp)
 		}
 	}()
+	l.point("create:mkdir")
 	if err := l.allocateNetworks(ctx, &r, image.SSHKeys); err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
+	l.point("create:allocated")
 	defer func() {
 		if !done {
 			l.releaseNetworks(ctx, r)
@@ -197,10 +202,12 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
 		r.DiskFormat = "qcow2"
+		l.point("create:overlay")
 	}
 	if err := writeRecord(tmp, r); err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
+	l.point("create:record")
 	if err := os.Rename(tmp, final); err != nil {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
 			return nil, fmt.Errorf("%w: machine %q", ErrExists, name)
@@ -208,6 +215,7 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
 	done = true
+	l.point("create:renamed")
 	if err := store.SyncDir(l.home.MachinesPath()); err != nil {
 		l.log.Warn("sync machines directory", "err", err)
 	}
@@ -393,4 +401,11 @@ func diskFormat(path string) (string, error) {
 		return "qcow2", nil
 	}
 	return "raw", nil
+}
+
+// point marks a named crash point (see crashAt).
+func (l *Local) point(name string) {
+	if l.crashAt != nil {
+		l.crashAt(name)
+	}
 }

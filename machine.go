@@ -268,20 +268,24 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
 		}
+		m.l.point("destroy:trash")
 		gone := filepath.Join(trash, m.name)
 		if err := os.Rename(m.dir(), gone); err != nil {
 			os.Remove(trash)
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
 		}
+		m.l.point("destroy:moved")
 		var errs []error
 		if !r.Overlay {
 			if err := os.Remove(r.Image.Location); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove its disk %s: %w", r.Image.Location, err))
 			}
 		}
+		m.l.point("destroy:disk")
 		if err := os.RemoveAll(trash); err != nil {
 			errs = append(errs, err)
 		}
+		m.l.point("destroy:removed")
 		if err := m.l.releaseNetworks(ctx, r); err != nil {
 			errs = append(errs, fmt.Errorf("release its network addresses: %w", err))
 		}
