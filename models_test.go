@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -92,12 +93,27 @@ func registryState(t *testing.T, l *Local) string {
 func TestSetupModelLifecycle(t *testing.T) {
 	l := newTestServer(t)
 	ctx := ctxTimeout(t, 2*time.Minute)
-	_, gz := smallDisk(t)
+	raw, _ := smallDisk(t)
+	// A VirtualBox VDI, gzipped, as VMFest published its images.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "d.raw"), raw, 0o644)
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vdi", filepath.Join(dir, "d.raw"), filepath.Join(dir, "d.vdi")).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v: %s", err, out)
+	}
+	vdi, err := os.ReadFile(filepath.Join(dir, "d.vdi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(vdi)
+	zw.Close()
+	gz := buf.Bytes()
 	edn := []byte(`{:os-type-id "Debian_64" :os-family :debian :os-version "6.0.2.1" :os-64-bit true
  :username "vmfest" :password "vmfest" :no-sudo false :sudo-password "vmfest"
  :description "Debian 6.0.2.1 64bit"}`)
 	srv, base := publish(t, map[string][]byte{
-		"debian-6.0.2.1-64bit-v0.3.vdi.gz":        gz, // a raw disk under a VDI name: sniffed, not trusted
+		"debian-6.0.2.1-64bit-v0.3.vdi.gz":        gz,
 		"debian-6.0.2.1-64bit-v0.3.meta":          edn,
 		"debian-6.0.2.1-64bit-v0.3.vdi.gz.sha256": sha256Line(gz, "debian-6.0.2.1-64bit-v0.3.vdi.gz"),
 	})
@@ -114,7 +130,7 @@ func TestSetupModelLifecycle(t *testing.T) {
 	}
 	const id = "debian-6.0.2.1-64bit-v0.3"
 	if m.ID != id || m.Source != url || !m.Verified || m.SHA256 != fmt.Sprintf("%x", sha256.Sum256(gz)) ||
-		m.SourceFormat != "raw" || m.Compression != "gzip" || m.VirtualSize != 2<<20 || m.Installed.IsZero() {
+		m.SourceFormat != "vdi" || m.Compression != "gzip" || m.VirtualSize != 2<<20 || m.Installed.IsZero() {
 		t.Errorf("model = %+v", m)
 	}
 	want := spec.Image{Location: filepath.Join(l.images.Dir(id), store.ModelDiskFile), Immutable: true,

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -133,8 +134,11 @@ func retry(ctx context.Context, cfg Config, what string, op func() error) error 
 // It returns the body, the offset the body starts at (0 when the server
 // ignored the range) and the total size (-1 when unknown).
 func get(ctx context.Context, cfg Config, u string, offset int64) (io.ReadCloser, int64, int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	// Each request has its own context, cancelled when its body stalls.
+	reqCtx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, u, nil)
 	if err != nil {
+		cancel()
 		return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: %v", ErrSource, u, err)}
 	}
 	req.Header.Set("User-Agent", "vmfest")
@@ -143,18 +147,21 @@ func get(ctx context.Context, cfg Config, u string, offset int64) (io.ReadCloser
 	}
 	resp, err := cfg.Client.Do(req)
 	if err != nil {
+		cancel()
 		return nil, 0, 0, classify(u, err)
 	}
+	body := newStallBody(resp.Body, cfg.StallTimeout, cancel)
+	resp.Body = body
 	switch {
 	case resp.StatusCode == http.StatusOK:
-		return resp.Body, 0, resp.ContentLength, nil
+		return body, 0, resp.ContentLength, nil
 	case resp.StatusCode == http.StatusPartialContent && offset > 0:
 		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			resp.Body.Close()
 			return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: bad Content-Range %q for a resume at byte %d", ErrSource, u, resp.Header.Get("Content-Range"), offset)}
 		}
-		return resp.Body, start, total, nil
+		return body, start, total, nil
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
 		// The partial file is as long as the file or longer: it changed.
 		// Start over.
@@ -164,6 +171,46 @@ func get(ctx context.Context, cfg Config, u string, offset int64) (io.ReadCloser
 	resp.Body.Close()
 	return nil, 0, 0, statusError(u, resp)
 }
+
+// stallBody is a response body whose reads are bounded: a read that gets
+// nothing for the stall timeout cancels the request, so the read fails and
+// the download resumes with a new request instead of hanging.
+type stallBody struct {
+	body    io.ReadCloser
+	timeout time.Duration
+	timer   *time.Timer
+	cancel  context.CancelFunc
+	stalled atomic.Bool
+}
+
+func newStallBody(body io.ReadCloser, timeout time.Duration, cancel context.CancelFunc) *stallBody {
+	b := &stallBody{body: body, timeout: timeout, cancel: cancel}
+	b.timer = time.AfterFunc(timeout, func() {
+		b.stalled.Store(true)
+		cancel()
+	})
+	b.timer.Stop()
+	return b
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.timeout)
+	n, err := b.body.Read(p)
+	b.timer.Stop()
+	if err != nil && b.stalled.Load() {
+		err = fmt.Errorf("no data for %s: %w", b.timeout, errStalled)
+	}
+	return n, err
+}
+
+func (b *stallBody) Close() error {
+	b.timer.Stop()
+	err := b.body.Close()
+	b.cancel()
+	return err
+}
+
+var errStalled = errors.New("the download stalled")
 
 // parseContentRange reads "bytes START-END/TOTAL" (TOTAL may be *).
 func parseContentRange(h string) (start, total int64, ok bool) {
@@ -240,9 +287,9 @@ func (r *remoteReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if r.ctx.Err() != nil {
-			return 0, r.ctx.Err()
+			return 0, fmt.Errorf("download interrupted at byte %d: %w", r.off, r.ctx.Err())
 		}
-		// The body broke off early: resume from r.off.
+		// The body broke off early or stalled: resume from r.off.
 		cause := err
 		if err == io.EOF {
 			cause = io.ErrUnexpectedEOF

@@ -66,6 +66,9 @@ type Config struct {
 	// Backoff is the wait before the first retry, doubled on each next
 	// one; default 500ms.
 	Backoff time.Duration
+	// StallTimeout bounds how long a download may receive nothing before
+	// it is broken off and resumed; default 60s.
+	StallTimeout time.Duration
 	// Logger receives debug messages; default slog.Default().
 	Logger *slog.Logger
 }
@@ -82,6 +85,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Backoff <= 0 {
 		c.Backoff = 500 * time.Millisecond
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 60 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -532,3 +532,121 @@ func TestPrepareRetriesServerErrors(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// stalling sends the first half of data, then nothing until the client
+// gives up; later requests are served whole (Range honoured).
+type stalling struct {
+	data     []byte
+	requests atomic.Int32
+}
+
+func (s *stalling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/s.raw.gz" {
+		http.NotFound(w, r)
+		return
+	}
+	if s.requests.Add(1) == 1 {
+		w.Header().Set("Content-Length", fmt.Sprint(len(s.data)))
+		w.Write(s.data[:len(s.data)/2])
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the client's stall timeout cancels the request
+		return
+	}
+	http.ServeContent(w, r, "s", time.Time{}, bytes.NewReader(s.data))
+}
+
+func TestPrepareResumesAStalledDownload(t *testing.T) {
+	dir := t.TempDir()
+	raw := rawDisk(t, dir)
+	h := &stalling{data: compressWith(t, CompressionGzip, readFile(t, raw))}
+	srv := serve(t, h)
+	cfg := testConfig(t)
+	cfg.StallTimeout = 200 * time.Millisecond
+	st, err := prepare(t, cfg, srv.URL+"/s.raw.gz", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameDisk(t, raw, st.Disk())
+	if n := h.requests.Load(); n != 2 {
+		t.Errorf("%d requests, want the stalled one and one resume", n)
+	}
+}
+
+func TestPrepareInterruptedKeepsThePartialDownload(t *testing.T) {
+	dir := t.TempDir()
+	raw := rawDisk(t, dir)
+	h := &stalling{data: compressWith(t, CompressionGzip, readFile(t, raw))}
+	srv := serve(t, h)
+	cfg := testConfig(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	src, _ := ParseSource(srv.URL + "/s.raw.gz")
+	part := PartialPath(cfg.CacheDir, src)
+	go func() { // interrupt (as Ctrl-C does) once some bytes are on disk
+		for {
+			if fi, err := os.Stat(part); err == nil && fi.Size() > 0 {
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	lock, err := LockSource(ctx, cfg.CacheDir, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Prepare(ctx, cfg, lock, src, Options{})
+	lock.Unlock()
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "run the same command again to resume") {
+		t.Fatalf("err = %v", err)
+	}
+	if left := cacheLeftovers(t, cfg.CacheDir); len(left) != 1 || filepath.Join(cfg.CacheDir, left[0]) != part {
+		t.Fatalf("cache holds %v, want the partial download", left)
+	}
+	st, err := prepare(t, cfg, src.String(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameDisk(t, raw, st.Disk())
+}
+
+func TestPrepareArchivesWithoutADisk(t *testing.T) {
+	dir := t.TempDir()
+	raw := rawDisk(t, dir)
+	// A VMDK descriptor whose data is in another file.
+	desc := filepath.Join(dir, "split.vmdk")
+	qemuImg(t, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", raw, desc)
+	srv := serve(t, newFiles(map[string][]byte{
+		"empty.box":  compressWith(t, CompressionGzip, tarOf(t, member{"metadata.json", []byte(`{"provider":"libvirt"}`)}, member{"Vagrantfile", []byte("#")})),
+		"nodisk.ova": tarOf(t, member{"a.ovf", []byte("<Envelope/>")}),
+		"badmeta.box": tarOf(t, member{"metadata.json", []byte(`{"provider":`)},
+			member{"box.img", readFile(t, raw)}),
+		"split.vmdk": readFile(t, desc),
+	}))
+	tests := []struct {
+		file string
+		want error
+		says string
+	}{
+		{"empty.box", ErrNotDiskImage, "box archive holds no disk image"},
+		{"nodisk.ova", ErrNotDiskImage, "ova archive holds no disk image"},
+		{"badmeta.box", ErrMeta, "metadata.json"},
+		{"split.vmdk", ErrNotDiskImage, "VMDK descriptor"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			cfg := testConfig(t)
+			st, err := prepare(t, cfg, srv.URL+"/"+tt.file, Options{})
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("err = %v, want %v saying %q (%+v)", err, tt.want, tt.says, st)
+			}
+			if left := cacheLeftovers(t, cfg.CacheDir); len(left) != 0 {
+				t.Errorf("left in the cache: %v", left)
+			}
+		})
+	}
+}

@@ -105,7 +105,7 @@ func (l *SourceLock) Unlock() {
 	if l == nil || l.f == nil {
 		return
 	}
-	if !l.keep {
+	if fi, err := l.f.Stat(); !l.keep || err != nil || fi.Size() == 0 {
 		os.Remove(l.path) // before unlocking: a waiter then sees a new file
 	}
 	l.f.Close()
@@ -223,7 +223,7 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 // fetchFailed keeps the partial download when the failure was the
 // download's own (so the next try resumes), and words stream errors.
 func fetchFailed(lock *SourceLock, err error) error {
-	if errors.Is(err, ErrSource) {
+	if errors.Is(err, ErrSource) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		lock.keep = true
 		return fmt.Errorf("%w; run the same command again to resume the download", err)
 	}

@@ -99,7 +99,7 @@ func sniffFormat(head, tail []byte, size int64) string {
 	case bytes.HasPrefix(head, []byte("conectix")), bytes.HasPrefix(tail, []byte("conectix")):
 		return FormatVHD
 	}
-	if size <= 0 || size%512 != 0 || looksLikeText(head) {
+	if size <= 0 || size%512 != 0 || looksLikeText(head) || bytes.HasPrefix(head, []byte("# Disk DescriptorFile")) {
 		return ""
 	}
 	return FormatRaw
@@ -133,6 +133,7 @@ func looksLikeText(head []byte) bool {
 	if len(b) > 512 {
 		b = b[:512]
 	}
+	b = bytes.TrimRight(b, "\x00") // text padded to a sector is still text
 	if len(b) == 0 || !utf8.Valid(trimPartialRune(b)) {
 		return false
 	}
