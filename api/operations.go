@@ -75,11 +75,22 @@ func (ops *operations) start(ctx context.Context, kind, target string, timeout t
 	first := o.snapshot()
 	ops.events.operation(first)
 
+	// Progress is recorded at every report but published (to the event
+	// stream and to waiters) at most every 100 ms, at a phase change and at
+	// the end of a phase: a download reports far more often.
+	var lastPublished time.Time
+	var lastPhase string
 	progress := func(p wire.Progress) {
 		o.mu.Lock()
 		o.op.Progress = &p
+		publish := p.Phase != lastPhase || time.Since(lastPublished) >= 100*time.Millisecond || (p.Total > 0 && p.Done >= p.Total)
+		if publish {
+			lastPublished, lastPhase = time.Now(), p.Phase
+		}
 		o.mu.Unlock()
-		ops.events.operation(o.snapshot())
+		if publish {
+			ops.events.operation(o.snapshot())
+		}
 	}
 	go func() {
 		defer cancel()

@@ -1,0 +1,147 @@
+package api
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io/fs"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest"
+)
+
+// selfSigned writes a certificate and key for 127.0.0.1 and returns their
+// paths and a pool trusting the certificate.
+func selfSigned(t *testing.T) (certPath, keyPath string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "vmfest test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certPath, keyPath, pool
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestServeTLS serves over TCP with TLS and a token, and connects with
+// vmfest.Connect: with the token it works, without it the error is a
+// permission error, and plain HTTP is not answered as the API.
+func TestServeTLS(t *testing.T) {
+	e := newEnv(t)
+	certPath, keyPath, pool := selfSigned(t)
+	addr := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- e.api.Serve(ctx, Listen{TCP: addr, TLSCert: certPath, TLSKey: keyPath, TokenFile: filepath.Join(e.home, TokenFile)})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	tlsCfg := &tls.Config{RootCAs: pool}
+	qctx, qcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer qcancel()
+
+	r, err := vmfest.Connect("https://"+addr, vmfest.WithToken(e.token), vmfest.WithTLSConfig(tlsCfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Instance(qctx, "tls1", vmfest.ImageSpec(e.blank), vmfest.HardwareSpec(*natOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := m.State(qctx); err != nil || st != vmfest.PoweredOff {
+		t.Fatalf("state %s, %v", st, err)
+	}
+
+	anon, _ := vmfest.Connect("https://"+addr, vmfest.WithTLSConfig(tlsCfg))
+	if _, err := anon.Machines(qctx); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("without a token: %v, want fs.ErrPermission", err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	req, _ := http.NewRequestWithContext(qctx, "DELETE", "https://"+addr+"/v1/machines/tls1", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("destroy without a token: %d", resp.StatusCode)
+	}
+	if !e.machineExists(t, "tls1") {
+		t.Fatal("destroyed without a token")
+	}
+	plain, _ := vmfest.Connect("http://"+addr, vmfest.WithToken(e.token))
+	if _, err := plain.Machines(qctx); err == nil {
+		t.Error("plain HTTP to a TLS listener answered")
+	}
+	untrusted, _ := vmfest.Connect("https://"+addr, vmfest.WithToken(e.token))
+	if _, err := untrusted.Machines(qctx); err == nil {
+		t.Error("an untrusted certificate was accepted")
+	}
+}
+
+// TestServeRefusesOpenTCP: plain HTTP on every interface is refused before
+// anything listens.
+func TestServeRefusesOpenTCP(t *testing.T) {
+	e := newEnv(t)
+	err := e.api.Serve(context.Background(), Listen{TCP: "0.0.0.0:0", TokenFile: filepath.Join(e.home, TokenFile)})
+	if err == nil {
+		t.Fatal("served plain HTTP on 0.0.0.0")
+	}
+}
