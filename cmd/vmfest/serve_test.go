@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCLIAgainstServer runs the machine commands through `vmfest serve` on
+// a Unix socket with --server, and checks they print what they print
+// against the local state directory.
+func TestCLIAgainstServer(t *testing.T) {
+	home, err := os.MkdirTemp("", "vmfc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	images := filepath.Join(home, "images")
+	os.Mkdir(images, 0o755)
+	disk := filepath.Join(images, "base.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(home, "vmfest.sock")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	var serveErr bytes.Buffer
+	go func() {
+		cmd := newRootCommand(&bytes.Buffer{}, &serveErr)
+		cmd.SetArgs([]string{"--home", home, "serve", "--allow-path", images})
+		served <- cmd.ExecuteContext(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-served:
+			t.Fatalf("serve ended: %v\n%s", err, serveErr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	remote := []string{"--server", "unix://" + sock}
+
+	if out, _, err := run(t, home, append(remote, "create", "vm1", "--image", disk, "--memory", "128")...); err != nil || !strings.Contains(out, "created vm1") {
+		t.Fatalf("create: %q %v", out, err)
+	}
+	for _, args := range [][]string{
+		{"list", "--json"},
+		{"show", "vm1"},
+		{"hardware", "list"},
+		{"hardware", "show", "small"},
+	} {
+		lout, _, lerr := run(t, home, args...)
+		rout, _, rerr := run(t, home, append(remote, args...)...)
+		if lerr != nil || rerr != nil || lout != rout {
+			t.Errorf("%v: local and remote differ:\nlocal (%v):\n%s\nremote (%v):\n%s", args, lerr, lout, rerr, rout)
+		}
+	}
+	for _, args := range [][]string{
+		{"pause", "vm1"},
+		{"show", "nope"},
+		{"create", "vm1", "--image", disk},
+	} {
+		_, _, lerr := run(t, home, args...)
+		_, _, rerr := run(t, home, append(remote, args...)...)
+		if lerr == nil || rerr == nil || lerr.Error() != rerr.Error() {
+			t.Errorf("%v: errors differ:\nlocal:  %v\nremote: %v", args, lerr, rerr)
+		}
+	}
+	outside := filepath.Join(home, "outside.raw")
+	os.WriteFile(outside, make([]byte, 1<<20), 0o444)
+	if _, _, err := run(t, home, append(remote, "create", "vm2", "--image", outside)...); err == nil || !strings.Contains(err.Error(), "allow-path") {
+		t.Errorf("create from outside the allowed paths: %v", err)
+	}
+	if out, _, err := run(t, home, append(remote, "destroy", "vm1")...); err != nil || !strings.Contains(out, "destroyed vm1") {
+		t.Fatalf("destroy: %q %v", out, err)
+	}
+	if _, _, err := run(t, home, "--server", "unix://"+filepath.Join(home, "none.sock"), "list"); err == nil || !strings.Contains(err.Error(), "vmfest serve") {
+		t.Errorf("no server: %v", err)
+	}
+	if _, _, err := run(t, home, append(remote, "serve")...); err == nil {
+		t.Error("serve --server was accepted")
+	}
+}
