@@ -264,7 +264,7 @@ func (d *progressDisplay) report(p vmfest.Progress) {
 	if p.Phase != d.phase {
 		d.finish()
 		d.phase = p.Phase
-		if !d.tty {
+		if !d.tty || (p.Total <= 0 && p.Done == 0) { // no bytes to count: one line
 			fmt.Fprintf(d.w, "%s...\n", p.Phase)
 			return
 		}
