@@ -650,3 +650,22 @@ func TestPrepareArchivesWithoutADisk(t *testing.T) {
 		})
 	}
 }
+
+func TestPrepareRemovesWhatACrashedSetupLeft(t *testing.T) {
+	dir := t.TempDir()
+	raw := rawDisk(t, dir)
+	srv := serve(t, newFiles(map[string][]byte{"a.raw": readFile(t, raw)}))
+	cfg := testConfig(t)
+	src, _ := ParseSource(srv.URL + "/a.raw")
+	other, _ := ParseSource(srv.URL + "/b.raw")
+	os.MkdirAll(filepath.Join(cfg.CacheDir, workPrefix(src)+"123", "x"), 0o755)   // a crashed setup of this source
+	os.MkdirAll(filepath.Join(cfg.CacheDir, workPrefix(other)+"456", "x"), 0o755) // another source's, maybe running
+	st, err := prepare(t, cfg, src.String(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Cleanup()
+	if left := cacheLeftovers(t, cfg.CacheDir); len(left) != 1 || left[0] != workPrefix(other)+"456" {
+		t.Errorf("cache holds %v, want only the other source's staging directory", left)
+	}
+}

@@ -81,9 +81,19 @@ type SourceLock struct {
 
 // PartialPath is the cache file holding the partial download of source.
 func PartialPath(cacheDir string, src Source) string {
-	sum := sha256.Sum256([]byte(src.String()))
-	return filepath.Join(cacheDir, hex.EncodeToString(sum[:8])+".part")
+	return filepath.Join(cacheDir, sourceKey(src)+".part")
 }
+
+// sourceKey names a source's files in the cache.
+func sourceKey(src Source) string {
+	sum := sha256.Sum256([]byte(src.String()))
+	return hex.EncodeToString(sum[:8])
+}
+
+// workPrefix starts the names of a source's staging directories. Only the
+// holder of the source's lock makes them, so the holder may remove any it
+// finds: they are what a crashed setup of the same source left.
+func workPrefix(src Source) string { return ".work-" + sourceKey(src) + "-" }
 
 // LockSource takes the lock of source, waiting while another setup of it
 // runs (bounded by ctx).
@@ -138,7 +148,13 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 		return nil, err
 	}
 
-	dir, err := os.MkdirTemp(cfg.CacheDir, ".work-")
+	if stale, _ := filepath.Glob(filepath.Join(cfg.CacheDir, workPrefix(src)+"*")); len(stale) > 0 {
+		for _, d := range stale {
+			cfg.Logger.Debug("removing what an interrupted setup left", "dir", d)
+			os.RemoveAll(d)
+		}
+	}
+	dir, err := os.MkdirTemp(cfg.CacheDir, workPrefix(src))
 	if err != nil {
 		return nil, fmt.Errorf("staging directory: %w", err)
 	}

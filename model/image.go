@@ -191,11 +191,19 @@ func (r Images) Install(staged string, m ImageModel, replace bool) (ImageModel, 
 }
 
 // Remove deletes the model id: its directory is renamed to a hidden name
-// first (so it disappears at once and whole), then removed. The caller
-// holds Lock and has checked that no machine uses it.
+// first (so it disappears at once and whole), then removed; hidden
+// leftovers of removals cut short by a crash go too. The caller holds Lock
+// and has checked that no machine uses it.
 func (r Images) Remove(id string) error {
 	if err := store.ValidateName("image model", id); err != nil {
 		return err
+	}
+	// What a removal interrupted by a crash left: the lock is held, so no
+	// removal is running.
+	if stale, _ := filepath.Glob(filepath.Join(r.dir, ".removing-*")); len(stale) > 0 {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
 	}
 	final := r.Dir(id)
 	if _, err := os.Stat(filepath.Join(final, store.ModelFile)); errors.Is(err, fs.ErrNotExist) {

@@ -98,6 +98,7 @@ func TestImagesInstallReplaceRemove(t *testing.T) {
 		t.Errorf("List = %+v, %v, %v", models, broken, err)
 	}
 
+	os.MkdirAll(filepath.Join(home.ImageModelsPath(), ".removing-old-1", "x"), 0o755) // a crash's leftover
 	if err := r.Remove("deb"); err != nil {
 		t.Fatal(err)
 	}
