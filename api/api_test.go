@@ -430,7 +430,7 @@ func TestTCPAddress(t *testing.T) {
 }
 
 // serveUnix serves e's API on a Unix socket and returns a Remote on it.
-func serveUnix(t *testing.T, e *env) (*vmfest.Remote, string) {
+func serveUnix(t testing.TB, e *env) (*vmfest.Remote, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	sock := filepath.Join(e.home, SocketFile)
