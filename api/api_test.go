@@ -282,6 +282,7 @@ func TestStatuses(t *testing.T) {
 		{"GET", "/v1/machines/s1/ip?slot=x", nil, 400, wire.CodeInvalid},
 		{"POST", "/v1/machines/s1/stop?timeout=soon", nil, 400, wire.CodeInvalid},
 		{"GET", "/v2/machines", nil, 404, wire.CodeNotFound},
+		{"POST", "/v1/machines", map[string]any{"name": "s4", "image": map[string]any{"spec": e.blank}}, 400, wire.CodeInvalid},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
 			status, body := e.do(t, tc.method, tc.path, tc.body)
@@ -373,6 +374,9 @@ func TestEventsAndMetrics(t *testing.T) {
 		t.Fatalf("event %+v", got)
 	}
 
+	for i := range 3 { // methods a caller makes up share one label value
+		e.do(t, fmt.Sprintf("MADEUP%d", i), "/v1/machines", nil)
+	}
 	status, body := e.do(t, "GET", "/metrics", nil)
 	if status != 200 {
 		t.Fatalf("metrics: %d", status)
@@ -383,6 +387,7 @@ func TestEventsAndMetrics(t *testing.T) {
 		`vmfest_http_requests_total{method="POST",route="machines",code="201"} 1`,
 		`# TYPE vmfest_http_request_duration_seconds histogram`,
 		`vmfest_http_request_duration_seconds_count{route="machines"} 1`,
+		`vmfest_http_requests_total{method="other",route="other",code="404"} 3`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q:\n%s", want, text)

@@ -115,6 +115,7 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       time.Minute, // headers and body; answers may take longer
 			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          errLog,

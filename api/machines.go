@@ -94,9 +94,9 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		hw = vmfest.HardwareModel(req.Hardware.Model)
 	case req.Hardware.Spec != nil:
 		hw = vmfest.HardwareSpec(*req.Hardware.Spec)
-	default:
-		hw = vmfest.HardwareModel("micro")
 	}
+	// Neither: the served Server decides (Local refuses it), as it would
+	// for a local caller.
 	m, err := s.srv.Instance(r.Context(), req.Name, img, hw)
 	if err != nil {
 		return err

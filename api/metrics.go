@@ -63,6 +63,11 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) request(method, route string, code int, d time.Duration) {
+	switch method {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS":
+	default:
+		method = "other" // callers choose methods: keep the label set bounded
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.requests[[3]string{method, route, strconv.Itoa(code)}]++
