@@ -545,10 +545,13 @@ func (m *remoteMachine) ConsoleLog(ctx context.Context) ([]byte, error) {
 }
 
 // IP implements Machine: the server waits for the address until ctx's
-// deadline (its own cap when ctx has none).
+// deadline (its default, DefaultIPTimeout for Local, when ctx has none).
 func (m *remoteMachine) IP(ctx context.Context, slot int) (Address, error) {
 	var a Address
-	q := "/ip?slot=" + strconv.Itoa(slot) + "&wait=" + remaining(ctx, time.Hour)
+	q := "/ip?slot=" + strconv.Itoa(slot)
+	if _, ok := ctx.Deadline(); ok {
+		q += "&wait=" + remaining(ctx, 0)
+	}
 	err := m.r.call(ctx, http.MethodGet, m.path(q), nil, &a)
 	return a, err
 }

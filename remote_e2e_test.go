@@ -168,6 +168,25 @@ func TestRemoteOperations(t *testing.T) {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The NAT NIC's address (its SSH forward) and the console read the same
+	// through the server.
+	local, err := l.FindMachine(ctx, "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	la, err1 := local.IP(ctx, 0)
+	ra, err2 := m.IP(ctx, 0)
+	if err1 != nil || err2 != nil || la != ra || ra.Port == 0 {
+		t.Errorf("ip: local %+v %v, remote %+v %v", la, err1, ra, err2)
+	}
+	if _, err := m.IP(ctx, 5); !errors.Is(err, vmfest.ErrInvalid) {
+		t.Errorf("ip of slot 5: %v, want ErrInvalid", err)
+	}
+	lc, err1 := local.ConsoleLog(ctx)
+	rc, err2 := m.ConsoleLog(ctx)
+	if err1 != nil || err2 != nil || !bytes.HasPrefix(rc, lc) {
+		t.Errorf("console: local %d bytes %v, remote %d bytes %v", len(lc), err1, len(rc), err2)
+	}
 	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 	err = m.Stop(sctx)
 	scancel()

@@ -256,15 +256,12 @@ func (s *Server) machineIP(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// Without ?wait= the served Server's own default bound applies, as for
+	// a local caller whose context has no deadline.
 	ctx := r.Context()
 	if wait > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, wait)
-		defer cancel()
-	} else {
-		// No wait: one look at the sources.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Second)
 		defer cancel()
 	}
 	a, err := m.IP(ctx, slot)
