@@ -21,6 +21,7 @@ import (
 func (a *app) createCommand() *cobra.Command {
 	var image, hardware string
 	var memory, cpus int
+	var keyFiles []string
 	cmd := &cobra.Command{
 		Use:     "create NAME --image MODEL|SPEC-FILE|DISK [--hardware MODEL|FILE]",
 		Aliases: []string{"instance"},
@@ -46,6 +47,9 @@ hardware spec file. --memory and --cpus override it.`,
 			}
 			img, warn, err := imageChoice(image)
 			if err != nil {
+				return err
+			}
+			if img.SSHKeys, err = sshKeys(keyFiles); err != nil {
 				return err
 			}
 			hw, err := hardwareChoice(ctx, srv, hardware, memory, cpus)
@@ -76,6 +80,7 @@ hardware spec file. --memory and --cpus override it.`,
 	cmd.Flags().StringVar(&hardware, "hardware", "micro", "hardware model name or hardware spec file")
 	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (overrides the hardware)")
 	cmd.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (overrides the hardware)")
+	cmd.Flags().StringArrayVar(&keyFiles, "ssh-key", nil, "OpenSSH public key file whose keys may log in (cloud-init images; repeatable)")
 	return cmd
 }
 
@@ -313,7 +318,9 @@ type row struct {
 	Hardware string       `json:"hardware"`
 	Accel    string       `json:"accel,omitempty"`
 	PID      int          `json:"pid,omitempty"`
-	Error    string       `json:"error,omitempty"`
+	// Networks are the NICs with their known addresses.
+	Networks []vmfest.NICInfo `json:"networks,omitempty"`
+	Error    string           `json:"error,omitempty"`
 }
 
 func (a *app) listCommand() *cobra.Command {
@@ -341,7 +348,7 @@ func (a *app) listCommand() *cobra.Command {
 						rows[i] = row{Name: m.Name(), State: "unknown", Error: oneLine(err.Error())}
 						return
 					}
-					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID}
+					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID, Networks: info.Networks}
 				}()
 			}
 			for range ms {
@@ -351,7 +358,7 @@ func (a *app) listCommand() *cobra.Command {
 				return a.printJSON(rows)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL\tADDRESSES")
 			for _, r := range rows {
 				accel := r.Accel
 				if accel == "" {
@@ -361,7 +368,7 @@ func (a *app) listCommand() *cobra.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", r.Name, r.State, r.Error)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.State, r.Image, r.Hardware, accel)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.State, r.Image, r.Hardware, accel, addresses(r.Networks))
 			}
 			return tw.Flush()
 		},
@@ -405,7 +412,23 @@ func (a *app) showCommand() *cobra.Command {
 				fmt.Fprintf(tw, "base image:\t%s (immutable)\n", info.BaseImage)
 			}
 			for i, n := range info.HardwareSpec.Network {
-				fmt.Fprintf(tw, "nic %d:\t%s %s %s\n", i, n.AttachmentType, n.AdapterType, n.MACAddress)
+				line := fmt.Sprintf("%s %s %s", n.AttachmentType, n.AdapterType, n.MACAddress)
+				if i < len(info.Networks) {
+					ni := info.Networks[i]
+					if ni.Network != "" {
+						line += " on " + ni.Network
+					}
+					if ni.IP != "" {
+						line += " ip " + ni.IP
+					}
+					if ni.SSH != "" {
+						line += " ssh " + ni.SSH
+					}
+					for _, r := range n.NATRules {
+						line += fmt.Sprintf(" %s %s:%d->%d", r.Name, r.HostIP, r.HostPort, r.GuestPort)
+					}
+				}
+				fmt.Fprintf(tw, "nic %d:\t%s\n", i, line)
 			}
 			fmt.Fprintf(tw, "console:\t%s\n", info.SerialLog)
 			fmt.Fprintf(tw, "created:\t%s\n", info.Created.Local().Format(time.RFC3339))

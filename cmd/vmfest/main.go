@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -17,6 +18,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
+	var exit interface{ ExitCode() int }
+	if errors.As(err, &exit) { // vmfest ssh: the remote command's status
+		os.Exit(exit.ExitCode())
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vmfest: "+oneLine(err.Error()))
 		os.Exit(1)

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/vmfest/vmfest"
+)
+
+// exitError carries a remote command's exit status out of the CLI.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("remote command exited with status %d", e.code) }
+
+// ExitCode is the status vmfest exits with.
+func (e exitError) ExitCode() int { return e.code }
+
+func (a *app) sshCommand() *cobra.Command {
+	var wait time.Duration
+	var user string
+	cmd := &cobra.Command{
+		Use:   "ssh NAME [-- COMMAND...]",
+		Short: "Log in to a machine, or run a command on it, over SSH",
+		Long: `Log in to a running machine over SSH with vmfest's own key
+($VMFEST_HOME/ssh/id_ed25519, given to cloud-init images in their seed), or
+run COMMAND there and exit with its status. The connection goes through the
+machine's NAT SSH forward on 127.0.0.1 when it has one, else to its
+host-only address. --wait bounds the wait for the address and the SSH
+server.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srv, err := a.server()
+			if err != nil {
+				return err
+			}
+			m, err := srv.FindMachine(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			signer, _, err := vmfest.LoadSSHKey(a.home)
+			if err != nil {
+				return err
+			}
+			command := args[1:]
+			if len(command) > 0 && command[0] == "--" {
+				command = command[1:] // flags stop at NAME, so "--" is still here
+			}
+			opts := vmfest.SSHOptions{Command: command, Stdin: os.Stdin, Stdout: a.out, Stderr: a.errOut, User: user}
+			ctx := cmd.Context()
+			if wait > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, wait)
+				defer cancel()
+			}
+			fd := int(os.Stdin.Fd())
+			if len(opts.Command) == 0 && term.IsTerminal(fd) {
+				opts.TTY = true
+				opts.Width, opts.Height, _ = term.GetSize(fd)
+				old, err := term.MakeRaw(fd)
+				if err != nil {
+					return err
+				}
+				defer term.Restore(fd, old)
+				// The wait bounds the connection, not the session.
+				ctx = cmd.Context()
+			}
+			code, err := vmfest.SSH(ctx, m, signer, opts)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the machine's address and SSH server")
+	cmd.Flags().StringVarP(&user, "user", "l", "", "log in as this user (default: the image's username, else root)")
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+// sshKeys reads --ssh-key files (OpenSSH public keys, one or more a file).
+func sshKeys(paths []string) ([]string, error) {
+	var keys []string
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("--ssh-key: %w", err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if !strings.HasPrefix(line, "ssh-") && !strings.HasPrefix(line, "ecdsa-") && !strings.HasPrefix(line, "sk-") {
+				return nil, fmt.Errorf("--ssh-key %s: %q is not an OpenSSH public key (give the .pub file)", p, truncateKey(line))
+			}
+			keys = append(keys, line)
+		}
+	}
+	return keys, nil
+}
+
+func truncateKey(s string) string {
+	if len(s) > 30 {
+		return s[:30] + "..."
+	}
+	return s
+}
