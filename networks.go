@@ -623,9 +623,9 @@ func (m *localMachine) leaseIP(nr nicRecord, mac string) (string, string) {
 }
 
 // agentIP asks the guest agent for the IPv4 address of the interface with
-// mac, waiting at most a second for the agent.
+// mac, waiting at most 3 seconds for the agent.
 func (m *localMachine) agentIP(ctx context.Context, mac string) (string, string) {
-	actx, cancel := context.WithTimeout(ctx, time.Second)
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	a, err := qemu.DialAgent(actx, filepath.Join(m.dir(), qemu.QGASocket))
 	if err != nil {

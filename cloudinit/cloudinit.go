@@ -19,6 +19,9 @@ import (
 // VolumeLabel is the label cloud-init's NoCloud datasource looks for.
 const VolumeLabel = "cidata"
 
+// MinISOSize is the size seed images are padded to (see WriteISO).
+const MinISOSize = 256 << 10
+
 // Seed is what a machine's seed says.
 type Seed struct {
 	// InstanceID identifies the machine instance; cloud-init runs its
@@ -129,6 +132,14 @@ func (s Seed) WriteISO(path string) error {
 	}
 	defer os.Remove(f.Name())
 	if err := w.WriteTo(f, VolumeLabel); err != nil {
+		f.Close()
+		return fmt.Errorf("cloud-init seed: %w", err)
+	}
+	// The writer makes a minimal image (about 44 KiB). Some label probes
+	// read more than that from the start of a device and give up on a
+	// short read (busybox's findfs reads 68 KiB), so pad it with zero
+	// sectors, as CD images often are.
+	if err := f.Truncate(MinISOSize); err != nil {
 		f.Close()
 		return fmt.Errorf("cloud-init seed: %w", err)
 	}

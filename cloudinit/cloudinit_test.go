@@ -33,6 +33,9 @@ func TestSeedISO(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
+			if st, err := f.Stat(); err != nil || st.Size() < MinISOSize {
+				t.Errorf("seed is %d bytes; label probes need at least %d (%v)", st.Size(), MinISOSize, err)
+			}
 			label, files, err := ReadISO(f)
 			if err != nil {
 				t.Fatal(err)

@@ -27,28 +27,33 @@ const LeaseTime = time.Hour
 const DnsmasqBinary = "dnsmasq"
 
 // DnsmasqConfig renders the dnsmasq configuration of a host-only network
-// whose files live in dir. dnsmasq serves DHCP only (port=0: no DNS), only
-// on the network's bridge, and only to the MACs vmfest reserved an address
-// for (dhcp-range ... static plus dhcp-hostsfile). It offers no router and
-// no DNS server: a host-only network leads nowhere but to the host, and the
-// guest's default route stays on its NAT adapter.
-func DnsmasqConfig(n Network, dir string) ([]byte, error) {
+// whose files live in dir, with a reservation for each allocation. dnsmasq
+// serves DHCP only (port=0: no DNS), only on the network's bridge, and only
+// to the MACs vmfest reserved an address for (dhcp-range ... static). It
+// offers no router and no DNS server: a host-only network leads nowhere but
+// to the host, and the guest's default route stays on its NAT adapter.
+//
+// The reservations are in the configuration itself, not in a
+// dhcp-hostsfile: dnsmasq reads its configuration as root before it drops
+// to nobody, and nobody cannot read files under a state directory such as
+// /root/.vmfest. A change of reservations restarts it.
+func DnsmasqConfig(n Network, dir string, allocs []Allocation) ([]byte, error) {
 	p, err := n.Prefix()
 	if err != nil {
 		return nil, fmt.Errorf("network %s: subnet %q: %w", n.Name, n.Subnet, err)
 	}
 	mask := net4Mask(p.Bits())
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# vmfest host-only network %s; written by vmfest, rewritten on every start\n", n.Name)
+	fmt.Fprintf(&b, "# vmfest host-only network %s; written by vmfest, rewritten on every change\n", n.Name)
 	fmt.Fprintf(&b, "interface=%s\n", n.Bridge)
 	b.WriteString("bind-interfaces\nexcept-interface=lo\nport=0\nno-resolv\nno-hosts\n")
 	fmt.Fprintf(&b, "dhcp-range=%s,static,%s,%ds\n", p.Addr(), mask, int(LeaseTime.Seconds()))
 	b.WriteString("dhcp-authoritative\n")
 	b.WriteString("dhcp-option=option:router\ndhcp-option=option:dns-server\n")
-	fmt.Fprintf(&b, "dhcp-hostsfile=%s\n", filepath.Join(dir, DHCPHostsFile))
 	fmt.Fprintf(&b, "dhcp-leasefile=%s\n", filepath.Join(dir, LeasesFile))
 	fmt.Fprintf(&b, "pid-file=%s\n", filepath.Join(dir, DnsmasqPID))
 	fmt.Fprintf(&b, "log-facility=%s\n", filepath.Join(dir, DnsmasqLog))
+	b.Write(dhcpHosts(allocs))
 	return b.Bytes(), nil
 }
 
@@ -138,19 +143,9 @@ func (m *Manager) DnsmasqRunning(n Network) int { return m.dnsmasqPID(n) }
 
 func (m *Manager) startDnsmasq(ctx context.Context, n Network) error {
 	dir := m.Path(n.Name)
-	conf, err := DnsmasqConfig(n, dir)
-	if err != nil {
-		return err
-	}
-	if err := store.WriteFileAtomic(filepath.Join(dir, DnsmasqConf), conf, 0o644); err != nil {
-		return err
-	}
-	// dnsmasq drops root for nobody: its log must be writable by it.
-	logPath := filepath.Join(dir, DnsmasqLog)
-	if f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644); err == nil {
-		f.Close()
-	}
-	os.Chmod(logPath, 0o666)
+	// dnsmasq opens its log, leases and pidfile as root, then drops to
+	// nobody; the log is kept to the current run.
+	os.Remove(filepath.Join(dir, DnsmasqLog))
 	// dnsmasq daemonizes and exits once the daemon is set up, with a
 	// non-zero status and a message if that failed.
 	out, err := exec.CommandContext(ctx, DnsmasqBinary, "--conf-file="+filepath.Join(dir, DnsmasqConf)).CombinedOutput()
@@ -187,16 +182,34 @@ func (m *Manager) stopDnsmasq(ctx context.Context, n Network) error {
 	return nil
 }
 
-// reloadHosts rewrites the reservations file and has a running dnsmasq
-// read it again (SIGHUP). The caller holds the network's lock.
-func (m *Manager) reloadHosts(n Network, allocs []Allocation) error {
-	if err := store.WriteFileAtomic(filepath.Join(m.Path(n.Name), DHCPHostsFile), dhcpHosts(allocs), 0o644); err != nil {
-		return fmt.Errorf("network %s: %w", n.Name, err)
+// writeConfig writes the network's dnsmasq configuration and reports
+// whether it changed.
+func (m *Manager) writeConfig(n Network, allocs []Allocation) (bool, error) {
+	path := filepath.Join(m.Path(n.Name), DnsmasqConf)
+	conf, err := DnsmasqConfig(n, m.Path(n.Name), allocs)
+	if err != nil {
+		return false, err
 	}
-	if pid := m.dnsmasqPID(n); pid != 0 {
-		syscall.Kill(pid, syscall.SIGHUP)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, conf) {
+		return false, nil
 	}
-	return nil
+	if err := store.WriteFileAtomic(path, conf, 0o644); err != nil {
+		return false, fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	return true, nil
+}
+
+// reloadHosts gives a running dnsmasq the reservations (it is restarted:
+// see DnsmasqConfig). The caller holds the network's lock.
+func (m *Manager) reloadHosts(ctx context.Context, n Network, allocs []Allocation) error {
+	changed, err := m.writeConfig(n, allocs)
+	if err != nil || !changed || m.dnsmasqPID(n) == 0 {
+		return err
+	}
+	if err := m.stopDnsmasq(ctx, n); err != nil {
+		return err
+	}
+	return m.startDnsmasq(ctx, n)
 }
 
 // filterLeases keeps only the leases of the given MACs. dnsmasq must not

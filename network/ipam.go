@@ -100,7 +100,7 @@ func (m *Manager) Allocate(ctx context.Context, name string, a Allocation) (Allo
 		return Allocation{}, fmt.Errorf("network %s: %w", name, err)
 	}
 	if n.Kind == KindHostOnly {
-		if err := m.reloadHosts(n, allocs); err != nil {
+		if err := m.reloadHosts(ctx, n, allocs); err != nil {
 			return Allocation{}, err
 		}
 	}
@@ -182,20 +182,21 @@ func (m *Manager) release(ctx context.Context, n Network, owner string) error {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	if n.Kind == KindHostOnly {
-		return m.reloadHosts(n, kept)
+		return m.reloadHosts(ctx, n, kept)
 	}
 	return nil
 }
 
-// dhcpHosts renders dnsmasq's dhcp-hostsfile: one MAC→address reservation
-// per host-only allocation, with the machine's name as the host name.
+// dhcpHosts renders dnsmasq's reservations: one dhcp-host line per
+// host-only allocation, MAC to address, with the machine's name as the
+// host name.
 func dhcpHosts(allocs []Allocation) []byte {
 	var b strings.Builder
 	for _, a := range allocs {
 		if a.IP == "" {
 			continue
 		}
-		fmt.Fprintf(&b, "%s,%s,%s\n", strings.ToLower(a.MAC), a.IP, hostName(a.Machine))
+		fmt.Fprintf(&b, "dhcp-host=%s,%s,%s\n", strings.ToLower(a.MAC), a.IP, hostName(a.Machine))
 	}
 	return []byte(b.String())
 }

@@ -43,7 +43,6 @@ const (
 	NetworkFile     = "network.json"
 	AllocationsFile = "allocations.json"
 	DnsmasqConf     = "dnsmasq.conf"
-	DHCPHostsFile   = "dhcp-hosts"
 	LeasesFile      = "leases"
 	DnsmasqPID      = "dnsmasq.pid"
 	DnsmasqLog      = "dnsmasq.log"
@@ -264,6 +263,10 @@ func (m *Manager) create(s Spec) (Network, error) {
 		return Network{}, fmt.Errorf("create network %s: %w", s.Name, err)
 	}
 	defer os.RemoveAll(tmp)
+	// dnsmasq, which runs as nobody, reads the reservations in it.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return Network{}, fmt.Errorf("create network %s: %w", s.Name, err)
+	}
 	data, _ := json.MarshalIndent(n, "", "  ")
 	if err := store.WriteFileAtomic(filepath.Join(tmp, NetworkFile), append(data, '\n'), 0o644); err != nil {
 		return Network{}, fmt.Errorf("create network %s: %w", s.Name, err)

@@ -156,9 +156,9 @@ func TestAllocateConcurrently(t *testing.T) {
 	if err != nil || len(allocs) != n {
 		t.Fatalf("persisted %d allocations, %v", len(allocs), err)
 	}
-	hosts, err := os.ReadFile(filepath.Join(m.Path("net"), DHCPHostsFile))
-	if err != nil || strings.Count(string(hosts), "\n") != n || !strings.Contains(string(hosts), "52:54:00:00:00:00,10.77.0.") {
-		t.Fatalf("dhcp-hosts:\n%s (%v)", hosts, err)
+	conf, err := os.ReadFile(filepath.Join(m.Path("net"), DnsmasqConf))
+	if err != nil || strings.Count(string(conf), "dhcp-host=") != n || !strings.Contains(string(conf), "dhcp-host=52:54:00:00:00:00,10.77.0.") {
+		t.Fatalf("dnsmasq.conf:\n%s (%v)", conf, err)
 	}
 }
 
@@ -207,7 +207,7 @@ func TestAllocateReleaseReuse(t *testing.T) {
 
 func TestDnsmasqConfig(t *testing.T) {
 	n := Network{Name: "vmfestnet0", Kind: KindHostOnly, Bridge: "vmfestnet0", Subnet: "192.168.56.0/24", HostIP: "192.168.56.1"}
-	conf, err := DnsmasqConfig(n, "/h/networks/vmfestnet0")
+	conf, err := DnsmasqConfig(n, "/h/networks/vmfestnet0", []Allocation{{MAC: "52:54:00:AB:00:01", IP: "192.168.56.2", Machine: "web1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestDnsmasqConfig(t *testing.T) {
 		"interface=vmfestnet0\n", "bind-interfaces\n", "port=0\n",
 		"dhcp-range=192.168.56.0,static,255.255.255.0,3600s\n",
 		"dhcp-option=option:router\n", "dhcp-option=option:dns-server\n",
-		"dhcp-hostsfile=/h/networks/vmfestnet0/dhcp-hosts\n",
+		"dhcp-host=52:54:00:ab:00:01,192.168.56.2,web1\n",
 		"dhcp-leasefile=/h/networks/vmfestnet0/leases\n",
 		"pid-file=/h/networks/vmfestnet0/dnsmasq.pid\n",
 	} {
@@ -227,7 +227,7 @@ func TestDnsmasqConfig(t *testing.T) {
 		t.Errorf("mask /20 = %s", got)
 	}
 	hosts := dhcpHosts([]Allocation{{MAC: "52:54:00:AB:00:01", IP: "192.168.56.2", Machine: "web_1"}, {MAC: "52:54:00:00:00:02", Machine: "internal-only"}})
-	if string(hosts) != "52:54:00:ab:00:01,192.168.56.2,web-1\n" {
+	if string(hosts) != "dhcp-host=52:54:00:ab:00:01,192.168.56.2,web-1\n" {
 		t.Errorf("dhcp-hosts = %q", hosts)
 	}
 	leases := ParseLeases([]byte("1700003600 52:54:00:ab:00:01 192.168.56.2 web-1 01:52:54:00:ab:00:01\ngarbage\n"))

@@ -119,12 +119,13 @@ func (m *Manager) Up(ctx context.Context, n Network, alive func(Allocation) bool
 			keep[strings.ToLower(a.MAC)] = true
 		}
 	}
-	if err := m.reloadHosts(n, allocs); err != nil {
+	changed, err := m.writeConfig(n, allocs)
+	if err != nil {
 		return err
 	}
 	running := m.dnsmasqPID(n) != 0
-	if running && !m.staleLeases(n, keep) {
-		return nil // reloadHosts has sent it the reservations
+	if running && !changed && !m.staleLeases(n, keep) {
+		return nil
 	}
 	if running {
 		if err := m.stopDnsmasq(ctx, n); err != nil {
