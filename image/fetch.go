@@ -2,6 +2,8 @@ package image
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -81,8 +83,18 @@ func classify(u string, err error) error {
 		return &fetchError{err: fmt.Errorf("%w: %s: connection refused: is the server up and the port right?", ErrSource, u)}
 	case isDNSError(err):
 		return &fetchError{err: fmt.Errorf("%w: %s: %v: check the host name", ErrSource, u, err)}
+	case isCertificateError(err):
+		return &fetchError{err: fmt.Errorf("%w: %s: %v", ErrSource, u, err)}
 	}
 	return &fetchError{err: fmt.Errorf("%w: %s: %w", ErrSource, u, err), transient: true}
+}
+
+func isCertificateError(err error) bool {
+	var v *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var h x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &v) || errors.As(err, &ua) || errors.As(err, &h) || errors.As(err, &ci)
 }
 
 func isDNSError(err error) bool {

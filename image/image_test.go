@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -668,4 +669,24 @@ func TestPrepareRemovesWhatACrashedSetupLeft(t *testing.T) {
 	if left := cacheLeftovers(t, cfg.CacheDir); len(left) != 1 || left[0] != workPrefix(other)+"456" {
 		t.Errorf("cache holds %v, want only the other source's staging directory", left)
 	}
+}
+
+func TestPrepareHTTPS(t *testing.T) {
+	dir := t.TempDir()
+	raw := rawDisk(t, dir)
+	srv := httptest.NewUnstartedServer(newFiles(map[string][]byte{"a.raw.zst": compressWith(t, CompressionZstd, readFile(t, raw))}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	cfg := testConfig(t)
+	_, err := prepare(t, cfg, srv.URL+"/a.raw.zst", Options{})
+	if !errors.Is(err, ErrSource) || !strings.Contains(err.Error(), "certificate") || strings.Contains(err.Error(), "attempts") {
+		t.Fatalf("an untrusted certificate: err = %v", err)
+	}
+	cfg.Client = srv.Client() // trusts the test server's certificate
+	st, err := prepare(t, cfg, srv.URL+"/a.raw.zst", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameDisk(t, raw, st.Disk())
 }
