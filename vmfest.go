@@ -165,7 +165,8 @@ type SetupOptions struct {
 
 // Progress reports how far long work (a download, a conversion) has got.
 type Progress struct {
-	// Phase is download, decompress, convert, verify or install.
+	// Phase is download (decompression and unpacking run as it streams;
+	// Done counts bytes fetched), convert, verify or install.
 	Phase string `json:"phase"`
 	// Done and Total count bytes; Total is 0 when unknown.
 	Done  int64 `json:"done"`
