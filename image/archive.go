@@ -87,6 +87,9 @@ func extractArchive(r io.Reader, disk string, log func(msg string, args ...any))
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
+			if errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, ErrCorrupt) {
+				return info, fmt.Errorf("%w: archive: %s ends early: the archive is truncated", ErrCorrupt, hdr.Name)
+			}
 			if err != nil {
 				return info, fmt.Errorf("unpack %s: %w", hdr.Name, err)
 			}

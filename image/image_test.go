@@ -615,10 +615,12 @@ func TestPrepareInterruptedKeepsThePartialDownload(t *testing.T) {
 	sameDisk(t, raw, st.Disk())
 }
 
-func TestPrepareArchivesWithoutADisk(t *testing.T) {
+func TestPrepareBadArchives(t *testing.T) {
 	dir := t.TempDir()
 	raw := rawDisk(t, dir)
 	// A VMDK descriptor whose data is in another file.
+	whole := tarOf(t, member{"a.ovf", []byte("<Envelope/>")}, member{"a.vmdk", readFile(t, diskAs(t, raw, FormatVMDK, "-o", "subformat=streamOptimized"))})
+	cutOVA := whole[:len(whole)/2]
 	desc := filepath.Join(dir, "split.vmdk")
 	qemuImg(t, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat", raw, desc)
 	srv := serve(t, newFiles(map[string][]byte{
@@ -627,6 +629,7 @@ func TestPrepareArchivesWithoutADisk(t *testing.T) {
 		"badmeta.box": tarOf(t, member{"metadata.json", []byte(`{"provider":`)},
 			member{"box.img", readFile(t, raw)}),
 		"split.vmdk": readFile(t, desc),
+		"cut.ova":    cutOVA,
 	}))
 	tests := []struct {
 		file string
@@ -637,6 +640,7 @@ func TestPrepareArchivesWithoutADisk(t *testing.T) {
 		{"nodisk.ova", ErrNotDiskImage, "ova archive holds no disk image"},
 		{"badmeta.box", ErrMeta, "metadata.json"},
 		{"split.vmdk", ErrNotDiskImage, "VMDK descriptor"},
+		{"cut.ova", ErrCorrupt, "archive is truncated"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

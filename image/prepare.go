@@ -379,7 +379,7 @@ func writeSparse(f *os.File, r io.Reader) (int64, error) {
 	buf := make([]byte, 1<<20)
 	var off int64
 	for {
-		n, err := io.ReadFull(r, buf)
+		n, err := fill(r, buf)
 		for i := 0; i < n; i += block {
 			b := buf[i:min(i+block, n)]
 			if !allZero(b) {
@@ -389,7 +389,7 @@ func writeSparse(f *os.File, r io.Reader) (int64, error) {
 			}
 			off += int64(len(b))
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			break
 		}
 		if err != nil {
@@ -400,6 +400,22 @@ func writeSparse(f *os.File, r io.Reader) (int64, error) {
 		return off, fmt.Errorf("staging: %w", err)
 	}
 	return off, nil
+}
+
+// fill reads into buf until it is full or r ends. Unlike io.ReadFull it
+// returns io.EOF for a clean end after a partial buffer and passes every
+// other error on as it is (a tar member cut short is io.ErrUnexpectedEOF
+// and must not pass for its end).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func allZero(b []byte) bool {
