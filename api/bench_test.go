@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vmfest/vmfest"
@@ -81,6 +82,37 @@ func BenchmarkCreateDestroy(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkCreateDestroyParallel is BenchmarkCreateDestroy with
+// GOMAXPROCS×4 callers at once, each on its own machine names.
+func BenchmarkCreateDestroyParallel(b *testing.B) {
+	e := newEnv(b)
+	r, _ := serveUnix(b, e)
+	ctx := context.Background()
+	var seq atomic.Int64
+	for _, tc := range []struct {
+		name string
+		srv  vmfest.Server
+	}{{"local", e.local}, {"remote", r}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					name := fmt.Sprintf("p%d", seq.Add(1))
+					m, err := tc.srv.Instance(ctx, name, vmfest.ImageSpec(e.blank), vmfest.HardwareSpec(*natOnly))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					if err := m.Destroy(ctx); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 		})
 	}
 }

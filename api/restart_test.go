@@ -18,7 +18,10 @@ import (
 func buildVmfest(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "vmfest")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") // go test's own toolchain
+	}
 	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/vmfest/vmfest/cmd/vmfest").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

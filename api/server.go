@@ -298,7 +298,9 @@ func (s *Server) instrument(route string, fn func(w http.ResponseWriter, r *http
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		s.metrics.request(r.Method, route, sw.status, time.Since(begun))
+		took := time.Since(begun)
+		s.metrics.request(r.Method, route, sw.status, took)
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", took)
 	})
 }
 
