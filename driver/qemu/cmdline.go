@@ -180,7 +180,10 @@ func (c Config) Args() ([]string, error) {
 		default:
 			return nil, fmt.Errorf("network[%d].attachment-type %q: not supported", i, n.AttachmentType)
 		}
-		args = append(args, "-device", model+",netdev="+id+",mac="+n.MACAddress)
+		// romfile= leaves out the NIC's iPXE option ROM: vmfest boots
+		// from disk, and a guest that cannot would otherwise fall back to
+		// PXE and take a DHCP address as if it had booted.
+		args = append(args, "-device", model+",netdev="+id+",mac="+n.MACAddress+",romfile=")
 	}
 	return args, nil
 }

@@ -36,7 +36,7 @@ func TestArgs(t *testing.T) {
 			"-drive if=none,id=ctl0-0,file=/img/d.qcow2,format=qcow2",
 			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0",
 			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
-			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=",
 			"-netdev user,id=net1,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
 		}, []string{"-cpu host", "acpi=off", "cidata"}},
 		{"nat rules", hw(func(h *spec.Hardware) {

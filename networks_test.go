@@ -1,0 +1,349 @@
+package vmfest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmfest/vmfest/network"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// The networking tests run as root inside the network and PID namespaces
+// TestMain puts the package's tests in (netnstest.Wrap): the bridges,
+// taps, dnsmasq, QEMU and every packet to a guest address stay there.
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: host-only and internal networks create bridges and taps")
+	}
+}
+
+// sshOut runs cmd on m and returns its standard output, failing the test
+// unless it exits 0.
+func sshOut(t *testing.T, ctx context.Context, l *Local, m Machine, cmd string) string {
+	t.Helper()
+	signer, _, err := l.SSHKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code, err := SSH(ctx, m, signer, SSHOptions{Command: []string{cmd}, Stdout: &out, Stderr: &errOut})
+	if err != nil || code != 0 {
+		t.Fatalf("%s: ssh %q: exit %d, %v\nstdout: %s\nstderr: %s", m.Name(), cmd, code, err, out.String(), errOut.String())
+	}
+	return out.String()
+}
+
+// links lists the names of this namespace's network interfaces.
+func links(t *testing.T) []string {
+	t.Helper()
+	ls, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range ls {
+		out = append(out, l.Attrs().Name)
+	}
+	return out
+}
+
+// TestNetworking boots three machines at once and checks every attachment
+// type end to end: m1 is micro (host-only + NAT); m2 has host-only, NAT
+// with a nat-rule, and the internal network lab; m3 has NAT and lab.
+func TestNetworking(t *testing.T) {
+	image := tinyImage(t)
+	needRoot(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 6*time.Minute)
+	webPort, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2hw := spec.Hardware{MemorySize: 256, Network: []spec.NIC{
+		{AttachmentType: spec.AttachHostOnly},
+		{AttachmentType: spec.AttachNAT, NATRules: []spec.NATRule{{Name: "web", HostPort: webPort, GuestPort: 8080}}},
+		{AttachmentType: spec.AttachInternal, InternalNetwork: "lab"},
+	}}
+	m3hw := spec.Hardware{MemorySize: 256, Network: []spec.NIC{
+		{AttachmentType: spec.AttachNAT},
+		{AttachmentType: spec.AttachInternal, InternalNetwork: "lab"},
+	}}
+	hws := map[string]Hardware{"m1": HardwareModel("micro"), "m2": HardwareSpec(m2hw), "m3": HardwareSpec(m3hw)}
+	ms := map[string]Machine{}
+	for _, name := range []string{"m1", "m2", "m3"} {
+		m, err := l.Instance(ctx, name, ImageSpec(image), hws[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms[name] = m
+	}
+	begun := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ms))
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := m.Start(ctx)
+			if err == nil {
+				err = m.WaitReady(ctx)
+			}
+			if err != nil {
+				log, _ := m.ConsoleLog(ctx)
+				errs <- fmt.Errorf("%s: %w\nconsole:\n%s", m.Name(), err, log)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("three machines ready in %s", time.Since(begun).Round(100*time.Millisecond))
+
+	// Host-only: the reserved address, confirmed by the dnsmasq lease.
+	info1, err := ms["m1"].Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := info1.Networks[0].IP
+	if !strings.HasPrefix(reserved, "192.168.56.") {
+		t.Fatalf("m1's reserved address = %q, want one on 192.168.56.0/24", reserved)
+	}
+	addr1, err := ms["m1"].IP(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr1.IP != reserved || addr1.Source != SourceLease {
+		t.Fatalf("m1 IP = %+v, want %s from the lease", addr1, reserved)
+	}
+	t.Logf("m1's host-only address %s known %s after the starts", addr1.IP, time.Since(begun).Round(100*time.Millisecond))
+
+	// vmfest ssh: the cloud-init seed gave the guest its name and our key.
+	if got := sshOut(t, ctx, l, ms["m1"], "hostname"); got != "m1\n" {
+		t.Fatalf("hostname = %q, want m1", got)
+	}
+	signer, _, _ := l.SSHKey()
+	code, err := SSH(ctx, ms["m1"], signer, SSHOptions{Command: []string{"sh", "-c", "exit 3"}})
+	if err != nil || code != 3 {
+		t.Fatalf("exit status = %d, %v; want 3", code, err)
+	}
+	// The host reaches the guest at its host-only address directly too.
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr1.IP, "22"), 10*time.Second)
+	if err != nil {
+		t.Fatalf("host to m1 over host-only: %v", err)
+	}
+	conn.Close()
+
+	// Two machines on one host-only network reach each other.
+	addr2, err := ms["m2"].IP(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr2.IP == addr1.IP {
+		t.Fatalf("m1 and m2 share %s", addr1.IP)
+	}
+	sshOut(t, ctx, l, ms["m1"], "ping -c 1 -W 10 "+addr2.IP)
+
+	// A nat-rule forwards 127.0.0.1:webPort to a listener in m2.
+	sshOut(t, ctx, l, ms["m2"], "mkdir -p /tmp/www && echo hello-from-m2 >/tmp/www/index.html && httpd -p 8080 -h /tmp/www")
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", webPort))
+	if err != nil {
+		t.Fatalf("nat-rule forward: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.TrimSpace(string(body)) != "hello-from-m2" {
+		t.Fatalf("nat-rule forward answered %q", body)
+	}
+
+	// A NAT-only NIC's address is its SSH forward on 127.0.0.1.
+	addr3, err := ms["m3"].IP(ctx, 0)
+	if err != nil || addr3.IP != "127.0.0.1" || addr3.Port == 0 || addr3.Source != SourceNATForward {
+		t.Fatalf("m3 IP(0) = %+v, %v", addr3, err)
+	}
+
+	// Internal: the peers reach each other; the host has no address there.
+	info2, _ := ms["m2"].Info(ctx)
+	info3, _ := ms["m3"].Info(ctx)
+	setIP := func(m Machine, mac, cidr string) {
+		sshOut(t, ctx, l, m, fmt.Sprintf(`for i in /sys/class/net/eth*; do [ "$(cat $i/address)" = %s ] && ip addr add %s dev ${i##*/}; done; ip -o addr | grep -q %s`, mac, cidr, strings.Split(cidr, "/")[0]))
+	}
+	setIP(ms["m2"], info2.Networks[2].MAC, "10.99.0.2/24")
+	setIP(ms["m3"], info3.Networks[1].MAC, "10.99.0.3/24")
+	sshOut(t, ctx, l, ms["m3"], "ping -c 1 -W 10 10.99.0.2")
+	if a, err := ms["m3"].IP(ctx, 1); err != nil || a.IP != "10.99.0.3" || a.Source != SourceAgent {
+		t.Fatalf("m3 IP(1) = %+v, %v; want 10.99.0.3 from the agent", a, err)
+	}
+	lab, err := netlink.LinkByName("lab")
+	if err != nil {
+		t.Fatalf("internal network's bridge: %v", err)
+	}
+	if addrs, _ := netlink.AddrList(lab, netlink.FAMILY_V4); len(addrs) != 0 {
+		t.Fatalf("the internal bridge has host addresses %v", addrs)
+	}
+	if c, err := net.DialTimeout("tcp", "10.99.0.2:22", 3*time.Second); err == nil {
+		c.Close()
+		t.Fatal("the host reached a machine on an internal network")
+	}
+
+	// list/show data: reserved address and SSH forward.
+	if info1.Networks[1].SSH == "" || info1.Networks[0].Tap == "" {
+		t.Fatalf("m1 networks = %+v", info1.Networks)
+	}
+	var taps []string
+	for _, m := range ms {
+		info, _ := m.Info(ctx)
+		for _, n := range info.Networks {
+			if n.Tap != "" {
+				taps = append(taps, n.Tap)
+			}
+		}
+	}
+	if len(taps) != 4 { // m1's host-only, m2's host-only and internal, m3's internal
+		t.Fatalf("taps = %v, want 4", taps)
+	}
+
+	// Power-down and destroy leave no tap, bridge, dnsmasq, lease or
+	// allocation behind.
+	for _, m := range ms {
+		if err := m.PowerDown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nm, _ := l.networks()
+	for _, name := range []string{"vmfestnet0", "lab"} {
+		n, err := nm.Get(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nm.DnsmasqRunning(n) != 0 {
+			t.Errorf("dnsmasq of %s still runs", name)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(nm.Path("vmfestnet0"), network.LeasesFile)); !os.IsNotExist(err) {
+		t.Errorf("leases survived power-down: %v", err)
+	}
+	for _, name := range links(t) {
+		if name != "lo" {
+			t.Errorf("interface %s left after power-down", name)
+		}
+	}
+	if err := l.RemoveNetwork(ctx, "lab"); !errors.Is(err, ErrWrongState) {
+		t.Errorf("remove a network in use: %v", err)
+	}
+	for _, m := range ms {
+		if err := m.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"vmfestnet0", "lab"} {
+		if a, err := nm.Allocations(name); err != nil || len(a) != 0 {
+			t.Errorf("%s allocations after destroy: %v, %v", name, a, err)
+		}
+	}
+	if err := l.RemoveNetwork(ctx, "lab"); err != nil {
+		t.Errorf("remove an unused network: %v", err)
+	}
+}
+
+// TestIPTimeoutNamesSources: a machine whose guest never boots (a blank
+// disk) gets a bounded wait, and the error names each source and what it
+// said.
+func TestIPTimeoutNamesSources(t *testing.T) {
+	needRoot(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, time.Minute)
+	m, err := l.Instance(ctx, "deaf", ImageSpec(blankImage(t, l.Home())), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.PowerDown(context.Background()) })
+	wctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	a, err := m.IP(wctx, 0)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("IP = %+v, %v; want ErrTimeout", a, err)
+	}
+	for _, want := range []string{"network[0] (host-only on vmfestnet0)", "lease: no lease for", "(reserved 192.168.56.2)", "agent: did not answer", "neighbour: no entry for"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	// The NAT NIC answers at once; slot 2 does not exist.
+	if a, err := m.IP(ctx, 1); err != nil || a.Source != SourceNATForward {
+		t.Errorf("IP(1) = %+v, %v", a, err)
+	}
+	if _, err := m.IP(ctx, 2); !errors.Is(err, ErrInvalid) {
+		t.Errorf("IP(2) = %v, want ErrInvalid", err)
+	}
+}
+
+// TestNetworksAPI: networks are created on first use, listed with their
+// machines, refused removal while used, and never overlap.
+func TestNetworksAPI(t *testing.T) {
+	l := newTestServer(t)
+	ctx := context.Background()
+	img := blankImage(t, l.Home())
+	if _, err := l.Instance(ctx, "a", ImageSpec(img), HardwareModel("micro")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.Instance(ctx, "b", ImageSpec(img), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets, err := l.Networks(ctx)
+	if err != nil || len(nets) != 1 || nets[0].Name != "vmfestnet0" || nets[0].Subnet == "" || strings.Join(nets[0].Machines, ",") != "a,b" {
+		t.Fatalf("networks = %+v, %v", nets, err)
+	}
+	other, err := l.CreateNetwork(ctx, NetworkSpec{Name: "vmfestnet1"})
+	if err != nil || other.Subnet == nets[0].Subnet || other.HostIP == "" {
+		t.Fatalf("second network = %+v, %v", other, err)
+	}
+	if _, err := l.CreateNetwork(ctx, NetworkSpec{Name: "vmfestnet1"}); !errors.Is(err, ErrExists) {
+		t.Errorf("create twice: %v", err)
+	}
+	if _, err := l.CreateNetwork(ctx, NetworkSpec{Name: "x", Subnet: "10.0.0.1/8"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("bad subnet: %v", err)
+	}
+	if err := l.RemoveNetwork(ctx, "vmfestnet0"); !errors.Is(err, ErrWrongState) || !strings.Contains(err.Error(), "a, b") && !strings.Contains(err.Error(), "[a b]") {
+		t.Errorf("remove while in use: %v", err)
+	}
+	if err := l.RemoveNetwork(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("remove unknown: %v", err)
+	}
+	ib, _ := b.Info(ctx)
+	if err := b.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b's address is free again: the next machine gets it.
+	c, err := l.Instance(ctx, "c", ImageSpec(img), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic, _ := c.Info(ctx)
+	if ic.Networks[0].IP != ib.Networks[0].IP {
+		t.Errorf("c got %s, want b's freed %s", ic.Networks[0].IP, ib.Networks[0].IP)
+	}
+	if err := l.RemoveNetwork(ctx, "vmfestnet1"); err != nil {
+		t.Fatal(err)
+	}
+}
