@@ -30,8 +30,9 @@ import (
 
 // Config configures a Server.
 type Config struct {
-	// Home is the state directory of the served Local server; its models
-	// directory is always an allowed path.
+	// Home is the state directory of the served Local server (default: the
+	// served Server's Home(), when it has one); its image models directory
+	// is always an allowed path, for immutable images.
 	Home string
 	// AllowPaths are further directories a remote caller may name disk
 	// images and setup-model sources in.
@@ -68,6 +69,9 @@ func New(ctx context.Context, srv vmfest.Server, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if h, ok := srv.(interface{ Home() string }); ok && cfg.Home == "" {
+		cfg.Home = h.Home() // a Local server: its models directory is allowed
+	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = time.Hour
 	}
@@ -91,18 +95,18 @@ func New(ctx context.Context, srv vmfest.Server, cfg Config) (*Server, error) {
 	}
 	s.ops = newOperations(cfg.KeepOperations, s.events, s.metrics)
 	s.routes()
-	if ms, err := srv.Machines(ctx); err != nil {
+	ms, err := srv.Machines(ctx)
+	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("read the machines: %w", err)
-	} else {
-		running := 0
-		for _, m := range ms {
-			if st, err := m.State(ctx); err == nil && st == vmfest.Running {
-				running++
-			}
-		}
-		s.log.Info("serving", "machines", len(ms), "running", running)
 	}
+	running := 0
+	for _, m := range ms {
+		if st, err := m.State(ctx); err == nil && st == vmfest.Running {
+			running++
+		}
+	}
+	s.log.Info("serving", "machines", len(ms), "running", running)
 	return s, nil
 }
 

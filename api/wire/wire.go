@@ -49,7 +49,8 @@ type Error struct {
 	Needs   []string `json:"needs,omitempty"`
 }
 
-// Choice names a model or gives a full spec (exactly one of them).
+// ImageChoice names an image model or gives a full image spec (exactly
+// one of them).
 type ImageChoice struct {
 	Model string      `json:"model,omitempty"`
 	Spec  *spec.Image `json:"spec,omitempty"`
