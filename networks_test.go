@@ -347,3 +347,126 @@ func TestNetworksAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBridged plugs a machine into an existing bridge (made here, in the
+// test's namespace) and unplugs it at power-down; vmfest never touches the
+// bridge itself. A missing bridge is a clear error at start.
+func TestBridged(t *testing.T) {
+	needRoot(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, time.Minute)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "brtest"}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(br) })
+	img := blankImage(t, l.Home())
+	hw := func(bridge string) Hardware {
+		return HardwareSpec(spec.Hardware{MemorySize: 64, Network: []spec.NIC{{AttachmentType: spec.AttachBridged, BridgedInterface: bridge}}})
+	}
+	bad, err := l.Instance(ctx, "nobridge", ImageSpec(img), hw("nosuch0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Start(ctx); err == nil || !strings.Contains(err.Error(), "bridged-interface nosuch0: no such interface") {
+		t.Fatalf("start on a missing bridge: %v", err)
+	}
+	expectState(t, bad, PoweredOff)
+
+	m, err := l.Instance(ctx, "br", ImageSpec(img), hw("brtest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := m.Info(ctx)
+	tap, err := netlink.LinkByName(info.Networks[0].Tap)
+	if err != nil {
+		t.Fatalf("tap %q: %v", info.Networks[0].Tap, err)
+	}
+	brl, _ := netlink.LinkByName("brtest")
+	if tap.Attrs().MasterIndex != brl.Attrs().Index || tap.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("tap %s: master %d (bridge is %d), flags %v", tap.Attrs().Name, tap.Attrs().MasterIndex, brl.Attrs().Index, tap.Attrs().Flags)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := m.IP(wctx, 0); !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "agent:") || !strings.Contains(err.Error(), "neighbour: no entry") || strings.Contains(err.Error(), "lease:") {
+		t.Fatalf("IP of a silent bridged NIC: %v", err)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(info.Networks[0].Tap); err == nil {
+		t.Fatal("tap left after power-down")
+	}
+	if _, err := netlink.LinkByName("brtest"); err != nil {
+		t.Fatalf("vmfest removed the user's bridge: %v", err)
+	}
+}
+
+// TestHostOnlyChurn creates, starts, powers down and destroys many
+// host-only machines (VMFEST_CHURN, default 12), four at a time, and checks
+// that no tap, lease, allocation or dnsmasq is left.
+func TestHostOnlyChurn(t *testing.T) {
+	needRoot(t)
+	n := 12
+	if s := os.Getenv("VMFEST_CHURN"); s != "" {
+		fmt.Sscan(s, &n)
+	}
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 10*time.Minute)
+	img := blankImage(t, l.Home())
+	hw := HardwareSpec(spec.Hardware{MemorySize: 64, Network: []spec.NIC{{AttachmentType: spec.AttachHostOnly, HostOnlyInterface: "churn0"}}})
+	begun := time.Now()
+	sem := make(chan struct{}, 4)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			name := fmt.Sprintf("c%d", i)
+			m, err := l.Instance(ctx, name, ImageSpec(img), hw)
+			if err == nil {
+				err = m.Start(ctx)
+			}
+			if err == nil {
+				err = m.PowerDown(ctx)
+			}
+			if err == nil {
+				err = m.Destroy(ctx)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d host-only machines created, started, powered down and destroyed in %s", n, time.Since(begun).Round(100*time.Millisecond))
+	nm, _ := l.networks()
+	net0, err := nm.Get("churn0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := nm.Allocations("churn0"); err != nil || len(a) != 0 {
+		t.Errorf("allocations left: %v, %v", a, err)
+	}
+	if nm.DnsmasqRunning(net0) != 0 {
+		t.Error("dnsmasq left running")
+	}
+	if _, err := os.Stat(filepath.Join(nm.Path("churn0"), network.LeasesFile)); !os.IsNotExist(err) {
+		t.Errorf("leases left: %v", err)
+	}
+	for _, name := range links(t) {
+		if strings.HasPrefix(name, "vmt") || name == "churn0" {
+			t.Errorf("interface %s left", name)
+		}
+	}
+}
