@@ -86,6 +86,12 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 			}
 			return nil
 		}},
+		{"set up the networks", func() (err error) {
+			if ns, err = m.setUpNetworks(ctx, &r); err == nil {
+				undo = append(undo, ns.undo)
+			}
+			return err
+		}},
 		{"choose the accelerator", func() error {
 			accel, note, err := qemu.ChooseAccel(m.l.cfg.Accel, qemu.DefaultHost())
 			if err != nil {
@@ -99,12 +105,6 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 				return writeRecord(m.dir(), r)
 			}
 			return nil
-		}},
-		{"set up the networks", func() (err error) {
-			if ns, err = m.setUpNetworks(ctx, &r); err == nil {
-				undo = append(undo, ns.undo)
-			}
-			return err
 		}},
 		{"launch QEMU", func() error {
 			cfg := qemu.Config{
