@@ -14,8 +14,9 @@ import (
 )
 
 // newTestServer returns a Local server over a fresh state directory (short,
-// for Unix socket paths). Cleanup kills every QEMU it started and removes
-// the directory, whether the test passed or not.
+// for Unix socket paths). Cleanup kills every QEMU it started, takes its
+// networks' bridges and dnsmasq down and removes the directory, whether the
+// test passed or not.
 func newTestServer(t *testing.T) *Local {
 	t.Helper()
 	home, err := os.MkdirTemp("", "vmf")
@@ -35,6 +36,7 @@ func newTestServer(t *testing.T) *Local {
 			qemu.WaitExit(ctx, dir)
 			cancel()
 		}
+		downNetworks(l) // bridges and dnsmasq (networks_test.go)
 		os.RemoveAll(home)
 	})
 	return l

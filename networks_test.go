@@ -25,6 +25,20 @@ import (
 // TestMain puts the package's tests in (netnstest.Wrap): the bridges,
 // taps, dnsmasq, QEMU and every packet to a guest address stay there.
 
+// downNetworks takes down the runtime (bridge, dnsmasq) of every network
+// of l, whatever state its machines were left in: the tests of this package
+// share one network namespace.
+func downNetworks(l *Local) {
+	nm, err := l.networks()
+	if err != nil {
+		return
+	}
+	nets, _ := nm.List()
+	for _, n := range nets {
+		nm.Down(context.Background(), n)
+	}
+}
+
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -56,6 +56,18 @@ func ensureBridge(name, addr string) (netlink.Link, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bridge %s address %s: %w", name, addr, err)
 		}
+		// Another vmfest state directory (or someone else) may use a
+		// bridge of this name for another subnet: two DHCP servers on
+		// one segment would hand out clashing addresses.
+		have, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, linkErr("addresses of bridge "+name, err)
+		}
+		for _, h := range have {
+			if !h.IPNet.IP.Equal(a.IPNet.IP) || h.IPNet.String() != a.IPNet.String() {
+				return nil, fmt.Errorf("bridge %s already has address %s, not this network's %s: another vmfest state directory or another program uses it; stop its machines or name this network otherwise", name, h.IPNet, a.IPNet)
+			}
+		}
 		if err := netlink.AddrReplace(link, a); err != nil {
 			return nil, linkErr("give bridge "+name+" address "+addr, err)
 		}
