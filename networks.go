@@ -202,7 +202,9 @@ func (l *Local) allocateNetworks(ctx context.Context, r *record, keys []string) 
 }
 
 // releaseNetworks frees a machine's allocations and settles the networks
-// it was on (a network nobody runs on any more is taken down).
+// it was on (a network nobody runs on any more is taken down). Only a
+// failure to free is returned; one to settle is logged (the addresses are
+// free either way, and the next start or stop settles again).
 func (l *Local) releaseNetworks(ctx context.Context, r record) error {
 	if r.Net.ID == "" {
 		return nil
@@ -213,7 +215,9 @@ func (l *Local) releaseNetworks(ctx context.Context, r record) error {
 	}
 	touched, err := nm.Release(context.WithoutCancel(ctx), r.Net.ID)
 	for _, name := range touched {
-		err = errors.Join(err, l.settleNetwork(ctx, nm, name))
+		if serr := l.settleNetwork(ctx, nm, name); serr != nil {
+			l.log.Warn("network clean-up after a machine left it", "machine", r.Name, "network", name, "err", serr)
+		}
 	}
 	return err
 }
