@@ -14,8 +14,10 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,5 +145,46 @@ func TestServeRefusesOpenTCP(t *testing.T) {
 	err := e.api.Serve(context.Background(), Listen{TCP: "0.0.0.0:0", TokenFile: filepath.Join(e.home, TokenFile)})
 	if err == nil {
 		t.Fatal("served plain HTTP on 0.0.0.0")
+	}
+}
+
+// TestRemoteReusesConnections: a Remote's calls share one connection
+// (each answer is read to its end), so TLS does not handshake per call.
+func TestRemoteReusesConnections(t *testing.T) {
+	e := newEnv(t)
+	var conns atomic.Int32
+	ts := httptest.NewUnstartedServer(RequireToken(e.api.Handler(), filepath.Join(e.home, TokenFile)))
+	ts.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	ts.Start()
+	defer ts.Close()
+	r, err := vmfest.Connect(ts.URL, vmfest.WithToken(e.token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m, err := r.Instance(ctx, "reuse", vmfest.ImageSpec(e.blank), vmfest.HardwareSpec(*natOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if _, err := r.Machines(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Info(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pause(ctx); err == nil {
+			t.Fatal("paused a powered-off machine")
+		}
+	}
+	if err := m.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 17 sequential calls, want 1", n)
 	}
 }
