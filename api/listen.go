@@ -122,6 +122,23 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 			BaseContext:       func(net.Listener) context.Context { return s.ctx },
 		}
 	}
+	// Check everything before opening anything.
+	var addr string
+	if lc.TCP != "" {
+		var err error
+		if addr, err = TCPAddress(lc.TCP, lc.TLSCert != "", lc.Insecure); err != nil {
+			return err
+		}
+		if (lc.TLSCert == "") != (lc.TLSKey == "") {
+			return errors.New("serve: give both --tls-cert and --tls-key")
+		}
+		if lc.TokenFile == "" {
+			return errors.New("serve: TCP needs a token file")
+		}
+		if _, err := LoadToken(lc.TokenFile); err != nil {
+			return err
+		}
+	}
 	if lc.Unix != "" {
 		l, err := listenUnix(lc.Unix)
 		if err != nil {
@@ -131,23 +148,6 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		s.log.Info("listening", "unix", lc.Unix)
 	}
 	if lc.TCP != "" {
-		addr, err := TCPAddress(lc.TCP, lc.TLSCert != "", lc.Insecure)
-		if err != nil {
-			closeAll()
-			return err
-		}
-		if (lc.TLSCert == "") != (lc.TLSKey == "") {
-			closeAll()
-			return errors.New("serve: give both --tls-cert and --tls-key")
-		}
-		if lc.TokenFile == "" {
-			closeAll()
-			return errors.New("serve: TCP needs a token file")
-		}
-		if _, err := LoadToken(lc.TokenFile); err != nil {
-			closeAll()
-			return err
-		}
 		hs := newHTTP(RequireToken(s.Handler(), lc.TokenFile))
 		if lc.TLSCert != "" {
 			cert, err := tls.LoadX509KeyPair(lc.TLSCert, lc.TLSKey)

@@ -142,9 +142,13 @@ func TestServeTLS(t *testing.T) {
 // anything listens.
 func TestServeRefusesOpenTCP(t *testing.T) {
 	e := newEnv(t)
-	err := e.api.Serve(context.Background(), Listen{TCP: "0.0.0.0:0", TokenFile: filepath.Join(e.home, TokenFile)})
+	sock := filepath.Join(e.home, SocketFile)
+	err := e.api.Serve(context.Background(), Listen{Unix: sock, TCP: "0.0.0.0:0", TokenFile: filepath.Join(e.home, TokenFile)})
 	if err == nil {
 		t.Fatal("served plain HTTP on 0.0.0.0")
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Error("the Unix socket was opened before the TCP address was refused")
 	}
 }
 

@@ -61,17 +61,20 @@ machine on a mutable image deletes that file.`,
 			if !cmd.Flags().Changed("unix") {
 				lc.Unix = filepath.Join(l.Home(), api.SocketFile)
 			}
-			s, err := api.New(cmd.Context(), l, api.Config{Home: l.Home(), AllowPaths: allow, Logger: a.serveLogger()})
-			if err != nil {
-				return err
-			}
-			defer s.Close()
 			if lc.TCP != "" {
+				if _, err := api.TCPAddress(lc.TCP, lc.TLSCert != "", lc.Insecure); err != nil {
+					return err
+				}
 				if _, err := api.LoadToken(lc.TokenFile); err != nil {
 					return err
 				}
 				fmt.Fprintf(a.errOut, "token for TCP clients: %s (vmfest serve --print-token)\n", lc.TokenFile)
 			}
+			s, err := api.New(cmd.Context(), l, api.Config{Home: l.Home(), AllowPaths: allow, Logger: a.serveLogger()})
+			if err != nil {
+				return err
+			}
+			defer s.Close()
 			err = s.Serve(cmd.Context(), lc)
 			if errors.Is(err, context.Canceled) {
 				return nil
