@@ -560,3 +560,33 @@ func TestConcurrentRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestListKeepsBrokenMachines: a machine whose info cannot be read is
+// listed with its name, state unknown and the error, beside the others.
+func TestListKeepsBrokenMachines(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []string{"ok1", "broken"} {
+		if status, body := e.do(t, "POST", "/v1/machines", createBody(n, e.blank)); status != 201 {
+			t.Fatalf("create %s: %d %s", n, status, body)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(e.home, "machines", "broken", "machine.json"), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	status, body := e.do(t, "GET", "/v1/machines", nil)
+	if status != 200 {
+		t.Fatalf("%d %s", status, body)
+	}
+	var items []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &items); err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 2 || items[0].Name != "broken" || items[0].State != "unknown" || items[0].Error == "" ||
+		items[1].Name != "ok1" || items[1].State != "powered-off" || items[1].Error != "" {
+		t.Fatalf("items %+v", items)
+	}
+}
