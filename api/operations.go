@@ -15,8 +15,13 @@ import (
 	"github.com/vmfest/vmfest/api/wire"
 )
 
-// maxOperations bounds the finished operations kept in memory.
-const maxOperations = 1000
+// maxOperations bounds the finished operations kept in memory, and
+// maxRunning the operations running at once (each holds a goroutine and
+// maybe a QEMU connection until its timeout).
+const (
+	maxOperations = 1000
+	maxRunning    = 256
+)
 
 // operation is one piece of long work and its record.
 type operation struct {
@@ -43,6 +48,7 @@ func (o *operation) snapshot() wire.Operation {
 type operations struct {
 	mu      sync.Mutex
 	byID    map[string]*operation
+	running int
 	keep    time.Duration
 	events  *broker
 	metrics *metrics
@@ -60,15 +66,21 @@ func newID() string {
 
 // start runs fn in its own goroutine under ctx (the server's life) bounded
 // by timeout, and returns its record at once.
-func (ops *operations) start(ctx context.Context, kind, target string, timeout time.Duration, fn func(ctx context.Context, progress func(wire.Progress)) (any, error)) wire.Operation {
+func (ops *operations) start(ctx context.Context, kind, target string, timeout time.Duration, fn func(ctx context.Context, progress func(wire.Progress)) (any, error)) (wire.Operation, error) {
+	ops.mu.Lock()
+	ops.gc()
+	if ops.running >= maxRunning {
+		ops.mu.Unlock()
+		return wire.Operation{}, &httpError{status: http.StatusServiceUnavailable, code: wire.CodeUnavailable,
+			msg: fmt.Sprintf("%d operations are running: wait for some to end, or cancel them", maxRunning)}
+	}
+	ops.running++
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	o := &operation{
 		op:     wire.Operation{ID: newID(), Kind: kind, Target: target, Status: wire.Running, Started: time.Now().UTC()},
 		done:   make(chan struct{}),
 		cancel: cancel,
 	}
-	ops.mu.Lock()
-	ops.gc()
 	ops.byID[o.op.ID] = o
 	ops.mu.Unlock()
 	ops.metrics.opStarted(kind)
@@ -120,11 +132,14 @@ func (ops *operations) start(ctx context.Context, kind, target string, timeout t
 		}
 		final := o.op
 		o.mu.Unlock()
+		ops.mu.Lock()
+		ops.running--
+		ops.mu.Unlock()
 		close(o.done)
 		ops.metrics.opFinished(kind, final.Status, now.Sub(final.Started))
 		ops.events.operation(final)
 	}()
-	return first
+	return first, nil
 }
 
 // runGuarded runs fn, turning a panic into an error: an operation runs
@@ -188,7 +203,10 @@ func (ops *operations) list() []wire.Operation {
 
 // startOp starts an operation and answers 202 with it.
 func (s *Server) startOp(w http.ResponseWriter, kind, target string, timeout time.Duration, fn func(ctx context.Context, progress func(wire.Progress)) (any, error)) error {
-	op := s.ops.start(s.ctx, kind, target, timeout, fn)
+	op, err := s.ops.start(s.ctx, kind, target, timeout, fn)
+	if err != nil {
+		return err
+	}
 	w.Header().Set("Location", wire.Prefix+"/operations/"+op.ID)
 	return writeJSON(w, http.StatusAccepted, op)
 }
