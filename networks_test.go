@@ -17,6 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 )
@@ -278,7 +279,8 @@ func TestNetworking(t *testing.T) {
 
 // TestIPTimeoutNamesSources: a machine whose guest never boots (a blank
 // disk) gets a bounded wait, and the error names each source and what it
-// said.
+// said. Then QEMU is killed: its tap goes with it, and the machine starts
+// again.
 func TestIPTimeoutNamesSources(t *testing.T) {
 	needRoot(t)
 	l := newTestServer(t)
@@ -308,6 +310,35 @@ func TestIPTimeoutNamesSources(t *testing.T) {
 	}
 	if _, err := m.IP(ctx, 2); !errors.Is(err, ErrInvalid) {
 		t.Errorf("IP(2) = %v, want ErrInvalid", err)
+	}
+
+	// A crash takes QEMU's tap with it; the start after it works.
+	info, _ := m.Info(ctx)
+	tap := info.Networks[0].Tap
+	if _, err := netlink.LinkByName(tap); err != nil {
+		t.Fatalf("tap %q while running: %v", tap, err)
+	}
+	dir := l.home.MachinePath("deaf")
+	if err := qemu.Kill(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemu.WaitExit(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Aborted)
+	if _, err := netlink.LinkByName(tap); err == nil {
+		t.Fatalf("tap %s outlived its QEMU", tap)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatalf("start after a crash: %v", err)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range links(t) {
+		if strings.HasPrefix(name, "vmt") || name == "vmfestnet0" {
+			t.Errorf("interface %s left after power-down", name)
+		}
 	}
 }
 
