@@ -69,9 +69,14 @@ func WithHTTPClient(hc *http.Client) ConnectOption {
 	return func(c *connectConfig) { c.client = hc }
 }
 
+// DefaultServerPort is the port of an http(s) server URL that names none
+// (`vmfest serve --listen`'s default, VirtualBox's web service port).
+const DefaultServerPort = 18083
+
 // Connect returns a Server backed by the vmfest server at rawURL:
-// unix:///path/to/vmfest.sock, http://host:port or https://host:port. It
-// does not contact the server: the first call does.
+// unix:///path/to/vmfest.sock, http://host[:port] or https://host[:port]
+// (port 18083 when not given). It does not contact the server: the first
+// call does.
 func Connect(rawURL string, opts ...ConnectOption) (*Remote, error) {
 	var cfg connectConfig
 	for _, o := range opts {
@@ -103,7 +108,11 @@ func Connect(rawURL string, opts ...ConnectOption) (*Remote, error) {
 		if u.Path != "" && u.Path != "/" {
 			return nil, fmt.Errorf("%w: server URL %q: give no path (the API is under %s)", ErrInvalid, rawURL, wire.Prefix)
 		}
-		r.base = u.Scheme + "://" + u.Host
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), strconv.Itoa(DefaultServerPort))
+		}
+		r.base = u.Scheme + "://" + host
 		if cfg.tls != nil {
 			tr.TLSClientConfig = cfg.tls
 		}

@@ -320,3 +320,31 @@ func TestRemoteSetupModel(t *testing.T) {
 		t.Errorf("removed model: %v, want ErrNotFound", err)
 	}
 }
+
+// TestConnectURLs checks which server URLs Connect takes.
+func TestConnectURLs(t *testing.T) {
+	for _, tc := range []struct {
+		url string
+		ok  bool
+	}{
+		{"unix:///run/vmfest.sock", true},
+		{"http://127.0.0.1:18083", true},
+		{"http://localhost", true},
+		{"https://vmhost.example:443/", true},
+		{"unix://relative.sock", false},
+		{"unix:relative.sock", false},
+		{"http://", false},
+		{"https://host:1/v1", false},
+		{"ftp://host", false},
+		{"host:18083", false},
+		{"", false},
+	} {
+		_, err := vmfest.Connect(tc.url)
+		if (err == nil) != tc.ok {
+			t.Errorf("Connect(%q): %v, want ok=%v", tc.url, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, vmfest.ErrInvalid) {
+			t.Errorf("Connect(%q): %v does not wrap ErrInvalid", tc.url, err)
+		}
+	}
+}

@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfest/vmfest"
 )
 
 // DefaultPort is the TCP port of --listen when the address has none
 // (VirtualBox's web service port, as VMFest users know it).
-const DefaultPort = 18083
+const DefaultPort = vmfest.DefaultServerPort
 
 // SocketFile is the name of the default Unix socket in the state directory.
 const SocketFile = "vmfest.sock"
