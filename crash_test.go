@@ -101,6 +101,7 @@ func helperChurn() int {
 		}
 	}
 	ctx := context.Background()
+	os.Stdout.Write([]byte("ready\n")) // the parent times its kill from here
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("m%d", i%4)
 		if m, err := l.FindMachine(ctx, name); err == nil {
@@ -148,10 +149,20 @@ func TestCrashConsistency(t *testing.T) {
 	partials := 0
 	for trial := 0; trial < trials; trial++ {
 		cmd := helperCmd(t, "churn", l.Home(), img.Location)
+		ready, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(5+rand.IntN(25)) * time.Millisecond)
+		// Kill at a random moment of the churn, not of the start-up.
+		if _, err := ready.Read(make([]byte, 6)); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("trial %d: the helper did not start: %v", trial, err)
+		}
+		time.Sleep(time.Duration(rand.IntN(20000)) * time.Microsecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 
