@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"time"
 )
 
@@ -17,6 +19,7 @@ import (
 // background goroutine. See docs/dependencies.md.
 type QMP struct {
 	c      *lineConn
+	prefix string
 	nextID int
 }
 
@@ -37,18 +40,31 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to QMP at %s: %w", path, err)
 	}
-	q := &QMP{c: c}
-	greeting, err := c.readLine(ctx, deadline(ctx))
-	if err != nil {
-		c.Close()
-		return nil, timeoutErr("QMP greeting", err)
-	}
-	var g struct {
-		QMP json.RawMessage `json:"QMP"`
-	}
-	if err := json.Unmarshal(greeting, &g); err != nil || g.QMP == nil {
-		c.Close()
-		return nil, fmt.Errorf("QMP greeting: not a QMP server: %q", truncate(greeting))
+	q := &QMP{c: c, prefix: fmt.Sprintf("vmfest-%x-", rand.Uint32())}
+	// QEMU keeps a monitor's unsent output across connections: a reply to
+	// a command whose client gave up (say, while QEMU was stopped) can
+	// reach the next client before its greeting. Such lines are skipped,
+	// and ids carry a per-connection prefix so that a stale reply is never
+	// taken for a fresh one.
+	for {
+		greeting, err := c.readLine(ctx, deadline(ctx))
+		if err != nil {
+			c.Close()
+			return nil, timeoutErr("QMP greeting", err)
+		}
+		var g struct {
+			QMP    json.RawMessage `json:"QMP"`
+			Return json.RawMessage `json:"return"`
+			Error  json.RawMessage `json:"error"`
+			Event  string          `json:"event"`
+		}
+		if err := json.Unmarshal(greeting, &g); err != nil || (g.QMP == nil && g.Return == nil && g.Error == nil && g.Event == "") {
+			c.Close()
+			return nil, fmt.Errorf("QMP greeting: not a QMP server: %q", truncate(greeting))
+		}
+		if g.QMP != nil {
+			break
+		}
 	}
 	if _, err := q.Execute(ctx, "qmp_capabilities", nil); err != nil {
 		c.Close()
@@ -61,7 +77,7 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 // arrive meanwhile are skipped.
 func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	q.nextID++
-	id := fmt.Sprintf("vmfest-%d", q.nextID)
+	id := q.prefix + strconv.Itoa(q.nextID)
 	req := map[string]any{"execute": command, "id": id}
 	if args != nil {
 		req["arguments"] = args

@@ -197,3 +197,18 @@ func TestAgentSilentIsBounded(t *testing.T) {
 		t.Fatalf("err = %v, want a timeout", err)
 	}
 }
+
+// TestQMPStaleOutputBeforeGreeting: QEMU can send a previous client's
+// unsent reply before the greeting; the client skips it.
+func TestQMPStaleOutputBeforeGreeting(t *testing.T) {
+	stale := `{"return": {"status": "stale"}, "id": "vmfest-1"}` + "\r\n" + `{"event": "RESUME"}` + "\r\n"
+	sock := fakeQMP(t, func(cmd string, w *bufio.Writer) bool {
+		_, id, _ := strings.Cut(cmd, " ")
+		w.WriteString(`{"return": {"running": true, "status": "running"}, "id": ` + id + "}\r\n")
+		return true
+	}, stale+greeting)
+	st, err := QueryStatus(context.Background(), sock)
+	if err != nil || st.Status != "running" {
+		t.Fatalf("status = %+v, %v", st, err)
+	}
+}
