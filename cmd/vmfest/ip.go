@@ -26,11 +26,7 @@ neighbour table. A NAT NIC's address is its SSH forward on 127.0.0.1
 every source asked and what it said.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			srv, err := a.server()
-			if err != nil {
-				return err
-			}
-			m, err := srv.FindMachine(cmd.Context(), args[0])
+			m, err := a.findMachine(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

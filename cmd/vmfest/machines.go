@@ -381,11 +381,7 @@ func (a *app) showCommand() *cobra.Command {
 		Short: "Show a machine",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			srv, err := a.server()
-			if err != nil {
-				return err
-			}
-			m, err := srv.FindMachine(cmd.Context(), args[0])
+			m, err := a.findMachine(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -444,12 +440,8 @@ func (a *app) consoleCommand() *cobra.Command {
 		Short: "Print a machine's serial console log",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			srv, err := a.server()
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			m, err := srv.FindMachine(ctx, args[0])
+			m, err := a.findMachine(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -85,6 +86,15 @@ func (a *app) server() (vmfest.Server, error) {
 		return l, nil
 	}
 	return a.connect()
+}
+
+// findMachine opens the server and finds the named machine on it.
+func (a *app) findMachine(ctx context.Context, name string) (vmfest.Machine, error) {
+	srv, err := a.server()
+	if err != nil {
+		return nil, err
+	}
+	return srv.FindMachine(ctx, name)
 }
 
 // local opens the local server over --home.

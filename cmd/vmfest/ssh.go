@@ -35,11 +35,7 @@ host-only address. --wait bounds the wait for the address and the SSH
 server.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			srv, err := a.server()
-			if err != nil {
-				return err
-			}
-			m, err := srv.FindMachine(cmd.Context(), args[0])
+			m, err := a.findMachine(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
