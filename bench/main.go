@@ -67,7 +67,7 @@ func main() {
 		}
 		fmt.Fprintf(os.Stderr, "bench: %s done in %s\n", s.name, time.Since(begun).Round(time.Millisecond))
 	}
-	md := b.report.markdown(strings.Join(os.Args, " "))
+	md := b.report.markdown(strings.Join(append([]string{"go run ./bench"}, os.Args[1:]...), " "))
 	if *out == "" {
 		fmt.Print(md)
 		return
