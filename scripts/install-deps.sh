@@ -7,6 +7,8 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# The demo serves the packaged image from a local web server (python3 -m http.server).
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
