@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 		os.Exit(helperChurn())
 	case "create":
 		os.Exit(helperCreate())
+	case "setup":
+		os.Exit(helperSetup())
+	case "nets":
+		os.Exit(helperNets())
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv("VMFEST_HELPER"))
 		os.Exit(2)
@@ -109,6 +113,37 @@ func helperChurn() int {
 			continue
 		}
 		l.Instance(ctx, name, ImageSpec(img), HardwareModel("micro"))
+	}
+}
+
+// helperSetup installs and removes image models from a local file until
+// killed.
+func helperSetup() int {
+	l, img := helperServer()
+	ctx := context.Background()
+	os.Stdout.Write([]byte("ready\n"))
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("m%d", i%3)
+		if i%2 == 1 {
+			l.RemoveModel(ctx, id)
+			continue
+		}
+		if _, err := l.SetupModel(ctx, img.Location, SetupOptions{ID: id, Replace: true}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}
+}
+
+// helperNets creates and removes networks until killed.
+func helperNets() int {
+	l, _ := helperServer()
+	ctx := context.Background()
+	os.Stdout.Write([]byte("ready\n"))
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("n%d", i%3)
+		if _, err := l.CreateNetwork(ctx, NetworkSpec{Name: name}); err != nil {
+			l.RemoveNetwork(ctx, name)
+		}
 	}
 }
 
@@ -227,6 +262,124 @@ func TestCrashPoints(t *testing.T) {
 			checkWhole(t, l2, round)
 		}
 	}
+}
+
+// killDuring runs a helper until it is ready, lets it work for a random
+// moment of up to maxDelay, and kills it.
+func killDuring(t *testing.T, what, home, image string, maxDelay time.Duration) {
+	t.Helper()
+	cmd := helperCmd(t, what, home, image)
+	ready, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ready.Read(make([]byte, 6)); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the %s helper did not start: %v", what, err)
+	}
+	time.Sleep(time.Duration(rand.Int64N(int64(maxDelay))))
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+}
+
+// hiddenEntries lists the hidden entries of dir.
+func hiddenEntries(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestCrashSetupModel kills a process installing and removing image models
+// at random moments: every listed model reads back whole, and the sweep
+// leaves nothing half-installed in the registry.
+func TestCrashSetupModel(t *testing.T) {
+	trials := 60
+	if testing.Short() {
+		trials = 15
+	}
+	l := newTestServer(t)
+	src := filepath.Join(t.TempDir(), "src.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", src, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 8M", src).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	ctx := context.Background()
+	seen, interrupted := 0, 0
+	for trial := 0; trial < trials; trial++ {
+		killDuring(t, "setup", l.Home(), src, 300*time.Millisecond)
+		seen += len(hiddenEntries(l.home.ImageModelsPath()))
+		if work, _ := os.ReadDir(filepath.Join(l.Home(), store.CacheDir)); len(work) > 0 {
+			interrupted++ // a setup's work (kept for resuming) was cut short
+		}
+		l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if _, err := l2.Doctor(ctx, true); err != nil {
+			t.Fatalf("trial %d: doctor: %v", trial, err)
+		}
+		if left := hiddenEntries(l.home.ImageModelsPath()); len(left) > 0 {
+			t.Fatalf("trial %d: left after the sweep: %v", trial, left)
+		}
+		models, err := l2.Models(ctx)
+		if err != nil {
+			t.Fatalf("trial %d: models: %v", trial, err)
+		}
+		for _, m := range models {
+			data, err := os.ReadFile(m.Spec.Location)
+			if err != nil || len(data) < 4 || string(data[:4]) != "QFI\xfb" {
+				t.Fatalf("trial %d: model %s has no whole disk (%d bytes, %v)", trial, m.ID, len(data), err)
+			}
+		}
+	}
+	// After all that, a setup still works.
+	if _, err := l.SetupModel(ctx, src, SetupOptions{ID: "after", Replace: true}); err != nil {
+		t.Fatalf("setup after the crashes: %v", err)
+	}
+	t.Logf("%d trials; %d kills cut a setup short (its work kept in cache/); %d half-done registry entries were swept", trials, interrupted, seen)
+}
+
+// TestCrashNetworks kills a process creating and removing networks at
+// random moments: the networks list reads without error and the sweep
+// leaves no half-created or half-removed network.
+func TestCrashNetworks(t *testing.T) {
+	trials := 60
+	if testing.Short() {
+		trials = 15
+	}
+	l := newTestServer(t)
+	ctx := context.Background()
+	netDir := filepath.Join(l.Home(), store.NetworksDir)
+	seen := 0
+	for trial := 0; trial < trials; trial++ {
+		killDuring(t, "nets", l.Home(), "", 20*time.Millisecond)
+		seen += len(hiddenEntries(netDir))
+		l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if _, err := l2.Doctor(ctx, true); err != nil {
+			t.Fatalf("trial %d: doctor: %v", trial, err)
+		}
+		if left := hiddenEntries(netDir); len(left) > 0 {
+			t.Fatalf("trial %d: left after the sweep: %v", trial, left)
+		}
+		if _, err := l2.Networks(ctx); err != nil {
+			t.Fatalf("trial %d: networks: %v", trial, err)
+		}
+	}
+	t.Logf("%d trials; %d half-done creates or removals were swept", trials, seen)
 }
 
 // checkWhole asserts every machine is wholly there and nothing else is.

@@ -13,7 +13,8 @@ import (
 
 // Finding is one thing Doctor found in the state directory.
 type Finding struct {
-	// Kind is partial-create, partial-destroy, temp-file, stale-stopping,
+	// Kind is partial-create, partial-destroy, partial-model,
+	// partial-network, temp-file, stale-stopping,
 	// corrupt-record, missing-disk, aborted or orphan-allocation (a network
 	// address held for a machine that does not exist).
 	Kind string `json:"kind"`
@@ -37,6 +38,22 @@ func (l *Local) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 	findings, err := l.sweepPartial(fix)
 	if err != nil {
 		return findings, err
+	}
+	swept, err := l.images.Sweep(fix)
+	if err != nil {
+		return findings, err
+	}
+	for _, p := range swept {
+		findings = append(findings, Finding{Kind: "partial-model", Path: p, Detail: "left by an interrupted model install or removal", Fixed: fix})
+	}
+	if nm, err := l.networks(); err == nil {
+		swept, err := nm.Sweep(fix)
+		if err != nil {
+			return findings, err
+		}
+		for _, p := range swept {
+			findings = append(findings, Finding{Kind: "partial-network", Path: p, Detail: "left by an interrupted network create or removal", Fixed: fix})
+		}
 	}
 	names, err := l.machineNames()
 	if err != nil {

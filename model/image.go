@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -219,4 +220,34 @@ func (r Images) Remove(id string) error {
 		return fmt.Errorf("remove image model %s: %w", id, err)
 	}
 	return store.SyncDir(r.dir)
+}
+
+// Sweep removes what an install or removal cut short by a crash left in
+// the registry's directory (hidden entries), and returns their paths. It
+// does nothing while another process holds the registry's lock.
+func (r Images) Sweep(fix bool) ([]string, error) {
+	lk, ok, err := store.TryLockDir(r.dir)
+	if err != nil || !ok {
+		return nil, err
+	}
+	defer lk.Unlock()
+	entries, err := os.ReadDir(r.dir)
+	if err != nil {
+		return nil, fmt.Errorf("sweep image models: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(r.dir, e.Name())
+		if fix {
+			os.Chmod(p, 0o755) // a half-installed disk directory may be read-only
+			if err := os.RemoveAll(p); err != nil {
+				return out, fmt.Errorf("sweep %s: %w", p, err)
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }

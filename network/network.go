@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vmfest/vmfest/spec"
@@ -388,4 +389,39 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 		return fmt.Errorf("remove network %s: %w", name, err)
 	}
 	return os.RemoveAll(trash)
+}
+
+// Sweep removes the hidden directories that a create or remove cut short by
+// a crash left in the networks directory, and returns their paths. It does
+// nothing while another process holds the directory (a create or remove in
+// flight).
+func (m *Manager) Sweep(fix bool) ([]string, error) {
+	lk, ok, err := store.TryLockDir(m.dir)
+	if err != nil || !ok {
+		return nil, err
+	}
+	defer lk.Unlock()
+	return sweepHidden(m.dir, fix)
+}
+
+// sweepHidden lists (and with fix removes) the hidden entries of dir.
+func sweepHidden(dir string, fix bool) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sweep %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if fix {
+			if err := os.RemoveAll(p); err != nil {
+				return out, fmt.Errorf("sweep %s: %w", p, err)
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
