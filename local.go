@@ -150,6 +150,15 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 	if err := store.ValidateName("machine", name); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	// The shared lock on machines/ tells a sweep (which needs it
+	// exclusively) that work is in progress, and keeps a model from being
+	// removed (which also needs it exclusively) between resolving it and
+	// backing the overlay by it.
+	busy, err := store.LockDirShared(ctx, l.home.MachinesPath())
+	if err != nil {
+		return nil, fmt.Errorf("create machine %s: %w", name, err)
+	}
+	defer busy.Unlock()
 	r := record{Name: name, Created: time.Now().UTC()}
 	if err := l.resolveImage(&r, image); err != nil {
 		return nil, err
@@ -170,13 +179,7 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 	}
 
 	// Build the machine in a temporary directory and rename it into place,
-	// so a crash never leaves half a machine. The shared lock on machines/
-	// tells a sweep (which needs it exclusively) that work is in progress.
-	busy, err := store.LockDirShared(ctx, l.home.MachinesPath())
-	if err != nil {
-		return nil, fmt.Errorf("create machine %s: %w", name, err)
-	}
-	defer busy.Unlock()
+	// so a crash never leaves half a machine.
 	tmp, err := os.MkdirTemp(l.home.MachinesPath(), ".creating-"+name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
