@@ -183,31 +183,10 @@ func TestCrashConsistency(t *testing.T) {
 	ctx := context.Background()
 	partials := 0
 	for trial := 0; trial < trials; trial++ {
-		cmd := helperCmd(t, "churn", l.Home(), img.Location)
-		ready, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// Kill at a random moment of the churn, not of the start-up.
-		if _, err := ready.Read(make([]byte, 6)); err != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("trial %d: the helper did not start: %v", trial, err)
-		}
-		time.Sleep(time.Duration(rand.IntN(20000)) * time.Microsecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		killDuring(t, "churn", l.Home(), img.Location, 20*time.Millisecond)
 
 		// What the crash left, before any sweep.
-		entries, _ := os.ReadDir(l.home.MachinesPath())
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".") {
-				partials++
-			}
-		}
+		partials += len(hiddenEntries(l.home.MachinesPath()))
 		// The next command: a fresh server (it sweeps), then a full doctor.
 		l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
 		if err != nil {
