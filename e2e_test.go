@@ -144,16 +144,7 @@ func TestGuestAgentNetwork(t *testing.T) {
 	image := tinyImage(t)
 	l := newTestServer(t)
 	ctx := ctxTimeout(t, 3*time.Minute)
-	m, err := l.Instance(ctx, "net", ImageSpec(image), HardwareModel("micro"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	m := bootTiny(ctx, t, l, "net", image, HardwareModel("micro"))
 	info, _ := m.Info(ctx)
 	mac := info.HardwareSpec.Network[1].MACAddress // micro: NIC 0 host-only, NIC 1 NAT
 	for {
@@ -244,16 +235,7 @@ func TestCrashedQEMU(t *testing.T) {
 	image := tinyImage(t)
 	l := newTestServer(t)
 	ctx := ctxTimeout(t, 3*time.Minute)
-	m, err := l.Instance(ctx, "crash", ImageSpec(image), HardwareModel("micro"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	m := bootTiny(ctx, t, l, "crash", image, HardwareModel("micro"))
 	dir := l.home.MachinePath("crash")
 	if err := qemu.Kill(dir); err != nil {
 		t.Fatal(err)

@@ -86,3 +86,22 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// bootTiny creates a machine from the tiny image and the given hardware,
+// starts it and waits for its guest agent; on failure it prints the
+// machine's console.
+func bootTiny(ctx context.Context, t *testing.T, srv Server, name string, image spec.Image, hw Hardware) Machine {
+	t.Helper()
+	m, err := srv.Instance(ctx, name, ImageSpec(image), hw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		log, _ := m.ConsoleLog(ctx)
+		t.Fatalf("%s: %v\nconsole:\n%s", name, err, log)
+	}
+	return m
+}
