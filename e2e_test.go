@@ -236,14 +236,7 @@ func TestCrashedQEMU(t *testing.T) {
 	l := newTestServer(t)
 	ctx := ctxTimeout(t, 3*time.Minute)
 	m := bootTiny(ctx, t, l, "crash", image, HardwareModel("micro"))
-	dir := l.home.MachinePath("crash")
-	if err := qemu.Kill(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := qemu.WaitExit(ctx, dir); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, Aborted)
+	crashQEMU(ctx, t, l, m)
 	// A fresh server (as a new process would be) reads the same truth.
 	l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
 	if err != nil {

@@ -105,3 +105,17 @@ func bootTiny(ctx context.Context, t *testing.T, srv Server, name string, image 
 	}
 	return m
 }
+
+// crashQEMU kills the machine's QEMU with SIGKILL, waits until it is gone
+// and checks that the machine reads as aborted.
+func crashQEMU(ctx context.Context, t *testing.T, l *Local, m Machine) {
+	t.Helper()
+	dir := l.home.MachinePath(m.Name())
+	if err := qemu.Kill(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := qemu.WaitExit(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, m, Aborted)
+}

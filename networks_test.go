@@ -17,7 +17,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 )
@@ -318,14 +317,7 @@ func TestIPTimeoutNamesSources(t *testing.T) {
 	if _, err := netlink.LinkByName(tap); err != nil {
 		t.Fatalf("tap %q while running: %v", tap, err)
 	}
-	dir := l.home.MachinePath("deaf")
-	if err := qemu.Kill(dir); err != nil {
-		t.Fatal(err)
-	}
-	if err := qemu.WaitExit(ctx, dir); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, Aborted)
+	crashQEMU(ctx, t, l, m)
 	if _, err := netlink.LinkByName(tap); err == nil {
 		t.Fatalf("tap %s outlived its QEMU", tap)
 	}
