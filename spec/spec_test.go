@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -304,7 +305,7 @@ network:
 		t.Fatal(err)
 	}
 	h = h.WithDefaults()
-	if err := h.validate(1); err != nil {
+	if err := h.validateWith(1, NATPolicy{HostAddresses: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32")}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.Network[0].HostOnlyInterface; got != DefaultHostOnlyInterface {
@@ -325,5 +326,71 @@ network:
 	}
 	if _, err := ParseHardware([]byte("network: [{attachment-type: nat, nat-rules: [{name: a, hostport: 1}]}]")); err == nil || !strings.Contains(err.Error(), `unknown key "hostport"`) {
 		t.Errorf("unknown nat-rule key: %v", err)
+	}
+}
+
+// TestNATPolicy: NAT rules listen on loopback and on ports from 1024 up,
+// unless the operator's policy allows more; an IPv4-mapped IPv6 host-ip is
+// refused as invalid (QEMU cannot take it) with the plain form to write.
+func TestNATPolicy(t *testing.T) {
+	lan := NATPolicy{HostAddresses: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+	any := NATPolicy{HostAddresses: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, LowPorts: true}
+	tests := []struct {
+		name   string
+		policy NATPolicy
+		hostIP string
+		port   int
+		field  string // "" when the rule is allowed
+		want   string
+	}{
+		{"loopback", NATPolicy{}, "127.0.0.1", 8080, "", ""},
+		{"other loopback", NATPolicy{}, "127.0.0.53", 8080, "", ""},
+		{"wildcard refused", NATPolicy{}, "0.0.0.0", 8080, "network[1].nat-rules[0].host-ip", "allowed: 127.0.0.0/8"},
+		{"lan address refused", NATPolicy{}, "192.0.2.10", 8080, "network[1].nat-rules[0].host-ip", "the operator"},
+		{"lan address allowed", lan, "192.0.2.10", 8080, "", ""},
+		{"outside the allowed prefix", lan, "198.51.100.1", 8080, "network[1].nat-rules[0].host-ip", "allowed: 127.0.0.0/8, 192.0.2.0/24"},
+		{"wildcard allowed", any, "0.0.0.0", 8080, "", ""},
+		{"mapped loopback", NATPolicy{}, "::ffff:127.0.0.1", 8080, "network[1].nat-rules[0].host-ip", `write it as 127.0.0.1`},
+		{"mapped even when allowed", any, "::ffff:0.0.0.0", 8080, "network[1].nat-rules[0].host-ip", `write it as 0.0.0.0`},
+		{"ipv6", any, "::1", 8080, "network[1].nat-rules[0].host-ip", "not an IPv4 address"},
+		{"zone", any, "127.0.0.1%lo", 8080, "network[1].nat-rules[0].host-ip", "not an IPv4 address"},
+		{"low port refused", NATPolicy{}, "127.0.0.1", 80, "network[1].nat-rules[0].host-port", "allowed: 1024-65535"},
+		{"port 1023 refused", lan, "127.0.0.1", 1023, "network[1].nat-rules[0].host-port", "below 1024"},
+		{"port 1024", NATPolicy{}, "127.0.0.1", 1024, "", ""},
+		{"low port allowed", any, "127.0.0.1", 80, "", ""},
+		{"port 0 even when allowed", any, "127.0.0.1", 0, "network[1].nat-rules[0].host-port", "allowed: 1-65535"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := Hardware{Network: []NIC{
+				{AttachmentType: AttachNone},
+				{AttachmentType: AttachNAT, NATRules: []NATRule{{Name: "r", HostIP: tt.hostIP, HostPort: tt.port, GuestPort: 80}}},
+			}}.WithDefaults()
+			err := h.validateWith(2, tt.policy)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v, want a ValidationError", err)
+			}
+			for _, p := range ve.Problems {
+				if p.Field == tt.field && strings.Contains(p.Problem, tt.want) {
+					return
+				}
+			}
+			t.Fatalf("err = %v, want field %s saying %q", err, tt.field, tt.want)
+		})
+	}
+	// Validate is the strictest policy.
+	h := Hardware{Network: []NIC{{AttachmentType: AttachNAT, NATRules: []NATRule{{Name: "r", HostIP: "0.0.0.0", HostPort: 8080, GuestPort: 80}}}}}.WithDefaults()
+	if err := h.Validate(); err == nil {
+		t.Fatal("Validate allowed host-ip 0.0.0.0")
+	}
+	if err := h.ValidateWith(any); err != nil {
+		t.Fatalf("ValidateWith(0.0.0.0/0): %v", err)
 	}
 }

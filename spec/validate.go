@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"runtime"
 	"slices"
@@ -80,14 +81,42 @@ func SlotCount(bus string) int {
 // MaxMemorySize is the largest memory-size accepted, in MiB (1 TiB).
 const MaxMemorySize = 1 << 20
 
-// Validate checks a hardware spec after defaults are applied (see
-// WithDefaults) against the rules of this version and the host's CPU count.
-// The error lists every problem, each naming its field and what is allowed.
-func (h Hardware) Validate() error {
-	return h.validate(runtime.NumCPU())
+// NATPolicy is the operator's word on what NAT rules may bind on the host.
+// The zero value is the default: host-ip on loopback (127.0.0.0/8) only,
+// host ports from 1024 up, so a spec (from an API caller or an image's
+// metadata) cannot open a port to the network or take a system service's.
+type NATPolicy struct {
+	// HostAddresses are further prefixes a host-ip may be in (0.0.0.0/0,
+	// or 0.0.0.0/32, allows the wildcard address 0.0.0.0).
+	HostAddresses []netip.Prefix
+	// LowPorts allows host ports below 1024.
+	LowPorts bool
 }
 
-func (h Hardware) validate(hostCPUs int) error {
+// loopbackPrefix is where a NAT rule may always listen.
+var loopbackPrefix = netip.MustParsePrefix("127.0.0.0/8")
+
+// Allowed lists the prefixes a host-ip may be in, loopback first.
+func (p NATPolicy) Allowed() []netip.Prefix {
+	return append([]netip.Prefix{loopbackPrefix}, p.HostAddresses...)
+}
+
+// Validate checks a hardware spec after defaults are applied (see
+// WithDefaults) against the rules of this version and the host's CPU count,
+// with the default NATPolicy. The error lists every problem, each naming
+// its field and what is allowed.
+func (h Hardware) Validate() error {
+	return h.validateWith(runtime.NumCPU(), NATPolicy{})
+}
+
+// ValidateWith is Validate with the operator's NAT policy.
+func (h Hardware) ValidateWith(nat NATPolicy) error {
+	return h.validateWith(runtime.NumCPU(), nat)
+}
+
+func (h Hardware) validate(hostCPUs int) error { return h.validateWith(hostCPUs, NATPolicy{}) }
+
+func (h Hardware) validateWith(hostCPUs int, nat NATPolicy) error {
 	var p problems
 	switch {
 	case h.MemorySize <= 0:
@@ -108,7 +137,7 @@ func (h Hardware) validate(hostCPUs int) error {
 		if !slices.Contains(supportedAttachments, n.AttachmentType) {
 			p.add(f+".attachment-type", "%q is not supported; allowed: %s", n.AttachmentType, strings.Join(supportedAttachments, ", "))
 		}
-		p.checkNetworkKeys(f, n, forwards)
+		p.checkNetworkKeys(f, n, forwards, nat)
 		if !slices.Contains(adapterTypes, n.AdapterType) {
 			p.add(f+".adapter-type", "%q is not supported; allowed: %s", n.AdapterType, strings.Join(adapterTypes, ", "))
 		}
@@ -264,8 +293,8 @@ const interfaceNameRule = "use 1-15 letters, digits, '.', '_' or '-', starting w
 
 // checkNetworkKeys checks the keys that belong to one attachment type.
 // forwards maps "protocol host-ip:host-port" to the field that claims it,
-// across the machine's NICs.
-func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string) {
+// across the machine's NICs; nat is what rules may bind.
+func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string, nat NATPolicy) {
 	only := func(key, value, attachment string) {
 		if value != "" && n.AttachmentType != attachment {
 			p.add(f+"."+key, "only applies to attachment-type %s, not %s", attachment, n.AttachmentType)
@@ -305,11 +334,12 @@ func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string)
 		if !slices.Contains(protocols, r.Protocol) {
 			p.add(rf+".protocol", "%q is not supported; allowed: %s", r.Protocol, strings.Join(protocols, ", "))
 		}
-		if ip := net.ParseIP(r.HostIP); ip == nil || ip.To4() == nil {
-			p.add(rf+".host-ip", "%q is not an IPv4 address like 127.0.0.1", r.HostIP)
-		}
-		if r.HostPort < 1 || r.HostPort > 65535 {
+		p.checkHostIP(rf+".host-ip", r.HostIP, nat)
+		switch {
+		case r.HostPort < 1 || r.HostPort > 65535:
 			p.add(rf+".host-port", "%d is not a port; allowed: 1-65535", r.HostPort)
+		case r.HostPort < 1024 && !nat.LowPorts:
+			p.add(rf+".host-port", "%d is below 1024 (a system service's port); allowed: 1024-65535 (the operator may allow low ports)", r.HostPort)
 		}
 		if r.GuestPort < 1 || r.GuestPort > 65535 {
 			p.add(rf+".guest-port", "%d is not a port; allowed: 1-65535", r.GuestPort)
@@ -321,4 +351,29 @@ func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string)
 			forwards[key] = rf
 		}
 	}
+}
+
+// checkHostIP checks a NAT rule's host-ip: a plain IPv4 address (QEMU's
+// hostfwd takes no other form) inside the policy's prefixes.
+func (p *problems) checkHostIP(field, s string, nat NATPolicy) {
+	ip, err := netip.ParseAddr(s)
+	switch {
+	case err == nil && ip.Is4In6():
+		p.add(field, "%q is an IPv4-mapped IPv6 address; write it as %s", s, ip.Unmap())
+		return
+	case err != nil || !ip.Is4():
+		p.add(field, "%q is not an IPv4 address like 127.0.0.1", s)
+		return
+	}
+	allowed := nat.Allowed()
+	for _, pf := range allowed {
+		if pf.Contains(ip) {
+			return
+		}
+	}
+	list := make([]string, len(allowed))
+	for i, pf := range allowed {
+		list[i] = pf.String()
+	}
+	p.add(field, "%s is outside the addresses NAT rules may listen on; allowed: %s (the operator may allow more)", s, strings.Join(list, ", "))
 }
