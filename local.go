@@ -34,6 +34,9 @@ type Config struct {
 	QEMUImg string
 	// Logger receives warnings and progress; default slog.Default().
 	Logger *slog.Logger
+	// NAT is what a machine's nat-rules may bind on the host; the zero
+	// value allows loopback addresses and ports from 1024 up only.
+	NAT spec.NATPolicy
 }
 
 // ConfigFromEnv returns a Config read from VMFEST_HOME and VMFEST_ACCEL.
@@ -293,7 +296,7 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 			h.Network[i].MACAddress = randomMAC()
 		}
 	}
-	if err := h.Validate(); err != nil {
+	if err := h.ValidateWith(l.cfg.NAT); err != nil {
 		return fmt.Errorf("hardware spec: %w", err)
 	}
 	r.Hardware = h
