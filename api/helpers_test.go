@@ -33,40 +33,47 @@ type env struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// envOption changes the configuration of an env's Local or API server.
+type envOption func(*vmfest.Config, *Config)
+
 // newEnv builds an env. Cleanup kills any QEMU left and removes the
 // directories.
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	home, err := os.MkdirTemp("", "vmfa")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := vmfest.NewLocal(vmfest.Config{Home: home, Accel: os.Getenv("VMFEST_ACCEL"), Logger: quiet()})
+	t.Cleanup(func() { // runs last
+		killAll(home)
+		os.RemoveAll(home)
+	})
+	lcfg := vmfest.Config{Home: home, Accel: os.Getenv("VMFEST_ACCEL"), Logger: quiet()}
+	allowed := filepath.Join(home, "allowed")
+	cfg := Config{Home: home, AllowPaths: []string{allowed}, Logger: quiet()}
+	for _, o := range opts {
+		o(&lcfg, &cfg)
+	}
+	l, err := vmfest.NewLocal(lcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	allowed := filepath.Join(home, "allowed")
 	if err := os.Mkdir(allowed, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(context.Background(), l, Config{Home: home, AllowPaths: []string{allowed}, Logger: quiet()})
+	s, err := New(context.Background(), l, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	tokenPath := filepath.Join(home, TokenFile)
 	tok, err := LoadToken(tokenPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(RequireToken(s.Handler(), tokenPath))
-	e := &env{home: home, local: l, api: s, http: ts, token: tok, allowed: allowed, blank: blankImage(t, allowed, "blank.raw")}
-	t.Cleanup(func() {
-		ts.Close()
-		s.Close()
-		killAll(home)
-		os.RemoveAll(home)
-	})
-	return e
+	t.Cleanup(ts.Close)
+	return &env{home: home, local: l, api: s, http: ts, token: tok, allowed: allowed, blank: blankImage(t, allowed, "blank.raw")}
 }
 
 // killAll kills every QEMU under home's machines.

@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -70,17 +72,28 @@ func TCPAddress(addr string, tls, insecure bool) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
-// listenUnix opens a Unix socket with mode 0600. A stale socket (nobody
-// answers) is replaced; a live one means another server runs.
+// listenUnix opens a Unix socket with mode 0600. A stale socket at path
+// (a socket nobody answers on) is replaced; a live one means another
+// server runs; anything else there (a file, a directory, a symlink) is
+// refused and left alone.
 func listenUnix(path string) (net.Listener, error) {
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket (%s): remove it yourself or give another --unix path", path, fileKind(st.Mode()))
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
 			c.Close()
 			return nil, fmt.Errorf("%s: another vmfest server is listening there", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%s: cannot tell whether the socket there is stale: %w", path, err)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove the stale socket: %w", err)
 		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
 	}
 	old := unix.Umask(0o177) // the socket is created 0600, never wider
 	l, err := net.Listen("unix", path)
@@ -93,6 +106,19 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// fileKind names a file's type for an error message.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return "a " + m.Type().String() + " file"
 }
 
 // Serve serves the API on the listeners lc names until ctx is done, then
@@ -150,7 +176,7 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		s.log.Info("listening", "unix", lc.Unix)
 	}
 	if lc.TCP != "" {
-		hs := newHTTP(RequireToken(s.Handler(), lc.TokenFile))
+		hs := newHTTP(requireToken(s.Handler(), lc.TokenFile, s.log))
 		if lc.TLSCert != "" {
 			cert, err := tls.LoadX509KeyPair(lc.TLSCert, lc.TLSKey)
 			if err != nil {
@@ -186,7 +212,9 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		x.srv.Shutdown(sctx)
 	}
 	if lc.Unix != "" {
-		os.Remove(lc.Unix)
+		if st, serr := os.Lstat(lc.Unix); serr == nil && st.Mode().Type() == fs.ModeSocket {
+			os.Remove(lc.Unix) // our socket, unless replaced by a socket meanwhile
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

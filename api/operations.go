@@ -49,13 +49,24 @@ type operations struct {
 	mu      sync.Mutex
 	byID    map[string]*operation
 	running int
+	// limits caps the running operations of a kind (setup-model: see
+	// Config.MaxSetups); byKind counts them.
+	limits  map[string]int
+	byKind  map[string]int
 	keep    time.Duration
 	events  *broker
 	metrics *metrics
 }
 
 func newOperations(keep time.Duration, events *broker, m *metrics) *operations {
-	return &operations{byID: map[string]*operation{}, keep: keep, events: events, metrics: m}
+	return &operations{byID: map[string]*operation{}, limits: map[string]int{}, byKind: map[string]int{}, keep: keep, events: events, metrics: m}
+}
+
+// busy is the refusal of an operation over a cap: 503 with Retry-After,
+// since the cap frees itself as operations end.
+func busy(format string, args ...any) error {
+	return &httpError{status: http.StatusServiceUnavailable, code: wire.CodeUnavailable, retryAfter: 10 * time.Second,
+		msg: fmt.Sprintf(format, args...)}
 }
 
 func newID() string {
@@ -71,10 +82,14 @@ func (ops *operations) start(ctx context.Context, kind, target string, timeout t
 	ops.gc()
 	if ops.running >= maxRunning {
 		ops.mu.Unlock()
-		return wire.Operation{}, &httpError{status: http.StatusServiceUnavailable, code: wire.CodeUnavailable,
-			msg: fmt.Sprintf("%d operations are running: wait for some to end, or cancel them", maxRunning)}
+		return wire.Operation{}, busy("%d operations are running: wait for some to end, or cancel them", maxRunning)
+	}
+	if limit, ok := ops.limits[kind]; ok && ops.byKind[kind] >= limit {
+		ops.mu.Unlock()
+		return wire.Operation{}, busy("%d %s operations are running, the most this server runs at once: try again when one has ended", limit, kind)
 	}
 	ops.running++
+	ops.byKind[kind]++
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	o := &operation{
 		op:     wire.Operation{ID: newID(), Kind: kind, Target: target, Status: wire.Running, Started: time.Now().UTC()},
@@ -134,6 +149,7 @@ func (ops *operations) start(ctx context.Context, kind, target string, timeout t
 		o.mu.Unlock()
 		ops.mu.Lock()
 		ops.running--
+		ops.byKind[kind]--
 		ops.mu.Unlock()
 		close(o.done)
 		ops.metrics.opFinished(kind, final.Status, now.Sub(final.Started))

@@ -16,12 +16,17 @@ import (
 // pathPolicy decides which host paths a remote caller may name: disk
 // images inside the image-model directory (immutable only: a mutable image
 // is deleted with its machine) and anything inside the operator's
-// --allow-path directories. A path is checked as written, then again after
-// its symlinks are resolved, and the resolved path is what the Local server
-// gets, so a link inside an allowed directory cannot point outside it.
+// --allow-path directories. A path is checked as written (cleaned, against
+// the directories as given and resolved), then again once the kernel's
+// reading of it is known: its symlinks resolved and each ".." applied to
+// what the link before it points to. The resolved path is what the Local
+// server gets, so neither a link nor a ".." inside an allowed directory
+// leads outside it.
 type pathPolicy struct {
-	models string   // resolved image-model directory, or ""
-	dirs   []string // resolved allowed directories
+	models      string   // resolved image-model directory, or ""
+	dirs        []string // resolved allowed directories
+	modelsGiven string   // the image-model directory as given, absolute and clean
+	given       []string // the allowed directories as given, absolute and clean
 }
 
 func newPathPolicy(home string, allow []string) (*pathPolicy, error) {
@@ -36,6 +41,7 @@ func newPathPolicy(home string, allow []string) (*pathPolicy, error) {
 			return nil, err
 		}
 		p.models = real
+		p.modelsGiven, _ = filepath.Abs(dir)
 	}
 	for _, d := range allow {
 		real, err := resolveDir(d)
@@ -43,6 +49,8 @@ func newPathPolicy(home string, allow []string) (*pathPolicy, error) {
 			return nil, fmt.Errorf("--allow-path: %w", err)
 		}
 		p.dirs = append(p.dirs, real)
+		abs, _ := filepath.Abs(d)
+		p.given = append(p.given, abs)
 	}
 	return p, nil
 }
@@ -86,6 +94,17 @@ func (pp *pathPolicy) allowed(p string) (ok, inModels bool) {
 	return false, false
 }
 
+// allowedAsGiven reports whether p is inside a directory as the operator
+// named it (before its symlinks were resolved).
+func (pp *pathPolicy) allowedAsGiven(p string) bool {
+	for _, d := range pp.given {
+		if within(d, p) {
+			return true
+		}
+	}
+	return pp.modelsGiven != "" && within(pp.modelsGiven, p)
+}
+
 func (pp *pathPolicy) forbidden(field, p string) error {
 	where := "the image models directory"
 	if len(pp.dirs) > 0 {
@@ -106,11 +125,15 @@ func (pp *pathPolicy) check(field, p string, immutable bool) (string, error) {
 	case !filepath.IsAbs(p):
 		return "", badRequest("%s %q: give an absolute path on the server", field, p)
 	}
+	// As written: nothing outside is even looked at.
 	clean := filepath.Clean(p)
-	if ok, _ := pp.allowed(clean); !ok {
+	if ok, _ := pp.allowed(clean); !ok && !pp.allowedAsGiven(clean) {
 		return "", pp.forbidden(field, p)
 	}
-	real, err := filepath.EvalSymlinks(clean)
+	// As the kernel reads it: EvalSymlinks of the path as written (not of
+	// its lexically cleaned form) applies a ".." after a link to the link's
+	// target, as open(2) does.
+	real, err := filepath.EvalSymlinks(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", badRequest("%s %s: no such file", field, p)
 	}

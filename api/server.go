@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,7 +46,14 @@ type Config struct {
 	// KeepOperations is how long a finished operation stays readable;
 	// default 15 minutes.
 	KeepOperations time.Duration
+	// MaxSetups caps the setup-model operations running at once (each
+	// downloads, decompresses and converts an image); the next is refused
+	// with 503 and Retry-After. Default DefaultMaxSetups.
+	MaxSetups int
 }
+
+// DefaultMaxSetups is Config.MaxSetups when it is not set.
+const DefaultMaxSetups = 2
 
 // Server is the HTTP front of a vmfest.Server. Create it with New, serve
 // its Handler (or use Serve), and Close it to cancel running operations.
@@ -78,6 +86,12 @@ func New(ctx context.Context, srv vmfest.Server, cfg Config) (*Server, error) {
 	if cfg.KeepOperations <= 0 {
 		cfg.KeepOperations = 15 * time.Minute
 	}
+	switch {
+	case cfg.MaxSetups < 0:
+		return nil, fmt.Errorf("%w: max setups %d: give 1 or more (0 for the default %d)", vmfest.ErrInvalid, cfg.MaxSetups, DefaultMaxSetups)
+	case cfg.MaxSetups == 0:
+		cfg.MaxSetups = DefaultMaxSetups
+	}
 	paths, err := newPathPolicy(cfg.Home, cfg.AllowPaths)
 	if err != nil {
 		return nil, err
@@ -94,6 +108,7 @@ func New(ctx context.Context, srv vmfest.Server, cfg Config) (*Server, error) {
 		cancel:  cancel,
 	}
 	s.ops = newOperations(cfg.KeepOperations, s.events, s.metrics)
+	s.ops.limits[wire.OpSetupModel] = cfg.MaxSetups
 	s.routes()
 	ms, err := srv.Machines(ctx)
 	if err != nil {
@@ -190,6 +205,8 @@ type httpError struct {
 	status int
 	code   string
 	msg    string
+	// retryAfter, when set, is sent as Retry-After (whole seconds).
+	retryAfter time.Duration
 }
 
 func (e *httpError) Error() string { return e.msg }
@@ -296,6 +313,10 @@ func (s *Server) instrument(route string, fn func(w http.ResponseWriter, r *http
 				s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			}
 			if sw.status == 0 {
+				var he *httpError
+				if errors.As(err, &he) && he.retryAfter > 0 {
+					sw.Header().Set("Retry-After", strconv.Itoa(int(he.retryAfter.Seconds())))
+				}
 				writeJSON(sw, status, body)
 			}
 		}
