@@ -165,6 +165,7 @@ func errorFrom(we wire.Error) error {
 		wire.CodeUnsupported:  errors.ErrUnsupported,
 		wire.CodeUnauthorized: fs.ErrPermission,
 		wire.CodeForbidden:    fs.ErrPermission,
+		wire.CodeUnavailable:  ErrUnavailable,
 	}
 	msg := we.Error
 	if msg == "" {

@@ -50,6 +50,10 @@ var (
 	ErrTimeout = errors.New("timed out")
 	// ErrInvalid: bad input (a spec, a name, an option).
 	ErrInvalid = spec.ErrInvalid
+	// ErrUnavailable: the host cannot do it now (memory or disk space
+	// short, a cap on concurrent work reached); the same call may work
+	// later.
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // StateError reports an operation refused because of the machine's state.
