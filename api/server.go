@@ -21,10 +21,12 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/store"
 )
@@ -246,6 +248,13 @@ func errorBody(err error) (int, wire.Error) {
 	case errors.Is(err, vmfest.ErrInvalid), errors.Is(err, store.ErrInvalidName):
 		body.Code = wire.CodeInvalid
 		return http.StatusBadRequest, body
+	case isBadImage(err):
+		// Well-formed request, but what it names cannot be used.
+		body.Code = wire.CodeInvalid
+		return http.StatusUnprocessableEntity, body
+	case errors.Is(err, vmfest.ErrUnavailable), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.ENOMEM):
+		body.Code = wire.CodeUnavailable
+		return http.StatusServiceUnavailable, body
 	case errors.Is(err, vmfest.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		body.Code = wire.CodeTimeout
 		return http.StatusGatewayTimeout, body
@@ -258,6 +267,13 @@ func errorBody(err error) (int, wire.Error) {
 	}
 	body.Code = wire.CodeInternal
 	return http.StatusInternalServerError, body
+}
+
+// isBadImage reports the image package's errors for an image (or its
+// source, digest or metadata) that the caller gave and vmfest cannot take.
+func isBadImage(err error) bool {
+	return errors.Is(err, image.ErrNotDiskImage) || errors.Is(err, image.ErrCorrupt) ||
+		errors.Is(err, image.ErrChecksum) || errors.Is(err, image.ErrSource) || errors.Is(err, image.ErrMeta)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
