@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -40,6 +41,11 @@ type Config struct {
 	// AllowPaths are further directories a remote caller may name disk
 	// images and setup-model sources in.
 	AllowPaths []string
+	// FetchAllow are address prefixes a token holder's setup-model may
+	// fetch from beside public addresses (loopback, link-local and private
+	// ranges are refused to them by default). Callers on the Unix socket
+	// are this host's user and are not restricted.
+	FetchAllow []netip.Prefix
 	// Logger receives request errors and panics; default slog.Default().
 	Logger *slog.Logger
 	// MaxWait caps the ?wait= and ?timeout= a caller may ask for; default

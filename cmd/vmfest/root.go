@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -25,6 +26,9 @@ type app struct {
 	// remote and token choose a remote server (--server, --token).
 	remote string
 	token  string
+	// nat, when set (by serve's flags), is the NAT policy of the local
+	// server; else it is read from the environment (natPolicyFromEnv).
+	nat *spec.NATPolicy
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
@@ -40,7 +44,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
 	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
-	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default: read from --home's token file)")
+	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default, for a server on a loopback address only: --home's token file)")
 	root.AddCommand(
 		a.createCommand(),
 		a.startCommand(),
@@ -97,7 +101,8 @@ func (a *app) findMachine(ctx context.Context, name string) (vmfest.Machine, err
 	return srv.FindMachine(ctx, name)
 }
 
-// local opens the local server over --home.
+// local opens the local server over --home, with the operator's NAT
+// policy (serve's flags, else VMFEST_NAT_ALLOW and VMFEST_NAT_LOW_PORTS).
 func (a *app) local() (*vmfest.Local, error) {
 	level := slog.LevelWarn
 	if a.verbose {
@@ -107,6 +112,15 @@ func (a *app) local() (*vmfest.Local, error) {
 	cfg := vmfest.ConfigFromEnv()
 	cfg.Home = a.home
 	cfg.Logger = logger
+	if a.nat != nil {
+		cfg.NAT = *a.nat
+	} else {
+		nat, err := natPolicyFromEnv()
+		if err != nil {
+			return nil, err
+		}
+		cfg.NAT = nat
+	}
 	return vmfest.NewLocal(cfg)
 }
 
