@@ -172,7 +172,7 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		if err != nil {
 			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
 		}
-		all = append(all, served{srv: newHTTP(s.Handler()), l: l})
+		all = append(all, served{srv: newHTTP(s.LocalHandler()), l: l})
 		s.log.Info("listening", "unix", lc.Unix)
 	}
 	if lc.TCP != "" {

@@ -141,9 +141,31 @@ func (s *Server) Close() error {
 }
 
 // Handler returns the API's handler, without authentication (Serve adds
-// the token check on TCP listeners; see RequireToken).
+// the token check on TCP listeners; see RequireToken). Its callers are
+// treated as remote ones (token holders): their setup-model fetches pass
+// the operator's fetch policy (Config.FetchAllow).
 func (s *Server) Handler() http.Handler {
 	return s.recoverer(s.mux)
+}
+
+// LocalHandler is Handler for this host's user: what Serve serves on its
+// Unix socket (mode 0600, so only the socket's owner connects). Its
+// callers' setup-model fetches are not restricted.
+func (s *Server) LocalHandler() http.Handler {
+	h := s.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), localCallerKey{}, true)))
+	})
+}
+
+// localCallerKey marks, in a request's context, a caller that is this
+// host's user (see LocalHandler).
+type localCallerKey struct{}
+
+// localCaller reports whether r came through LocalHandler.
+func localCaller(r *http.Request) bool {
+	v, _ := r.Context().Value(localCallerKey{}).(bool)
+	return v
 }
 
 // route is one endpoint: its method, its path pattern (http.ServeMux
