@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -350,5 +351,28 @@ func TestSetupsCapped(t *testing.T) {
 	}
 	if _, err := New(context.Background(), e.local, Config{Home: e.home, Logger: quiet(), MaxSetups: -1}); err == nil {
 		t.Error("MaxSetups -1 accepted")
+	}
+}
+
+// TestTokenFileNotRegular: a FIFO or a directory at the token path is
+// refused at once (opening the FIFO does not block the server).
+func TestTokenFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := LoadToken(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("LoadToken(fifo): %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("LoadToken blocked on a FIFO")
+	}
+	if _, err := LoadToken(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("LoadToken(dir): %v", err)
 	}
 }

@@ -78,10 +78,16 @@ func checkTokenFile(path string, st fs.FileInfo) (tokenKey, error) {
 	return key, nil
 }
 
+// openToken opens path for reading without blocking on a FIFO (whose
+// type the check that follows then refuses).
+func openToken(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+}
+
 // readToken opens the token file, checks what it opened (not the path,
 // which may change in between) and reads the token from it.
 func readToken(path string) (string, tokenKey, error) {
-	f, err := os.Open(path)
+	f, err := openToken(path)
 	if err != nil {
 		return "", tokenKey{}, fmt.Errorf("token: %w", err)
 	}
@@ -132,7 +138,7 @@ type tokenFile struct {
 }
 
 func (t *tokenFile) current() (string, error) {
-	f, err := os.Open(t.path)
+	f, err := openToken(t.path)
 	if err != nil {
 		return "", t.refused(err)
 	}
