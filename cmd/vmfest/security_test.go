@@ -228,3 +228,39 @@ func TestServeUnixRefusesFile(t *testing.T) {
 		t.Fatalf("the file: %q %v", data, err)
 	}
 }
+
+// TestParsePrefixes: prefixes come repeated or comma-separated; a bare
+// address stands for itself; an IPv4-mapped form is refused.
+func TestParsePrefixes(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string // the prefixes joined by spaces, or the error's start
+	}{
+		{[]string{"10.0.0.0/8, 192.0.2.7", "0.0.0.0/0"}, "10.0.0.0/8 192.0.2.7/32 0.0.0.0/0"},
+		{[]string{"10.1.2.3/8"}, "10.0.0.0/8"},
+		{[]string{"fd00::/8,::1"}, "fd00::/8 ::1/128"},
+		{[]string{""}, ""},
+		{[]string{"::ffff:10.0.0.0/104"}, `--x "::ffff:10.0.0.0/104": an IPv4-mapped`},
+		{[]string{"10.0.0.0/33"}, `--x "10.0.0.0/33": give an address prefix`},
+		{[]string{"fe80::1%eth0"}, `--x "fe80::1%eth0": give an address prefix`},
+		{[]string{"example.com"}, `--x "example.com": give an address prefix`},
+	} {
+		t.Run(strings.Join(tc.in, "|"), func(t *testing.T) {
+			ps, err := parsePrefixes("--x", tc.in)
+			var got string
+			if err != nil {
+				got = err.Error()
+			} else {
+				for i, p := range ps {
+					if i > 0 {
+						got += " "
+					}
+					got += p.String()
+				}
+			}
+			if !strings.HasPrefix(got, tc.want) || (err == nil && got != tc.want) {
+				t.Fatalf("parsePrefixes(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
