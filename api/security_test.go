@@ -376,3 +376,88 @@ func TestTokenFileNotRegular(t *testing.T) {
 		t.Fatalf("LoadToken(dir): %v", err)
 	}
 }
+
+// callerRecorder is a Server whose HardwareModels records whether each
+// request came through LocalHandler.
+type callerRecorder struct {
+	vmfest.Server
+	mu    sync.Mutex
+	local []bool
+}
+
+func (c *callerRecorder) HardwareModels(ctx context.Context) ([]string, error) {
+	v, _ := ctx.Value(localCallerKey{}).(bool)
+	c.mu.Lock()
+	c.local = append(c.local, v)
+	c.mu.Unlock()
+	return nil, nil
+}
+
+// TestCallerOrigin: requests on Serve's Unix socket are this host's
+// user's; requests on TCP (with the token) and through Handler are remote
+// callers'; a request body cannot claim either (nor set a fetch policy).
+func TestCallerOrigin(t *testing.T) {
+	e := newEnv(t)
+	rec := &callerRecorder{Server: e.local}
+	s, err := New(context.Background(), rec, Config{Home: e.home, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	addr := freePort(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Serve(ctx, Listen{Unix: sock, TCP: addr, TokenFile: filepath.Join(e.home, TokenFile)})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve did not listen")
+		}
+	}
+	unixR, err := vmfest.Connect("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcpR, err := vmfest.Connect("http://"+addr, vmfest.WithToken(e.token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unixR.HardwareModels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tcpR.HardwareModels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := httptest.NewRecorder()
+	s.Handler().ServeHTTP(h, httptest.NewRequest("GET", "/v1/hardware", nil))
+	rec.mu.Lock()
+	got := append([]bool(nil), rec.local...)
+	rec.mu.Unlock()
+	if len(got) != 3 || !got[0] || got[1] || got[2] {
+		t.Fatalf("local caller seen as %v, want [unix:true tcp:false handler:false]", got)
+	}
+	for _, body := range []string{
+		`{"source":"https://images.invalid/x.img","FetchPolicy":{"Restricted":false}}`,
+		`{"source":"https://images.invalid/x.img","fetch-policy":{"restricted":false}}`,
+		`{"source":"https://images.invalid/x.img","local":true}`,
+	} {
+		status, resp := e.do(t, "POST", "/v1/models", body)
+		if status != http.StatusBadRequest || !strings.Contains(decodeError(t, resp).Error, "unknown field") {
+			t.Errorf("%s: %d %s, want 400 unknown field", body, status, resp)
+		}
+	}
+}
