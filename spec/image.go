@@ -4,7 +4,18 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 )
+
+// The disk formats an image spec's format key takes.
+const (
+	DiskFormatRaw   = "raw"
+	DiskFormatQCOW2 = "qcow2"
+)
+
+// diskFormats are the allowed formats, in the order errors list them.
+var diskFormats = []string{DiskFormatRaw, DiskFormatQCOW2}
 
 // Image describes a boot disk image and the metadata passed on to callers.
 type Image struct {
@@ -15,6 +26,12 @@ type Image struct {
 	// overlay backed by them. A mutable image is attached directly and
 	// deleted when its machine is destroyed.
 	Immutable bool `json:"immutable,omitempty"`
+	// Format is the disk's format, raw or qcow2. Empty: decided from the
+	// file's content when a machine first uses it, then recorded with the
+	// machine and never decided again. Give it for a disk whose content a
+	// guest may have written (a mutable disk), so its first bytes decide
+	// nothing.
+	Format string `json:"format,omitempty"`
 	// OSFamily, OSVersion and OS64Bit describe the guest OS.
 	OSFamily  string `json:"os-family,omitempty"`
 	OSVersion string `json:"os-version,omitempty"`
@@ -35,6 +52,7 @@ type imageFields struct {
 	Location    string    `json:"location,omitempty"`
 	UUID        string    `json:"uuid,omitempty"`
 	Immutable   bool      `json:"immutable,omitempty"`
+	Format      string    `json:"format,omitempty"`
 	OSFamily    string    `json:"os-family,omitempty"`
 	OSVersion   string    `json:"os-version,omitempty"`
 	OS64Bit     bool      `json:"os-64-bit,omitempty"`
@@ -61,10 +79,17 @@ func (im *Image) UnmarshalJSON(data []byte) error {
 		f.Location = f.UUID
 	}
 	*im = Image{
-		Location: f.Location, Immutable: f.Immutable,
+		Location: f.Location, Immutable: f.Immutable, Format: f.Format,
 		OSFamily: f.OSFamily, OSVersion: f.OSVersion, OS64Bit: f.OS64Bit,
 		Username: f.Username, Password: f.Password, Description: f.Description,
 		CloudInit: f.CloudInit, Hardware: f.Hardware,
 	}
 	return nil
+}
+
+// validateFormat checks the format key.
+func (im Image) validateFormat(p *problems) {
+	if im.Format != "" && !slices.Contains(diskFormats, im.Format) {
+		p.add("format", "%q is not supported; allowed: %s", im.Format, strings.Join(diskFormats, ", "))
+	}
 }

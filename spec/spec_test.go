@@ -265,6 +265,8 @@ func TestParseImage(t *testing.T) {
 		{"both differ", "uuid: /a\nlocation: /b\n", Image{}, "differ"},
 		{"unknown key", "location: /a\ncolour: blue\n", Image{}, `unknown key "colour"`},
 		{"hardware override", "location: /a\nhardware: {memory-size: 128}\n", Image{Location: "/a", Hardware: &Hardware{MemorySize: 128}}, ""},
+		{"format raw", "location: /a\nformat: raw\n", Image{Location: "/a", Format: DiskFormatRaw}, ""},
+		{"format qcow2", `{"location": "/a", "format": "qcow2"}`, Image{Location: "/a", Format: DiskFormatQCOW2}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -287,6 +289,34 @@ func TestParseImage(t *testing.T) {
 	}
 	if err := (Image{}).Validate(); err == nil || !strings.Contains(err.Error(), "location") {
 		t.Fatalf("empty image validated: %v", err)
+	}
+}
+
+func TestImageFormat(t *testing.T) {
+	tests := []struct {
+		format string
+		want   string // "" for valid
+	}{
+		{"", ""},
+		{"raw", ""},
+		{"qcow2", ""},
+		{"vmdk", `format: "vmdk" is not supported; allowed: raw, qcow2`},
+		{"QCOW2", `format: "QCOW2" is not supported; allowed: raw, qcow2`},
+		{"raw,backing", `format: "raw,backing" is not supported`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format, func(t *testing.T) {
+			err := Image{Location: "/a", Format: tt.format}.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) || err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
 	}
 }
 

@@ -260,6 +260,7 @@ func (im Image) Validate() error {
 	if strings.ContainsRune(im.Location, 0) {
 		p.add("location", "must not contain a NUL byte")
 	}
+	im.validateFormat(&p)
 	if im.Hardware != nil {
 		// Overrides are checked once merged; here only their enumerations.
 		o := im.Hardware.Clone()
