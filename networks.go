@@ -278,8 +278,17 @@ type netStart struct {
 	r        record
 	locks    []*store.Lock
 	backends []qemu.NICBackend
-	plugs    [][2]string // tap, bridge
+	plugs    []plug
 	cidata   string
+	nm       *network.Manager
+}
+
+// plug is one tap QEMU makes and where it goes: the bridge of a vmfest
+// network (net set) or a host bridge a bridged NIC names.
+type plug struct {
+	tap     string
+	net     *network.Network
+	bridged string
 }
 
 // unlock releases the network locks; safe on nil and to repeat.
@@ -300,7 +309,13 @@ func (s *netStart) plug() error {
 	}
 	defer s.unlock()
 	for _, p := range s.plugs {
-		if err := network.PlugTap(p[0], p[1]); err != nil {
+		var err error
+		if p.net != nil {
+			err = s.nm.PlugTap(p.tap, *p.net)
+		} else {
+			err = s.nm.PlugTapBridged(p.tap, p.bridged)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -343,8 +358,9 @@ func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStar
 	if err != nil {
 		return nil, err
 	}
+	s.nm = nm
 	// Bring the networks up in name order (a fixed lock order).
-	bridges := map[string]string{}
+	bridges := map[string]*network.Network{}
 	var names []string
 	for i, n := range r.Hardware.Network {
 		name, _ := networkOfNIC(n)
@@ -355,7 +371,7 @@ func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStar
 			return nil, fmt.Errorf("network[%d]: the machine has no place on network %s (it was made by an older vmfest); recreate it", i, name)
 		}
 		if _, ok := bridges[name]; !ok {
-			bridges[name] = ""
+			bridges[name] = nil
 			names = append(names, name)
 		}
 	}
@@ -373,23 +389,29 @@ func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStar
 		if err := nm.Up(ctx, n, m.l.alive(r.Net.ID)); err != nil {
 			return nil, err
 		}
-		bridges[name] = n.Bridge
+		bridges[name] = &n
 	}
 	for i, n := range r.Hardware.Network {
 		tap := tapName(r.Net.ID, i)
 		switch n.AttachmentType {
 		case spec.AttachHostOnly, spec.AttachInternal:
 			name, _ := networkOfNIC(n)
-			network.DeleteTap(tap) // a leftover of a crash, if any
+			// QEMU would attach to an existing tap of that name: wait
+			// for the one of a crashed run to go, refuse any other.
+			if err := nm.PrepareTap(ctx, tap); err != nil {
+				return nil, fmt.Errorf("network[%d]: %w", i, err)
+			}
 			s.backends[i].Tap = tap
-			s.plugs = append(s.plugs, [2]string{tap, bridges[name]})
+			s.plugs = append(s.plugs, plug{tap: tap, net: bridges[name]})
 		case spec.AttachBridged:
 			if err := network.CheckBridge(n.BridgedInterface); err != nil {
 				return nil, fmt.Errorf("network[%d]: %w", i, err)
 			}
-			network.DeleteTap(tap)
+			if err := nm.PrepareTap(ctx, tap); err != nil {
+				return nil, fmt.Errorf("network[%d]: %w", i, err)
+			}
 			s.backends[i].Tap = tap
-			s.plugs = append(s.plugs, [2]string{tap, n.BridgedInterface})
+			s.plugs = append(s.plugs, plug{tap: tap, bridged: n.BridgedInterface})
 		case spec.AttachNAT:
 			port, err := freeLoopbackPort()
 			if err != nil {

@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -180,10 +179,12 @@ func (m *Manager) List() ([]Network, error) {
 	return out, nil
 }
 
-// Create defines a new network. A host-only network without a subnet gets
-// the next free 192.168.X.0/24 (one no other vmfest network and no address
-// of this host's network namespace overlaps). Nothing is created on the
-// host until a machine on it starts.
+// Create defines a new network. Its name must not be that of a link this
+// state directory did not make (see docs/networking.md, "Which links vmfest
+// touches"). A host-only network's subnet overlaps no other vmfest network
+// and no address or route of this host's network namespace; without one
+// it gets the next such 192.168.X.0/24. Nothing is created on the host
+// until a machine on it starts.
 func (m *Manager) Create(ctx context.Context, s Spec) (Network, error) {
 	lk, err := store.LockDir(ctx, m.dir)
 	if err != nil {
@@ -226,6 +227,14 @@ func (m *Manager) create(s Spec) (Network, error) {
 		s.Kind = KindHostOnly
 	}
 	n := Network{Name: s.Name, Kind: s.Kind, Bridge: s.Name, Created: time.Now().UTC()}
+	if s.Kind != KindHostOnly && s.Kind != KindInternal {
+		return Network{}, fmt.Errorf("%w: network kind %q: allowed: %s, %s", ErrInvalid, s.Kind, KindHostOnly, KindInternal)
+	}
+	// The network's bridge carries its name: a link of that name that this
+	// state directory did not make is the host's, and stays the host's.
+	if err := m.checkLinkName(s.Name); err != nil {
+		return Network{}, err
+	}
 	switch s.Kind {
 	case KindHostOnly:
 		existing, err := m.List()
@@ -238,15 +247,26 @@ func (m *Manager) create(s Spec) (Network, error) {
 				taken = append(taken, p)
 			}
 		}
+		uses, err := m.hostUses()
+		if err != nil {
+			return Network{}, fmt.Errorf("network %s: %w", s.Name, err)
+		}
 		var p netip.Prefix
 		if s.Subnet == "" {
-			p, err = nextFreeSubnet(taken, hostPrefixes())
+			var host []netip.Prefix
+			for _, u := range uses {
+				host = append(host, u.prefix)
+			}
+			p, err = nextFreeSubnet(taken, host)
 			if err != nil {
 				return Network{}, err
 			}
 		} else {
 			p, err = checkSubnet(s.Subnet, taken)
 			if err != nil {
+				return Network{}, err
+			}
+			if err := overlapping(uses, p); err != nil {
 				return Network{}, err
 			}
 		}
@@ -322,24 +342,6 @@ func nextFreeSubnet(taken, host []netip.Prefix) (netip.Prefix, error) {
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("%w: every subnet from 192.168.56.0/24 to 192.168.255.0/24 is taken; create the network with an explicit subnet", ErrFull)
-}
-
-// hostPrefixes lists the IPv4 subnets of this network namespace's
-// addresses, so a new network does not shadow one the host already uses.
-func hostPrefixes() []netip.Prefix {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Prefix
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
-			if p, err := netip.ParsePrefix(ipn.String()); err == nil {
-				out = append(out, p.Masked())
-			}
-		}
-	}
-	return out
 }
 
 func isNotEmpty(err error) bool {

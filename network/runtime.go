@@ -34,38 +34,58 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-// ensureBridge creates the bridge if it is missing, gives it addr (a CIDR
-// address; empty for none) and brings it up.
-func ensureBridge(name, addr string) (netlink.Link, error) {
+// ensureBridge creates network n's bridge, marked with this state
+// directory's id, if it is missing; gives it addr (a CIDR address; empty
+// for none) and brings it up. An existing link of that name is used only
+// if it carries the mark: any other is refused and left as it is.
+func (m *Manager) ensureBridge(n Network, addr string) (netlink.Link, error) {
+	name := n.Bridge
+	id, err := m.stateID(true)
+	if err != nil {
+		return nil, err
+	}
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
-		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
+		err = netlink.LinkAdd(br)
+		switch {
+		case err == nil:
+			// The kernel ignores an alias given at creation: mark it
+			// now, and delete it if it cannot be marked.
+			link, err = netlink.LinkByName(name)
+			if err == nil {
+				if err = netlink.LinkSetAlias(link, bridgeMark(id, n.Name)); err != nil {
+					netlink.LinkDel(link)
+					return nil, linkErr("mark bridge "+name, err)
+				}
+			}
+		case errors.Is(err, syscall.EEXIST):
+			err = nil // made meanwhile by another: checked below
+		default:
 			return nil, linkErr("create bridge "+name, err)
 		}
-		link, err = netlink.LinkByName(name)
+		if err == nil {
+			link, err = netlink.LinkByName(name)
+		}
 	}
 	if err != nil {
 		return nil, linkErr("bridge "+name, err)
 	}
-	if link.Type() != "bridge" {
-		return nil, fmt.Errorf("interface %s exists and is a %s, not a bridge; name the network otherwise", name, link.Type())
+	if why := foreign(link, id, n.Name); why != "" {
+		return nil, errors.New(why)
 	}
 	if addr != "" {
 		a, err := netlink.ParseAddr(addr)
 		if err != nil {
 			return nil, fmt.Errorf("bridge %s address %s: %w", name, addr, err)
 		}
-		// Another vmfest state directory (or someone else) may use a
-		// bridge of this name for another subnet: two DHCP servers on
-		// one segment would hand out clashing addresses.
 		have, err := netlink.AddrList(link, netlink.FAMILY_V4)
 		if err != nil {
 			return nil, linkErr("addresses of bridge "+name, err)
 		}
 		for _, h := range have {
 			if !h.IPNet.IP.Equal(a.IPNet.IP) || h.IPNet.String() != a.IPNet.String() {
-				return nil, fmt.Errorf("bridge %s already has address %s, not this network's %s: another vmfest state directory or another program uses it; stop its machines or name this network otherwise", name, h.IPNet, a.IPNet)
+				return nil, fmt.Errorf("bridge %s already has address %s, not this network's %s: somebody changed it; remove that address or the bridge", name, h.IPNet, a.IPNet)
 			}
 		}
 		if err := netlink.AddrReplace(link, a); err != nil {
@@ -78,16 +98,54 @@ func ensureBridge(name, addr string) (netlink.Link, error) {
 	return link, nil
 }
 
-func deleteLink(name string) error {
-	link, err := netlink.LinkByName(name)
+// deleteBridge deletes network n's bridge if it is this state directory's
+// and unchanged: a bridge without the mark (never made, or re-marked by
+// somebody) is left alone; a marked one that has ports vmfest did not put
+// there, or addresses it did not give, is refused, so nothing the host
+// added to it goes with it.
+func (m *Manager) deleteBridge(n Network) error {
+	link, err := netlink.LinkByName(n.Bridge)
 	if isNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return linkErr(name, err)
+		return linkErr("bridge "+n.Bridge, err)
+	}
+	id, err := m.stateID(false)
+	if err != nil {
+		return err
+	}
+	if foreign(link, id, n.Name) != "" {
+		return nil // not ours: not this network's runtime
+	}
+	links, err := listRetry(netlink.LinkList)
+	if err != nil {
+		return linkErr("list links", err)
+	}
+	var alien []string
+	for _, l := range links {
+		if l.Attrs().MasterIndex == link.Attrs().Index && l.Attrs().Alias != tapMark(id) {
+			alien = append(alien, l.Attrs().Name)
+		}
+	}
+	addrs, err := listRetry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
+		return linkErr("addresses of bridge "+n.Bridge, err)
+	}
+	for _, a := range addrs {
+		if a.IPNet == nil || a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if n.Kind == KindHostOnly && a.IP.String() == n.HostIP {
+			continue
+		}
+		alien = append(alien, "address "+a.IPNet.String())
+	}
+	if len(alien) > 0 {
+		return fmt.Errorf("bridge %s was changed since vmfest made it (%s): left in place; remove those from it, or delete the bridge yourself", n.Bridge, strings.Join(alien, ", "))
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return linkErr("delete "+name, err)
+		return linkErr("delete bridge "+n.Bridge, err)
 	}
 	return nil
 }
@@ -115,7 +173,14 @@ func (m *Manager) Up(ctx context.Context, n Network, alive func(Allocation) bool
 		}
 		addr = fmt.Sprintf("%s/%d", n.HostIP, p.Bits())
 	}
-	if _, err := ensureBridge(n.Bridge, addr); err != nil {
+	if n.Kind == KindHostOnly {
+		// The host may have taken the subnet since the network was made.
+		p, _ := n.Prefix()
+		if err := m.checkHostOverlap(p); err != nil {
+			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+	}
+	if _, err := m.ensureBridge(n, addr); err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	if n.Kind != KindHostOnly {
@@ -151,7 +216,9 @@ func (m *Manager) Up(ctx context.Context, n Network, alive func(Allocation) bool
 }
 
 // Down tears the network's runtime down: dnsmasq stopped, leases removed,
-// bridge deleted. Idempotent. The caller holds the network's lock.
+// bridge deleted if this state directory made it and nobody changed it
+// since (see deleteBridge). Idempotent. The caller holds the network's
+// lock.
 func (m *Manager) Down(ctx context.Context, n Network) error {
 	var errs []error
 	if n.Kind == KindHostOnly {
@@ -160,12 +227,7 @@ func (m *Manager) Down(ctx context.Context, n Network) error {
 		}
 		os.Remove(filepath.Join(m.Path(n.Name), LeasesFile))
 	}
-	if LinkExists(n.Bridge) {
-		if err := CheckRoot("removing network " + n.Name); err != nil {
-			return err
-		}
-		errs = append(errs, deleteLink(n.Bridge))
-	}
+	errs = append(errs, m.deleteBridge(n))
 	return errors.Join(errs...)
 }
 
@@ -186,28 +248,6 @@ func (m *Manager) Settle(ctx context.Context, n Network, alive func(Allocation) 
 	return m.Down(ctx, n)
 }
 
-// PlugTap puts the tap (created by QEMU) into the bridge and brings it up.
-func PlugTap(tap, bridge string) error {
-	t, err := netlink.LinkByName(tap)
-	if err != nil {
-		return linkErr("tap "+tap, err)
-	}
-	br, err := netlink.LinkByName(bridge)
-	if err != nil {
-		return linkErr("bridge "+bridge, err)
-	}
-	if br.Type() != "bridge" {
-		return fmt.Errorf("%s is a %s, not a bridge", bridge, br.Type())
-	}
-	if err := netlink.LinkSetMaster(t, br); err != nil {
-		return linkErr("put tap "+tap+" into bridge "+bridge, err)
-	}
-	if err := netlink.LinkSetUp(t); err != nil {
-		return linkErr("bring tap "+tap+" up", err)
-	}
-	return nil
-}
-
 // CheckBridge returns an error unless name is an existing bridge.
 func CheckBridge(name string) error {
 	link, err := netlink.LinkByName(name)
@@ -222,10 +262,6 @@ func CheckBridge(name string) error {
 	}
 	return nil
 }
-
-// DeleteTap removes a tap left behind (QEMU removes the taps it made when
-// it exits; this is for the ones a crash may leave).
-func DeleteTap(name string) error { return deleteLink(name) }
 
 // Neighbour returns the IPv4 address the bridge's neighbour (ARP) table
 // holds for mac, or "" if none.
