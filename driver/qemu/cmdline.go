@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -22,12 +23,89 @@ const (
 // AgentPortName is the virtio-serial port name the QEMU guest agent uses.
 const AgentPortName = "org.qemu.guest_agent.0"
 
-// Disk is the boot disk attached at the hardware's boot mount point.
+// Disk is the boot disk attached at the hardware's boot mount point. QEMU
+// opens it as -blockdev nodes with every format given and its chain spelled
+// out: nothing is probed, and no file named inside an image (a backing
+// file, a backing format) is opened.
 type Disk struct {
-	// Path is the image file.
+	// Path is the image file (absolute).
 	Path string
 	// Format is qcow2 or raw.
 	Format string
+	// BackingPath, when set, is the read-only base of a qcow2 overlay at
+	// Path (absolute); it is opened with BackingFormat and no backing file
+	// of its own, whatever its header says. Empty: Path is used directly,
+	// with no backing file.
+	BackingPath string
+	// BackingFormat is the base's format, qcow2 or raw.
+	BackingFormat string
+}
+
+// validate checks what QEMU will be told about the disk.
+func (d Disk) validate() error {
+	if d.Format != "qcow2" && d.Format != "raw" {
+		return fmt.Errorf("disk format %q: allowed: qcow2, raw", d.Format)
+	}
+	if !filepath.IsAbs(d.Path) {
+		return fmt.Errorf("disk path %q: must be an absolute path", d.Path)
+	}
+	if d.BackingPath == "" && d.BackingFormat == "" {
+		return nil
+	}
+	if d.BackingFormat != "qcow2" && d.BackingFormat != "raw" {
+		return fmt.Errorf("disk backing format %q: allowed: qcow2, raw", d.BackingFormat)
+	}
+	if !filepath.IsAbs(d.BackingPath) {
+		return fmt.Errorf("disk backing path %q: must be an absolute path", d.BackingPath)
+	}
+	if d.Format != "qcow2" {
+		return fmt.Errorf("disk %s: only a qcow2 disk has a backing file, not a %s one", d.Path, d.Format)
+	}
+	return nil
+}
+
+// blockNode is one -blockdev node, written as JSON (so no file name needs
+// QEMU's comma escaping, and backing can be null).
+type blockNode struct {
+	Driver   string          `json:"driver"`
+	NodeName string          `json:"node-name"`
+	Filename string          `json:"filename,omitempty"`
+	File     string          `json:"file,omitempty"`
+	Backing  json.RawMessage `json:"backing,omitempty"`
+	ReadOnly bool            `json:"read-only,omitempty"`
+	Discard  string          `json:"discard,omitempty"`
+}
+
+// blockdevArgs returns the -blockdev options of the disk; its top node is
+// named id. A qcow2 node always has backing set: null, or the base's node,
+// which itself has backing null.
+func (d Disk) blockdevArgs(id string) ([]string, error) {
+	var nodes []blockNode
+	top := blockNode{Driver: d.Format, NodeName: id, File: id + "-file", Discard: "unmap"}
+	if d.Format == "qcow2" {
+		top.Backing = json.RawMessage("null")
+	}
+	if d.BackingPath != "" {
+		base := id + "-base"
+		nodes = append(nodes,
+			blockNode{Driver: "file", NodeName: base + "-file", Filename: d.BackingPath, ReadOnly: true},
+			blockNode{Driver: d.BackingFormat, NodeName: base, File: base + "-file", ReadOnly: true})
+		if d.BackingFormat == "qcow2" {
+			nodes[1].Backing = json.RawMessage("null")
+		}
+		name, _ := json.Marshal(base)
+		top.Backing = name
+	}
+	nodes = append(nodes, blockNode{Driver: "file", NodeName: id + "-file", Filename: d.Path, Discard: "unmap"}, top)
+	var args []string
+	for _, n := range nodes {
+		js, err := json.Marshal(n)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "-blockdev", string(js))
+	}
+	return args, nil
 }
 
 // Config is everything needed to run one machine.
@@ -102,8 +180,8 @@ func (c Config) Args() ([]string, error) {
 	if c.Accel != AccelKVM && c.Accel != AccelTCG {
 		return nil, fmt.Errorf("accelerator %q: allowed: kvm, tcg", c.Accel)
 	}
-	if c.Disk.Format != "qcow2" && c.Disk.Format != "raw" {
-		return nil, fmt.Errorf("disk format %q: allowed: qcow2, raw", c.Disk.Format)
+	if err := c.Disk.validate(); err != nil {
+		return nil, err
 	}
 	if h.BootMountPoint == nil {
 		return nil, errors.New("hardware has no boot-mount-point")
@@ -227,7 +305,11 @@ func (c Config) storageArgs() ([]string, error) {
 			var drive string
 			switch {
 			case boot:
-				drive = fmt.Sprintf("if=none,id=%s,file=%s,format=%s,cache=writeback,discard=unmap", driveID, escapeComma(c.Disk.Path), c.Disk.Format)
+				nodes, err := c.Disk.blockdevArgs(driveID)
+				if err != nil {
+					return nil, err
+				}
+				args = append(args, nodes...)
 				booted = true
 			case kind == spec.DeviceDVD && !seeded:
 				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on,file=%s,format=raw", driveID, escapeComma(c.CIData))
@@ -245,7 +327,10 @@ func (c Config) storageArgs() ([]string, error) {
 			if boot {
 				device += ",bootindex=0"
 			}
-			args = append(args, "-drive", drive, "-device", device)
+			if drive != "" {
+				args = append(args, "-drive", drive)
+			}
+			args = append(args, "-device", device)
 		}
 	}
 	if !booted {

@@ -33,12 +33,13 @@ func TestArgs(t *testing.T) {
 			"-qmp unix:/m/x/qmp.sock,server=on,wait=off",
 			"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 			"-pidfile /m/x/qemu.pid", "-daemonize",
-			"-drive if=none,id=ctl0-0,file=/img/d.qcow2,format=qcow2",
+			`-blockdev {"driver":"file","node-name":"ctl0-0-file","filename":"/img/d.qcow2","discard":"unmap"}`,
+			`-blockdev {"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":null,"discard":"unmap"}`,
 			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0",
 			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
 			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=",
 			"-netdev user,id=net1,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
-		}, []string{"-cpu host", "acpi=off", "cidata"}},
+		}, []string{"-cpu host", "acpi=off", "cidata", "file=/img/d.qcow2"}},
 		{"nat rules", hw(func(h *spec.Hardware) {
 			h.Network[1].NATRules = []spec.NATRule{
 				{Name: "web", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80},
@@ -113,19 +114,87 @@ func TestArgsErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"relative dir", Config{Dir: "m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "absolute"},
-		{"long dir", Config{Dir: long, Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "too long"},
-		{"accel", Config{Dir: "/m", Hardware: hw(nil), Accel: "hvf", Disk: Disk{"/d", "raw"}}, "allowed: kvm, tcg"},
-		{"format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "vdi"}}, "allowed: qcow2, raw"},
-		{"no mac", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Network[0].MACAddress = "" }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "no MAC"},
-		{"no tap", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{"/d", "raw"}}, "network[0]: a host-only adapter needs a tap"},
-		{"efi without ovmf", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Firmware = spec.FirmwareEFI }), Accel: AccelTCG, Disk: Disk{"/d", "raw"}, OVMF: "/nonexistent/OVMF.fd"}, "ovmf"},
+		{"relative dir", Config{Dir: "m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}}, "absolute"},
+		{"long dir", Config{Dir: long, Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}}, "too long"},
+		{"accel", Config{Dir: "/m", Hardware: hw(nil), Accel: "hvf", Disk: Disk{Path: "/d", Format: "raw"}}, "allowed: kvm, tcg"},
+		{"format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "vdi"}}, "allowed: qcow2, raw"},
+		{"no mac", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Network[0].MACAddress = "" }), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}}, "no MAC"},
+		{"no tap", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}}, "network[0]: a host-only adapter needs a tap"},
+		{"relative disk", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "d.qcow2", Format: "qcow2"}}, "disk path \"d.qcow2\": must be an absolute path"},
+		{"backing format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "qcow2", BackingPath: "/b", BackingFormat: "vmdk"}}, "backing format \"vmdk\": allowed: qcow2, raw"},
+		{"backing without format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "qcow2", BackingPath: "/b"}}, "backing format \"\": allowed: qcow2, raw"},
+		{"relative backing", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "qcow2", BackingPath: "b", BackingFormat: "raw"}}, "backing path \"b\": must be an absolute path"},
+		{"raw overlay", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw", BackingPath: "/b", BackingFormat: "raw"}}, "only a qcow2 disk has a backing file"},
+		{"efi without ovmf", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Firmware = spec.FirmwareEFI }), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}, OVMF: "/nonexistent/OVMF.fd"}, "ovmf"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := tt.cfg.Args()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestDiskNodes checks that the boot disk is opened as -blockdev nodes with
+// its format given and its whole chain spelled out: QEMU opens no file an
+// image names inside itself (a backing file, or a format guessed from its
+// first bytes).
+func TestDiskNodes(t *testing.T) {
+	tests := []struct {
+		name string
+		disk Disk
+		want []string // the -blockdev values, in order
+	}{
+		{"qcow2 used directly", Disk{Path: "/m/x/d.qcow2", Format: "qcow2"}, []string{
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/d.qcow2","discard":"unmap"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":null,"discard":"unmap"}`,
+		}},
+		{"raw used directly", Disk{Path: "/d.raw", Format: "raw"}, []string{
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/d.raw","discard":"unmap"}`,
+			`{"driver":"raw","node-name":"ctl0-0","file":"ctl0-0-file","discard":"unmap"}`,
+		}},
+		{"overlay on a qcow2 base", Disk{Path: "/m/x/disk.qcow2", Format: "qcow2", BackingPath: "/models/images/t/disk.qcow2", BackingFormat: "qcow2"}, []string{
+			`{"driver":"file","node-name":"ctl0-0-base-file","filename":"/models/images/t/disk.qcow2","read-only":true}`,
+			`{"driver":"qcow2","node-name":"ctl0-0-base","file":"ctl0-0-base-file","backing":null,"read-only":true}`,
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/disk.qcow2","discard":"unmap"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":"ctl0-0-base","discard":"unmap"}`,
+		}},
+		{"overlay on a raw base", Disk{Path: "/m/x/disk.qcow2", Format: "qcow2", BackingPath: "/i/b.raw", BackingFormat: "raw"}, []string{
+			`{"driver":"file","node-name":"ctl0-0-base-file","filename":"/i/b.raw","read-only":true}`,
+			`{"driver":"raw","node-name":"ctl0-0-base","file":"ctl0-0-base-file","read-only":true}`,
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/disk.qcow2","discard":"unmap"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":"ctl0-0-base","discard":"unmap"}`,
+		}},
+		{"names QEMU would parse", Disk{Path: "/i/json:{\"a\",b}.raw", Format: "raw"}, []string{
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/i/json:{\"a\",b}.raw","discard":"unmap"}`,
+			`{"driver":"raw","node-name":"ctl0-0","file":"ctl0-0-file","discard":"unmap"}`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Name: "x", Dir: "/m/x", Hardware: hw(nil), Disk: tt.disk, Accel: AccelTCG, NICs: []NICBackend{{Tap: "vmt0"}, {}}}
+			args, err := cfg.Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i, a := range args {
+				switch a {
+				case "-blockdev":
+					got = append(got, args[i+1])
+				case "-drive":
+					if !strings.Contains(args[i+1], "media=cdrom") {
+						t.Errorf("the boot disk is opened with -drive %s", args[i+1])
+					}
+				}
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Fatalf("-blockdev nodes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if line := strings.Join(args, " "); !strings.Contains(line, "-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0") {
+				t.Errorf("the boot device is not on the top node: %s", line)
 			}
 		})
 	}
@@ -139,7 +208,7 @@ func TestEscapeComma(t *testing.T) {
 		t.Fatal(err)
 	}
 	line := strings.Join(args, " ")
-	for _, w := range []string{"file=/a,,b.qcow2", "unix:/m,,1/x/qmp.sock", "-pidfile /m,1/x/qemu.pid", "ifname=t,,0,", "file=/m,,1/x/cidata.iso,"} {
+	for _, w := range []string{`"filename":"/a,b.qcow2"`, "unix:/m,,1/x/qmp.sock", "-pidfile /m,1/x/qemu.pid", "ifname=t,,0,", "file=/m,,1/x/cidata.iso,"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("lacks %q: %s", w, line)
 		}
