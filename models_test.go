@@ -134,15 +134,15 @@ func TestSetupModelLifecycle(t *testing.T) {
 		t.Errorf("model = %+v", m)
 	}
 	want := spec.Image{Location: filepath.Join(l.images.Dir(id), store.ModelDiskFile), Immutable: true,
-		OSFamily: "debian", OSVersion: "6.0.2.1", OS64Bit: true, Username: "vmfest", Password: "vmfest", Description: "Debian 6.0.2.1 64bit"}
+		OSFamily: "debian", OSVersion: "6.0.2.1", OS64Bit: true, Username: "vmfest", Password: "vmfest", Description: "Debian 6.0.2.1 64bit", Format: spec.DiskFormatQCOW2}
 	if fmt.Sprintf("%+v", m.Spec) != fmt.Sprintf("%+v", want) {
 		t.Errorf("spec = %+v\nwant %+v", m.Spec, want)
 	}
 	if strings.Join(phases, ",") != "download,convert,verify,install" {
 		t.Errorf("progress phases = %v", phases)
 	}
-	if fi, err := os.Stat(m.Spec.Location); err != nil || fi.Mode().Perm() != 0o444 {
-		t.Errorf("model disk: %v, %v; want read-only", fi, err)
+	if fi, err := os.Stat(m.Spec.Location); err != nil || fi.Mode().Perm() != 0o400 {
+		t.Errorf("model disk: %v, %v; want read-only, private", fi, err)
 	}
 	if got := registryState(t, l); got != "images/"+id {
 		t.Errorf("state after install: %s", got)

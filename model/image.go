@@ -21,7 +21,10 @@ import (
 )
 
 // ImageModel is an installed base image: a read-only qcow2 disk and its
-// metadata, stored as models/images/<id>/{disk.qcow2,model.json}.
+// metadata, stored as models/images/<id>/{disk.qcow2,model.json}. A model
+// is private to the state directory's owner (the user QEMU runs as): its
+// directory is 0700, its disk 0400 and model.json 0600, since a model may
+// hold what its publisher or a guest put there.
 type ImageModel struct {
 	// ID names the model.
 	ID string `json:"id"`
@@ -80,7 +83,65 @@ func (r Images) Get(id string) (ImageModel, error) {
 	m.ID = id
 	m.Spec.Location = filepath.Join(r.Dir(id), store.ModelDiskFile)
 	m.Spec.Immutable = true
+	m.Spec.Format = spec.DiskFormatQCOW2 // Install converts every image to qcow2
 	return m, nil
+}
+
+// The modes of an installed model's files: readable by the state
+// directory's owner only.
+const (
+	modelDirMode  os.FileMode = 0o700
+	modelDiskMode os.FileMode = 0o400
+	modelFileMode os.FileMode = 0o600
+)
+
+// MakePrivate gives every installed model the modes Install gives (a 0700
+// directory, a 0400 disk, a 0600 model.json) where they are looser, as
+// models installed by older versions are (0755, 0444, 0644), and returns
+// the paths it changed. It is idempotent and safe to run beside installs
+// and removals.
+func (r Images) MakePrivate() ([]string, error) {
+	entries, err := os.ReadDir(r.dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("image models: %w", err)
+	}
+	var fixed []string
+	var errs []error
+	for _, e := range entries {
+		if !e.IsDir() || store.ValidateName("image model", e.Name()) != nil {
+			continue // hidden work and removal directories are not models
+		}
+		dir := r.Dir(e.Name())
+		for _, f := range []struct {
+			path string
+			mode os.FileMode
+		}{
+			{dir, modelDirMode},
+			{filepath.Join(dir, store.ModelDiskFile), modelDiskMode},
+			{filepath.Join(dir, store.ModelFile), modelFileMode},
+		} {
+			fi, err := os.Lstat(f.path)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if fi.Mode()&fs.ModeSymlink != 0 || fi.Mode().Perm()&^f.mode == 0 {
+				continue // never follow a link; as strict or stricter already
+			}
+			if err := os.Chmod(f.path, f.mode); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			fixed = append(fixed, f.path)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fixed, fmt.Errorf("make image models private: %w", err)
+	}
+	return fixed, nil
 }
 
 // IDs lists the installed model ids in alphabetical order.
@@ -132,8 +193,9 @@ func (r Images) List() (models []ImageModel, broken map[string]error, err error)
 
 // Install moves a staged directory holding a complete, verified disk
 // (store.ModelDiskFile) into the registry as model m.ID: model.json is
-// written into it, the disk made read-only (0444), and the directory
-// renamed into place, so the model appears whole or not at all. An
+// written into it, the disk made read-only and private (0400, model.json
+// 0600, the directory 0700), and the directory renamed into place, so the
+// model appears whole or not at all. An
 // existing model of that id is an error wrapping ErrExists unless replace
 // is true; then the two directories are exchanged atomically and the old
 // one removed. The caller holds Lock and has checked that no machine uses
@@ -143,20 +205,21 @@ func (r Images) Install(staged string, m ImageModel, replace bool) (ImageModel, 
 		return ImageModel{}, err
 	}
 	disk := filepath.Join(staged, store.ModelDiskFile)
-	if err := os.Chmod(staged, 0o755); err != nil { // staging directories are private
+	if err := os.Chmod(staged, modelDirMode); err != nil {
 		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
 	}
-	if err := os.Chmod(disk, 0o444); err != nil {
+	if err := os.Chmod(disk, modelDiskMode); err != nil {
 		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
 	}
 	rec := m
 	rec.Spec.Location = store.ModelDiskFile // relative to the model directory
 	rec.Spec.Immutable = true
+	rec.Spec.Format = spec.DiskFormatQCOW2
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return ImageModel{}, err
 	}
-	if err := store.WriteFileAtomic(filepath.Join(staged, store.ModelFile), append(data, '\n'), 0o644); err != nil {
+	if err := store.WriteFileAtomic(filepath.Join(staged, store.ModelFile), append(data, '\n'), modelFileMode); err != nil {
 		return ImageModel{}, fmt.Errorf("install image model %s: %w", m.ID, err)
 	}
 	if err := store.SyncDir(staged); err != nil {

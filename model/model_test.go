@@ -65,12 +65,10 @@ func TestImagesInstallReplaceRemove(t *testing.T) {
 	if got.Spec.Location != disk || !got.Spec.Immutable || got.Spec.OSFamily != "debian" || got.SHA256 != "aa" {
 		t.Errorf("installed = %+v", got)
 	}
-	if fi, err := os.Stat(disk); err != nil || fi.Mode().Perm() != 0o444 {
-		t.Errorf("disk = %v, %v; want read-only", fi, err)
+	if got.Spec.Format != spec.DiskFormatQCOW2 {
+		t.Errorf("installed model's format = %q, want qcow2", got.Spec.Format)
 	}
-	if fi, err := os.Stat(r.Dir("deb")); err != nil || fi.Mode().Perm() != 0o755 {
-		t.Errorf("model directory = %v, %v", fi, err)
-	}
+	checkPrivate(t, r, "deb")
 
 	second := staged(t, home, "two")
 	if _, err := r.Install(second, m, false); !errors.Is(err, ErrExists) {
@@ -86,6 +84,7 @@ func TestImagesInstallReplaceRemove(t *testing.T) {
 	if data, _ := os.ReadFile(disk); string(data) != "two" {
 		t.Errorf("after replace the disk holds %q", data)
 	}
+	checkPrivate(t, r, "deb")
 	if _, err := os.Stat(second); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the old model was not removed: %v", err)
 	}
@@ -110,6 +109,63 @@ func TestImagesInstallReplaceRemove(t *testing.T) {
 	}
 	if _, err := r.Install(staged(t, home, "x"), ImageModel{ID: "../x"}, false); err == nil {
 		t.Error("installed a bad id")
+	}
+}
+
+// checkPrivate checks that model id is readable only by its owner: a 0700
+// directory, a read-only 0400 disk and a 0600 model.json.
+func checkPrivate(t *testing.T, r Images, id string) {
+	t.Helper()
+	for _, c := range []struct {
+		path string
+		mode os.FileMode
+	}{
+		{r.Dir(id), 0o700},
+		{filepath.Join(r.Dir(id), store.ModelDiskFile), 0o400},
+		{filepath.Join(r.Dir(id), store.ModelFile), 0o600},
+	} {
+		if fi, err := os.Stat(c.path); err != nil || fi.Mode().Perm() != c.mode {
+			t.Errorf("%s: %v, %v; want mode %v", c.path, fi.Mode(), err, c.mode)
+		}
+	}
+}
+
+// TestImagesMakePrivate checks that models installed by an older vmfest
+// (0755 directory, 0444 disk, 0644 model.json: every local user could read
+// them) are made private, once, and that a model.json saying another
+// format still reads as qcow2.
+func TestImagesMakePrivate(t *testing.T) {
+	home := newHome(t)
+	r := NewImages(home)
+	for _, id := range []string{"old", "older"} {
+		dir := r.Dir(id)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, store.ModelDiskFile), []byte("disk"), 0o444)
+		os.WriteFile(filepath.Join(dir, store.ModelFile), []byte(`{"id":"`+id+`","spec":{"location":"disk.qcow2","format":"raw"},"installed":"2026-01-01T00:00:00Z"}`), 0o644)
+		os.Chmod(dir, 0o755)
+	}
+	os.MkdirAll(filepath.Join(home.ImageModelsPath(), ".work-x"), 0o755) // not a model: left alone
+	fixed, err := r.MakePrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fixed) != 6 {
+		t.Errorf("fixed %d paths, want 6: %v", len(fixed), fixed)
+	}
+	for _, id := range []string{"old", "older"} {
+		checkPrivate(t, r, id)
+		m, err := r.Get(id)
+		if err != nil || m.Spec.Format != spec.DiskFormatQCOW2 {
+			t.Errorf("model %s = %+v, %v; want format qcow2", id, m.Spec, err)
+		}
+	}
+	if fixed, err := r.MakePrivate(); err != nil || len(fixed) != 0 {
+		t.Errorf("second pass fixed %v, %v", fixed, err)
+	}
+	if fi, _ := os.Stat(filepath.Join(home.ImageModelsPath(), ".work-x")); fi.Mode().Perm() != 0o755 {
+		t.Errorf("a hidden directory was changed: %v", fi.Mode())
 	}
 }
 
