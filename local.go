@@ -86,6 +86,12 @@ func NewLocal(cfg Config) (*Local, error) {
 	}
 	// A light sweep of what crashed operations left; `vmfest doctor` does
 	// the full check.
+	// Models installed by older versions were readable by every local user.
+	if fixed, err := l.images.MakePrivate(); err != nil {
+		l.log.Warn("could not make the image models private", "err", err)
+	} else if len(fixed) > 0 {
+		l.log.Info("made image models readable by this user only", "paths", len(fixed))
+	}
 	if found, err := l.sweepPartial(true); err != nil {
 		l.log.Warn("sweep of the state directory failed", "err", err)
 	} else if len(found) > 0 {
@@ -108,8 +114,15 @@ type record struct {
 	Hardware      spec.Hardware `json:"hardware"`
 	// Overlay is true when the disk is disk.qcow2 in the machine directory,
 	// backed by Image.Location; else the disk is Image.Location itself.
-	Overlay    bool   `json:"overlay"`
+	Overlay bool `json:"overlay"`
+	// DiskFormat is the format of the disk QEMU opens: qcow2 for an
+	// overlay, else Image.Location's format. Like BaseFormat it is decided
+	// once, when the machine is created, and given to QEMU on every start:
+	// what a guest later writes at the start of its disk decides nothing.
 	DiskFormat string `json:"disk-format"`
+	// BaseFormat is Image.Location's format when Overlay. Records written
+	// before it existed have none; see baseFormat.
+	BaseFormat string `json:"base-format,omitempty"`
 	// Accel is the accelerator of the last start.
 	Accel string `json:"accel,omitempty"`
 	// Net is the machine's networking: instance id, network allocations,
@@ -122,6 +135,36 @@ func (r record) disk(dir string) string {
 		return filepath.Join(dir, store.DiskFile)
 	}
 	return r.Image.Location
+}
+
+// baseFormat is the recorded format of an overlay's base.
+func (r record) baseFormat(dir string) (string, error) {
+	switch {
+	case r.BaseFormat != "":
+		return r.BaseFormat, nil
+	case r.ImageModel != "":
+		return spec.DiskFormatQCOW2, nil
+	}
+	// A record of an older vmfest: the format vmfest itself wrote into the
+	// overlay's header when it made it (never the base's own bytes).
+	f, err := overlayBackingFormat(filepath.Join(dir, store.DiskFile))
+	if err != nil {
+		return "", fmt.Errorf("the format of its base image %s is not recorded: %w", r.Image.Location, err)
+	}
+	return f, nil
+}
+
+// qemuDisk is the disk as QEMU opens it: every format given, the chain
+// spelled out.
+func (r record) qemuDisk(dir string) (qemu.Disk, error) {
+	if !r.Overlay {
+		return qemu.Disk{Path: r.Image.Location, Format: r.DiskFormat}, nil
+	}
+	bf, err := r.baseFormat(dir)
+	if err != nil {
+		return qemu.Disk{}, err
+	}
+	return qemu.Disk{Path: r.disk(dir), Format: spec.DiskFormatQCOW2, BackingPath: r.Image.Location, BackingFormat: bf}, nil
 }
 
 func (l *Local) readRecord(name string) (record, error) {
@@ -173,11 +216,17 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 	if _, err := os.Stat(final); err == nil {
 		return nil, fmt.Errorf("%w: machine %q", ErrExists, name)
 	}
-	if !r.Overlay {
-		if other, err := l.userOf(ctx, r.Image.Location); err != nil {
+	if r.ImageModel == "" {
+		// A file of the caller's: decide how it is used and its format, and
+		// create the machine, before any other creation or destroy looks
+		// at the file's users.
+		claim, err := l.lockDisks(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("create machine %s: %w", name, err)
+		}
+		defer claim.Unlock()
+		if err := l.claimDisk(&r); err != nil {
 			return nil, err
-		} else if other != "" {
-			return nil, fmt.Errorf("%w: image %s is not immutable and machine %q already uses it; make it immutable to share it", ErrExists, r.Image.Location, other)
 		}
 	}
 
@@ -204,10 +253,9 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 		}
 	}()
 	if r.Overlay {
-		if err := l.createOverlay(ctx, r.Image.Location, r.DiskFormat, filepath.Join(tmp, store.DiskFile)); err != nil {
+		if err := l.createOverlay(ctx, r.Image.Location, r.BaseFormat, filepath.Join(tmp, store.DiskFile)); err != nil {
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
-		r.DiskFormat = "qcow2"
 		l.point("create:overlay")
 	}
 	if err := writeRecord(tmp, r); err != nil {
@@ -261,12 +309,182 @@ func (l *Local) resolveImage(r *record, image Image) error {
 		return fmt.Errorf("image location %s: %w", r.Image.Location, err)
 	}
 	r.Image.Location = loc
-	format, err := diskFormat(loc)
+	r.Overlay = r.Image.Immutable
+	if r.ImageModel != "" {
+		// Installed models are qcow2 by construction and were checked when
+		// installed.
+		r.DiskFormat, r.BaseFormat = spec.DiskFormatQCOW2, spec.DiskFormatQCOW2
+		return nil
+	}
+	r.Image.Location, err = l.checkLocation(loc, r.Image.Immutable)
+	return err
+}
+
+// checkLocation checks where a spec's disk is and returns its real path
+// (symbolic links resolved, so the file's users are found whatever path
+// names it): a regular file, not a file of a machine, and an installed
+// model's disk only as immutable.
+func (l *Local) checkLocation(loc string, immutable bool) (string, error) {
+	real, err := filepath.EvalSymlinks(loc)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%w: image location %s: no such file", ErrInvalid, loc)
+	}
+	if err != nil {
+		return "", fmt.Errorf("image location %s: %w", loc, err)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return "", fmt.Errorf("image location %s: %w", loc, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%w: image location %s: not a regular file", ErrInvalid, loc)
+	}
+	if within(real, l.home.MachinesPath()) {
+		return "", fmt.Errorf("%w: image location %s: a file in vmfest's machines directory (%s) belongs to its machine; give an image outside it", ErrInvalid, loc, l.home.MachinesPath())
+	}
+	if !immutable && within(real, l.home.ImageModelsPath()) {
+		return "", fmt.Errorf("%w: image location %s: an installed model's disk is immutable; give immutable: true, or use the model by its id", ErrInvalid, loc)
+	}
+	return real, nil
+}
+
+// within says whether path is inside dir (both compared with symbolic links
+// resolved).
+func within(path, dir string) bool {
+	if d, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = d
+	}
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// lockDisks takes the lock that serialises claims on disk files given by
+// spec (the state directory's own lock): deciding how a file may be used
+// and its format up to the rename of the machine that uses it into place,
+// and deciding whether a destroyed machine's mutable disk may be deleted.
+// Take it after machines/ (shared) and a machine's own lock, never before.
+func (l *Local) lockDisks(ctx context.Context) (*store.Lock, error) {
+	return store.LockDir(ctx, l.home.Root())
+}
+
+// diskUse is one machine's use of a file.
+type diskUse struct {
+	machine string
+	mutable bool   // the machine writes it: its mutable disk, or its overlay
+	format  string // as that machine recorded it; empty if unknown
+}
+
+// diskUses lists the machines that use the file at path, as their mutable
+// disk, their overlay or their immutable base, whether their records name it
+// by this path or by another (a hard link). A record that cannot be read is
+// skipped: Doctor reports it.
+func (l *Local) diskUses(path string) ([]diskUse, error) {
+	target, _ := os.Stat(path)
+	same := func(p string) bool {
+		if p == path {
+			return true
+		}
+		if target == nil {
+			return false
+		}
+		st, err := os.Stat(p)
+		return err == nil && os.SameFile(st, target)
+	}
+	names, err := l.machineNames()
+	if err != nil {
+		return nil, err
+	}
+	var uses []diskUse
+	for _, n := range names {
+		r, err := l.readRecord(n)
+		if err != nil {
+			l.log.Debug("machine record unreadable; its disk is not counted", "machine", n, "err", err)
+			continue
+		}
+		dir := l.home.MachinePath(n)
+		switch {
+		case !r.Overlay && same(r.Image.Location):
+			uses = append(uses, diskUse{machine: n, mutable: true, format: r.DiskFormat})
+		case r.Overlay && same(r.Image.Location):
+			f, _ := r.baseFormat(dir)
+			uses = append(uses, diskUse{machine: n, format: f})
+		case r.Overlay && same(r.disk(dir)):
+			uses = append(uses, diskUse{machine: n, mutable: true, format: spec.DiskFormatQCOW2})
+		}
+	}
+	return uses, nil
+}
+
+// removeMutableDisk deletes the mutable disk of the destroyed machine name
+// (its directory already moved away) unless another machine uses the file;
+// then it keeps the file and says so in the log.
+func (l *Local) removeMutableDisk(ctx context.Context, name, path string) error {
+	claim, err := l.lockDisks(ctx)
+	if err != nil {
+		return fmt.Errorf("remove its disk %s: %w", path, err)
+	}
+	defer claim.Unlock()
+	uses, err := l.diskUses(path)
+	if err != nil {
+		return fmt.Errorf("remove its disk %s: %w", path, err)
+	}
+	if len(uses) > 0 {
+		users := make([]string, len(uses))
+		for i, u := range uses {
+			users[i] = u.machine
+		}
+		l.log.Warn("kept the destroyed machine's disk: other machines use it", "machine", name, "disk", path, "used-by", strings.Join(users, ", "))
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove its disk %s: %w", path, err)
+	}
+	return nil
+}
+
+// claimDisk decides, under lockDisks, whether the spec's file may be the
+// new machine's disk (a file one machine writes is no other machine's disk;
+// a file machines share as an immutable base is no machine's mutable disk),
+// decides its format once (the spec's format key, else the format machines
+// already recorded for it, else its content on this first use), and checks
+// its content.
+func (l *Local) claimDisk(r *record) error {
+	loc := r.Image.Location
+	uses, err := l.diskUses(loc)
 	if err != nil {
 		return err
 	}
-	r.DiskFormat = format
-	r.Overlay = r.Image.Immutable
+	var bases []string
+	recorded, recordedBy := "", ""
+	for _, u := range uses {
+		if u.mutable {
+			return fmt.Errorf("%w: image %s is the mutable disk of machine %q: no other machine may use it while that machine exists", ErrExists, loc, u.machine)
+		}
+		bases = append(bases, u.machine)
+		if recorded == "" && u.format != "" {
+			recorded, recordedBy = u.format, u.machine
+		}
+	}
+	if !r.Image.Immutable && len(bases) > 0 {
+		return fmt.Errorf("%w: image %s is the immutable base of machine %s: it cannot become a machine's mutable disk; use it as immutable", ErrExists, loc, strings.Join(bases, ", "))
+	}
+	format := r.Image.Format
+	switch {
+	case format != "" && recorded != "" && format != recorded:
+		return fmt.Errorf("%w: image %s: format %s given, but machine %s uses the file as %s; give format %s or none", ErrInvalid, loc, format, recordedBy, recorded, recorded)
+	case format == "" && recorded != "":
+		format = recorded
+	case format == "":
+		if format, err = diskFormat(loc); err != nil {
+			return err
+		}
+	}
+	r.Image.Format = format
+	if r.Overlay {
+		r.DiskFormat, r.BaseFormat = spec.DiskFormatQCOW2, format
+	} else {
+		r.DiskFormat = format
+	}
 	return nil
 }
 
@@ -299,8 +517,37 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 	if err := h.ValidateWith(l.cfg.NAT); err != nil {
 		return fmt.Errorf("hardware spec: %w", err)
 	}
+	if total, err := hostMemory("MemTotal"); err != nil {
+		l.log.Warn("host memory unknown; memory-size not checked against it", "err", err)
+	} else if h.MemorySize > total {
+		return fmt.Errorf("hardware spec: %w", &spec.ValidationError{Problems: []spec.FieldError{{
+			Field:   "memory-size",
+			Problem: fmt.Sprintf("%d MiB is more than the host's %d MiB (MemTotal)", h.MemorySize, total),
+		}}})
+	}
 	r.Hardware = h
 	return nil
+}
+
+// hostMemory reads a field of /proc/meminfo (MemTotal, MemAvailable), in
+// MiB.
+func hostMemory(field string) (int, error) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || name != field {
+			continue
+		}
+		var kib int
+		if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kib); err != nil {
+			return 0, fmt.Errorf("/proc/meminfo %s: %q: %w", field, rest, err)
+		}
+		return kib / 1024, nil
+	}
+	return 0, fmt.Errorf("/proc/meminfo has no %s", field)
 }
 
 // randomMAC returns a MAC in QEMU's locally administered 52:54:00 range.
@@ -308,24 +555,6 @@ func randomMAC() string {
 	var b [3]byte
 	rand.Read(b[:])
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
-}
-
-// userOf returns the machine whose disk is the file at path, if any.
-func (l *Local) userOf(ctx context.Context, path string) (string, error) {
-	names, err := l.machineNames()
-	if err != nil {
-		return "", err
-	}
-	for _, n := range names {
-		r, err := l.readRecord(n)
-		if err != nil {
-			continue
-		}
-		if r.disk(l.home.MachinePath(n)) == path || (r.Overlay && r.Image.Location == path) {
-			return n, nil
-		}
-	}
-	return "", nil
 }
 
 func (l *Local) machineNames() ([]string, error) {
@@ -382,7 +611,8 @@ func (l *Local) HardwareModel(ctx context.Context, name string) (spec.Hardware, 
 	return h, err
 }
 
-// diskFormat tells qcow2 from raw by the file's magic.
+// diskFormat tells qcow2 from raw by the file's magic. It decides a file's
+// format only on the file's first use by a machine (see claimDisk).
 func diskFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
@@ -67,6 +68,7 @@ func (m *localMachine) Start(ctx context.Context) error {
 func (m *localMachine) start(ctx context.Context, r record) (err error) {
 	var undo []func()
 	var ns *netStart // see networks.go
+	var disk qemu.Disk
 	defer func() { ns.unlock() }()
 	defer func() {
 		if err != nil {
@@ -80,11 +82,12 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 		fn   func() error
 	}{
 		{"clean leftovers of the last run", func() error { return qemu.Clean(m.dir()) }},
-		{"check the disk", func() error {
+		{"check the disk", func() (err error) {
 			if _, err := os.Stat(r.disk(m.dir())); err != nil {
 				return fmt.Errorf("disk: %w", err)
 			}
-			return nil
+			disk, err = r.qemuDisk(m.dir())
+			return err
 		}},
 		{"set up the networks", func() (err error) {
 			if ns, err = m.setUpNetworks(ctx, &r); err == nil {
@@ -111,14 +114,14 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 				Name:     m.name,
 				Dir:      m.dir(),
 				Hardware: r.Hardware,
-				Disk:     qemu.Disk{Path: r.disk(m.dir()), Format: r.DiskFormat},
+				Disk:     disk,
 				Accel:    r.Accel,
 				Binary:   m.l.cfg.QEMU,
 				NICs:     ns.backends,
 				CIData:   ns.cidata,
 			}
 			if err := qemu.Start(ctx, cfg); err != nil {
-				return err
+				return memoryError(err, r.Hardware.MemorySize)
 			}
 			undo = append(undo, func() { qemu.Kill(m.dir()); qemu.WaitExit(context.Background(), m.dir()); qemu.Clean(m.dir()) })
 			return nil
@@ -132,6 +135,20 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 	}
 	m.l.log.Debug("machine started", "machine", m.name, "accel", r.Accel)
 	return nil
+}
+
+// memoryError words QEMU's failure to allocate the guest's memory as the
+// host's limit (ErrUnavailable, naming memory-size); other errors are
+// returned as they are. QEMU says so only in its message.
+func memoryError(err error, mib int) error {
+	if !strings.Contains(err.Error(), "cannot set up guest memory") {
+		return err
+	}
+	avail := "unknown"
+	if n, aerr := hostMemory("MemAvailable"); aerr == nil {
+		avail = fmt.Sprintf("%d MiB", n)
+	}
+	return fmt.Errorf("%w: memory-size: the host cannot give the machine its %d MiB now (available: %s); stop other machines or lower memory-size: %w", ErrUnavailable, mib, avail, err)
 }
 
 // Pause implements Machine.
@@ -277,8 +294,8 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 		m.l.point("destroy:moved")
 		var errs []error
 		if !r.Overlay {
-			if err := os.Remove(r.Image.Location); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove its disk %s: %w", r.Image.Location, err))
+			if err := m.l.removeMutableDisk(ctx, m.name, r.Image.Location); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		m.l.point("destroy:disk")

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"github.com/vmfest/vmfest/spec"
 )
 
 var errNotEmpty = syscall.ENOTEMPTY
@@ -73,6 +75,46 @@ func virtualSize(path, format string) (int64, error) {
 	return 0, errUnsupported
 }
 
+// overlayBackingFormat reads the backing format that vmfest wrote into the
+// header of a machine's overlay when it created it (the backing format
+// header extension): the base's format for machines whose record predates
+// base-format.
+func overlayBackingFormat(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read overlay: %w", err)
+	}
+	defer f.Close()
+	var hdr [qcowClusterSize]byte
+	n, err := io.ReadFull(f, hdr[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return "", fmt.Errorf("read overlay %s: %w", path, err)
+	}
+	h := hdr[:n]
+	if len(h) < qcowHeaderLength || string(h[:4]) != "QFI\xfb" || binary.BigEndian.Uint32(h[4:8]) < 3 {
+		return "", fmt.Errorf("overlay %s: not a version 3 qcow2 header", path)
+	}
+	off := int(binary.BigEndian.Uint32(h[100:104])) // header_length
+	for off >= qcowHeaderLength && off+8 <= len(h) {
+		typ := binary.BigEndian.Uint32(h[off:])
+		size := int(binary.BigEndian.Uint32(h[off+4:]))
+		off += 8
+		if typ == 0 || size > len(h)-off {
+			break
+		}
+		if typ == qcowExtBackingFmt {
+			switch format := string(h[off : off+size]); format {
+			case spec.DiskFormatRaw, spec.DiskFormatQCOW2:
+				return format, nil
+			default:
+				return "", fmt.Errorf("overlay %s: backing format %q: allowed: raw, qcow2", path, format)
+			}
+		}
+		off += (size + 7) &^ 7
+	}
+	return "", fmt.Errorf("overlay %s: no backing format in its header", path)
+}
+
 // writeOverlay writes the empty overlay file.
 func writeOverlay(path, backing, backingFormat string, size int64) error {
 	if len(backing) > qcowMaxBackingLen || size <= 0 {
@@ -128,7 +170,7 @@ func writeOverlay(path, backing, backingFormat string, size int64) error {
 		binary.BigEndian.PutUint16(file[2*qcowClusterSize+2*c:], 1)
 	}
 
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600) // what the guest writes is its own
 	if err != nil {
 		return fmt.Errorf("create overlay: %w", err)
 	}
