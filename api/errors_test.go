@@ -20,6 +20,7 @@ import (
 	"github.com/vmfest/vmfest/api/wire"
 	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
+	"github.com/vmfest/vmfest/spec"
 )
 
 // failing is a Server whose Instance and SetupModel fail with err, and
@@ -169,5 +170,41 @@ func TestImageErrorsThroughAPI(t *testing.T) {
 				t.Fatalf("operation %+v, want failed with code invalid saying %q", op.Error, tc.want)
 			}
 		})
+	}
+}
+
+// TestMemoryThroughAPI: a memory-size over the host's is bad input (400
+// naming memory-size); memory QEMU cannot allocate at start is the host's
+// limit (503 unavailable), not an internal error.
+func TestMemoryThroughAPI(t *testing.T) {
+	e := newEnv(t)
+	big := createBody("big", e.blank)
+	big["hardware"] = map[string]any{"spec": map[string]any{"memory-size": spec.MaxMemorySize, "cpu-count": 1, "network": []any{map[string]any{"attachment-type": "nat"}}}}
+	status, body := e.do(t, "POST", "/v1/machines", big)
+	if we := decodeError(t, body); status != http.StatusBadRequest || we.Code != wire.CodeInvalid || !strings.Contains(we.Error, "memory-size") {
+		t.Fatalf("create with memory-size %d: %d %+v, want 400 invalid naming memory-size", spec.MaxMemorySize, status, we)
+	}
+	if status, body := e.do(t, "POST", "/v1/machines", createBody("shrunk", e.blank)); status != http.StatusCreated {
+		t.Fatalf("create: %d %s", status, body)
+	}
+	// The record says more memory than the host has (the host lost memory,
+	// or the file was edited).
+	path := filepath.Join(e.home, "machines", "shrunk", "machine.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["hardware"].(map[string]any)["memory-size"] = spec.MaxMemorySize
+	data, _ = json.Marshal(rec)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	status, body = e.do(t, "POST", "/v1/machines/shrunk/start", nil)
+	if we := decodeError(t, body); status != http.StatusServiceUnavailable || we.Code != wire.CodeUnavailable || !strings.Contains(we.Error, "memory-size") {
+		t.Fatalf("start: %d %+v, want 503 unavailable naming memory-size", status, we)
 	}
 }
