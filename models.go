@@ -98,6 +98,7 @@ func (l *Local) SetupModel(ctx context.Context, source string, opts SetupOptions
 	cfg := image.Config{CacheDir: l.cacheDir(), QEMUImg: l.cfg.QEMUImg, Logger: l.log}
 	staged, err := image.Prepare(ctx, cfg, lock, src, image.Options{
 		SHA256: opts.SHA256, Meta: opts.Meta, Overrides: opts.Overrides, Progress: progress,
+		Policy: opts.FetchPolicy,
 	})
 	if err != nil {
 		return model.ImageModel{}, fmt.Errorf("setup-model %s: %w", id, err)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 )
@@ -165,6 +166,11 @@ type SetupOptions struct {
 	Replace bool `json:"replace,omitempty"`
 	// Progress, when set, receives progress reports.
 	Progress func(Progress) `json:"-"`
+	// FetchPolicy limits where a remote source and its redirects may
+	// connect. The zero value allows every address (the local user); the
+	// API server sets a restricted one for callers over TCP. It never
+	// travels over the wire: no caller can set it.
+	FetchPolicy image.FetchPolicy `json:"-"`
 }
 
 // Progress reports how far long work (a download, a conversion) has got.

@@ -79,6 +79,8 @@ func classify(u string, err error) error {
 		return err
 	}
 	switch {
+	case errors.Is(err, ErrBlocked):
+		return &fetchError{err: fmt.Errorf("%w: %s: %w", ErrSource, u, err)}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return &fetchError{err: fmt.Errorf("%w: %s: connection refused: is the server up and the port right?", ErrSource, u)}
 	case isDNSError(err):
@@ -102,16 +104,22 @@ func isDNSError(err error) bool {
 	return errors.As(err, &d) && !d.IsTemporary
 }
 
+// statusError words an HTTP status. It names the status by its code and
+// Go's text for it, never by the reason phrase the server sent.
 func statusError(u string, resp *http.Response) error {
 	code := resp.StatusCode
+	status := strconv.Itoa(code)
+	if text := http.StatusText(code); text != "" {
+		status += " " + text
+	}
 	var err error
 	switch {
 	case code == http.StatusNotFound || code == http.StatusGone:
-		err = fmt.Errorf("%w: %s: %s: no such file on the server; check the URL", ErrSource, u, resp.Status)
+		err = fmt.Errorf("%w: %s: %s: no such file on the server; check the URL", ErrSource, u, status)
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		err = fmt.Errorf("%w: %s: %s: the server refuses access", ErrSource, u, resp.Status)
+		err = fmt.Errorf("%w: %s: %s: the server refuses access", ErrSource, u, status)
 	default:
-		err = fmt.Errorf("%w: %s: %s", ErrSource, u, resp.Status)
+		err = fmt.Errorf("%w: %s: HTTP status %s", ErrSource, u, status)
 	}
 	transient := code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests
 	notFound := code == http.StatusNotFound || code == http.StatusGone
@@ -171,7 +179,7 @@ func get(ctx context.Context, cfg Config, u string, offset int64) (io.ReadCloser
 		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			resp.Body.Close()
-			return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: bad Content-Range %q for a resume at byte %d", ErrSource, u, resp.Header.Get("Content-Range"), offset)}
+			return nil, 0, 0, &fetchError{err: fmt.Errorf("%w: %s: the server answered a resume at byte %d with a Content-Range that does not start there", ErrSource, u, offset)}
 		}
 		return body, start, total, nil
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && offset > 0:
@@ -279,13 +287,30 @@ func openRemote(ctx context.Context, cfg Config, u string, offset int64) (*remot
 	if err != nil {
 		return nil, 0, err
 	}
+	if r.total > cfg.MaxDownload {
+		r.body.Close()
+		return nil, 0, downloadTooLarge(u, cfg.MaxDownload, fmt.Sprintf("the server announces %d bytes", r.total))
+	}
 	return r, r.off, nil
+}
+
+// ErrDownloadTooLarge: a remote source is larger than Config.MaxDownload.
+var ErrDownloadTooLarge = errors.New("download too large")
+
+func downloadTooLarge(u string, limit int64, what string) error {
+	return fmt.Errorf("%w: %s: %s, more than the limit of %d bytes (Config.MaxDownload); nothing was installed", ErrDownloadTooLarge, u, what, limit)
 }
 
 func (r *remoteReader) Read(p []byte) (int, error) {
 	for attempt := 1; ; attempt++ {
 		n, err := r.body.Read(p)
 		r.off += int64(n)
+		switch {
+		case r.total >= 0 && r.off > r.total:
+			return 0, fmt.Errorf("%w: %s: the server sent more than the %d bytes it announced; the download was cut off", ErrCorrupt, r.url, r.total)
+		case r.off > r.cfg.MaxDownload:
+			return 0, downloadTooLarge(r.url, r.cfg.MaxDownload, "the server sent more")
+		}
 		if err == nil || n > 0 {
 			if err == io.EOF && r.total >= 0 && r.off < r.total {
 				err = nil // handled on the next call, once n bytes are passed on
@@ -326,6 +351,10 @@ func (r *remoteReader) Read(p []byte) (int, error) {
 			if total >= 0 {
 				r.total = total
 			}
+			if r.total > r.cfg.MaxDownload {
+				body.Close()
+				return downloadTooLarge(r.url, r.cfg.MaxDownload, fmt.Sprintf("the server announces %d bytes", r.total))
+			}
 			return nil
 		})
 		if err != nil {
@@ -349,34 +378,54 @@ func sizeText(n int64) string {
 	return strconv.FormatInt(n, 10)
 }
 
-// maxSidecar bounds the size of a .meta, .sha256 or SHA256SUMS file.
-const maxSidecar = 1 << 20
-
-// fetchSidecar reads a small file beside the source. found is false when
-// it does not exist (404, no such file); other failures are errors.
+// fetchSidecar reads a small file beside the source, at most
+// cfg.MaxSidecar bytes (a larger one is refused, not cut short). found is
+// false when it does not exist (404, no such file); other failures are
+// errors. A local sidecar is opened without following a symbolic link
+// (a link could lead out of the directories a caller may read) and must
+// be a regular file.
 func fetchSidecar(ctx context.Context, cfg Config, src Source) (data []byte, found bool, err error) {
+	limit := cfg.MaxSidecar
+	tooLarge := func(what string) error {
+		return fmt.Errorf("%w: %s: %s, more than the limit of %d bytes for a metadata or checksum file (Config.MaxSidecar)", ErrMeta, src, what, limit)
+	}
 	if !src.Remote() {
-		f, err := os.Open(src.Path)
-		if errors.Is(err, os.ErrNotExist) {
+		f, err := os.OpenFile(src.Path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			return nil, false, nil
-		}
-		if err != nil {
+		case errors.Is(err, unix.ELOOP):
+			return nil, false, fmt.Errorf("%w: %s: a symbolic link; a metadata or checksum file beside a local source must be a regular file in the same directory", ErrMeta, src.Path)
+		case err != nil:
 			return nil, false, fmt.Errorf("%w: %s: %v", ErrSource, src.Path, err)
 		}
 		defer f.Close()
-		data, err = io.ReadAll(io.LimitReader(f, maxSidecar+1))
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: %s: %v", ErrSource, src.Path, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil, false, fmt.Errorf("%w: %s: not a regular file (%s)", ErrMeta, src.Path, fi.Mode().Type())
+		}
+		if fi.Size() > limit {
+			return nil, false, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
+		}
+		data, err = io.ReadAll(io.LimitReader(f, limit+1))
 		if err != nil {
 			return nil, false, fmt.Errorf("%w: %s: %v", ErrSource, src.Path, err)
 		}
 	} else {
 		u := src.String()
 		err = retry(ctx, cfg, u, func() error {
-			body, _, _, err := get(ctx, cfg, u, 0)
+			body, _, total, err := get(ctx, cfg, u, 0)
 			if err != nil {
 				return err
 			}
 			defer body.Close()
-			data, err = io.ReadAll(io.LimitReader(body, maxSidecar+1))
+			if total > limit {
+				return tooLarge(fmt.Sprintf("the server announces %d bytes", total))
+			}
+			data, err = io.ReadAll(io.LimitReader(body, limit+1))
 			if err != nil {
 				return classify(u, err)
 			}
@@ -390,8 +439,12 @@ func fetchSidecar(ctx context.Context, cfg Config, src Source) (data []byte, fou
 			return nil, false, err
 		}
 	}
-	if len(data) > maxSidecar {
-		return nil, false, fmt.Errorf("%w: %s: larger than %d bytes: not a metadata or checksum file", ErrMeta, src, maxSidecar)
+	if int64(len(data)) > limit {
+		return nil, false, tooLarge("larger")
 	}
 	return data, true, nil
 }
+
+// maxSidecar bounds a metadata member read whole from inside an archive
+// (a .box's metadata.json; 16 times that for an .ovf).
+const maxSidecar = 1 << 20

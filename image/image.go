@@ -71,7 +71,24 @@ type Config struct {
 	StallTimeout time.Duration
 	// Logger receives debug messages; default slog.Default().
 	Logger *slog.Logger
+	// MaxSidecar bounds the size of a metadata or checksum file beside
+	// the source (.meta, .sha256, SHA256SUMS); a larger one is refused,
+	// not cut short. Default DefaultMaxSidecar.
+	MaxSidecar int64
+	// MaxDownload bounds the bytes fetched for one remote source, as they
+	// stream; a server that sends more (or more than its Content-Length)
+	// is cut off with an error. Default DefaultMaxDownload.
+	MaxDownload int64
+
+	// policy is the fetch policy of the Prepare in progress (Options.Policy).
+	policy FetchPolicy
 }
+
+// Defaults of Config's caps.
+const (
+	DefaultMaxSidecar  = 64 << 10
+	DefaultMaxDownload = 32 << 30
+)
 
 func (c Config) withDefaults() Config {
 	if c.QEMUImg == "" {
@@ -91,6 +108,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.MaxSidecar <= 0 {
+		c.MaxSidecar = DefaultMaxSidecar
+	}
+	if c.MaxDownload <= 0 {
+		c.MaxDownload = DefaultMaxDownload
 	}
 	return c
 }

@@ -35,6 +35,9 @@ type Options struct {
 	Overrides *spec.Image
 	// Progress, when set, receives progress reports.
 	Progress func(Progress)
+	// Policy limits where a remote source and its redirects may connect
+	// (see FetchPolicy); the zero value allows every address.
+	Policy FetchPolicy
 }
 
 // Staged is a prepared image: a checked, read-only qcow2 in Dir, waiting
@@ -127,7 +130,8 @@ func (l *SourceLock) Unlock() {
 // lock. On error nothing is left but, after a download that broke off,
 // the partial download (which the next try resumes).
 func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts Options) (st *Staged, err error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.withDefaults().withPolicy(opts.Policy)
+	defer func() { err = opts.Policy.conceal(ctx, cfg.Logger, src, err) }()
 	if lock == nil || lock.f == nil {
 		return nil, errors.New("prepare: the source lock is not held")
 	}

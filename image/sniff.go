@@ -105,7 +105,10 @@ func sniffFormat(head, tail []byte, size int64) string {
 	return FormatRaw
 }
 
-// describe says what non-disk content looks like, for error messages.
+// describe says what non-disk content looks like, for error messages. It
+// names the kind of content and its size and never quotes it: the bytes
+// may be a page the server was not meant to show (a login page, a config
+// file) and errors travel to remote callers.
 func describe(head []byte, size int64) string {
 	switch {
 	case size == 0:
@@ -113,18 +116,26 @@ func describe(head []byte, size int64) string {
 	case bytes.HasPrefix(head, []byte("# Disk DescriptorFile")):
 		return "it is a VMDK descriptor whose data is in other files; give a single-file (monolithic or streamOptimized) VMDK, or an .ova"
 	case looksLikeText(head):
-		first := head
-		if i := bytes.IndexByte(first, '\n'); i >= 0 {
-			first = first[:i]
-		}
-		if len(first) > 60 {
-			first = first[:60]
-		}
-		return fmt.Sprintf("it is text (%q)", string(bytes.TrimSpace(first)))
+		return fmt.Sprintf("it is text: %s of %d bytes", textKind(head), size)
 	case size%512 != 0:
 		return fmt.Sprintf("its size, %d bytes, is not a whole number of 512-byte sectors", size)
 	}
 	return "its format is not recognised"
+}
+
+// textKind names a kind of text from its first bytes.
+func textKind(head []byte) string {
+	t := bytes.ToLower(bytes.TrimSpace(bytes.TrimPrefix(head, []byte("\xef\xbb\xbf"))))
+	switch {
+	case bytes.HasPrefix(t, []byte("<!doctype html")), bytes.HasPrefix(t, []byte("<html")),
+		bytes.Contains(t, []byte("<html")), bytes.Contains(t, []byte("<body")):
+		return "an HTML page"
+	case bytes.HasPrefix(t, []byte("<?xml")), bytes.HasPrefix(t, []byte("<")):
+		return "an XML document"
+	case bytes.HasPrefix(t, []byte("{")), bytes.HasPrefix(t, []byte("[")):
+		return "a JSON document"
+	}
+	return "a text file"
 }
 
 // looksLikeText says the first sector is printable UTF-8 text.
