@@ -29,13 +29,23 @@ var vmfestOnlyKeys = map[string]bool{
 // a map holding one map under the model's name ({:my-model {...}}, as
 // VMFest wrote installed models) is unwrapped. The image's location
 // (location, or uuid) is ignored: the model's disk is what was downloaded.
-// Unknown keys are errors.
+// Unknown keys are errors. A document nested more than MaxMetaDepth
+// levels deep, or larger than 1 MiB, is refused before it is decoded.
 func ParseMeta(data []byte) (spec.Image, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return spec.Image{}, fmt.Errorf("%w: empty document", ErrMeta)
 	}
+	if len(data) > maxMetaDocument {
+		return spec.Image{}, fmt.Errorf("%w: the document is %d bytes, more than the limit of %d", ErrMeta, len(data), maxMetaDocument)
+	}
 	if isEDN(data) {
+		if d := ednDepth(data); d > MaxMetaDepth {
+			return spec.Image{}, fmt.Errorf("%w: EDN: nested %d levels deep, more than the limit of %d", ErrMeta, d, MaxMetaDepth)
+		}
 		return parseEDNMeta(data)
+	}
+	if d := yamlDepth(data); d > MaxMetaDepth {
+		return spec.Image{}, fmt.Errorf("%w: nested %d levels deep, more than the limit of %d", ErrMeta, d, MaxMetaDepth)
 	}
 	var probe map[string]any
 	if err := json.Unmarshal(data, &probe); err == nil {
@@ -55,6 +65,10 @@ func ParseMeta(data []byte) (spec.Image, error) {
 	}
 	return im, nil
 }
+
+// maxMetaDocument bounds a metadata document ParseMeta reads (a sidecar
+// fetched by Prepare is bounded further, by Config.MaxSidecar).
+const maxMetaDocument = 1 << 20
 
 // isEDN says the document is an EDN map: it opens with '{' (or a ';'
 // comment) and its first key is a keyword, where JSON would have a string.
