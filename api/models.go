@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 )
@@ -49,7 +50,8 @@ func (s *Server) removeModel(w http.ResponseWriter, r *http.Request) error {
 
 // setupModel installs an image model as an operation. The source is an
 // http(s) URL, or a path inside an allowed directory (a remote caller must
-// not make the server read any file it can).
+// not make the server read any file it can). A caller that is not this
+// host's user fetches under the restricted policy (Config.FetchAllow).
 func (s *Server) setupModel(w http.ResponseWriter, r *http.Request) error {
 	var req wire.SetupModel
 	if err := decode(w, r, &req); err != nil {
@@ -94,6 +96,11 @@ func (s *Server) setupModel(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	opts := vmfest.SetupOptions{ID: req.ID, SHA256: req.SHA256, Meta: req.Meta, Overrides: req.Overrides, Replace: req.Replace}
+	if !localCaller(r) {
+		// A token holder: the server fetches only where the operator lets
+		// it (never set from the request, which has no such field).
+		opts.FetchPolicy = image.FetchPolicy{Restricted: true, Allow: s.cfg.FetchAllow}
+	}
 	return s.startOp(w, wire.OpSetupModel, req.ID, s.cfg.MaxWait, func(ctx context.Context, progress func(wire.Progress)) (any, error) {
 		opts.Progress = func(p vmfest.Progress) { progress(wire.Progress(p)) }
 		return s.srv.SetupModel(ctx, source, opts)

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -460,4 +461,112 @@ func TestCallerOrigin(t *testing.T) {
 			t.Errorf("%s: %d %s, want 400 unknown field", body, status, resp)
 		}
 	}
+}
+
+// TestFetchPolicyByCaller: a token holder's setup-model runs under the
+// restricted fetch policy with the operator's allow list; this host's user
+// (the Unix socket) is not restricted.
+func TestFetchPolicyByCaller(t *testing.T) {
+	e := newEnv(t)
+	rec := &slowSetups{Server: e.local, fail: errors.New("recorded")}
+	mirror := netip.MustParsePrefix("10.1.0.0/16")
+	s, err := New(context.Background(), rec, Config{Home: e.home, Logger: quiet(), FetchAllow: []netip.Prefix{mirror}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, h := range []http.Handler{s.LocalHandler(), s.Handler(), RequireToken(s.Handler(), filepath.Join(e.home, TokenFile))} {
+		req := httptest.NewRequest("POST", "/v1/models", strings.NewReader(`{"source":"https://images.invalid/x.img"}`))
+		req.Header.Set("Authorization", "Bearer "+e.token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusAccepted {
+			t.Fatalf("setup-model: %d %s", w.Code, w.Body)
+		}
+		var op wire.Operation
+		json.Unmarshal(w.Body.Bytes(), &op)
+		o, ok := s.ops.get(op.ID)
+		if !ok {
+			t.Fatalf("operation %q not found", op.ID)
+		}
+		select {
+		case <-o.done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the setup did not end")
+		}
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.got) != 3 {
+		t.Fatalf("%d setups recorded", len(rec.got))
+	}
+	if p := rec.got[0].FetchPolicy; p.Restricted || len(p.Allow) != 0 {
+		t.Errorf("Unix socket caller: policy %+v, want unrestricted", p)
+	}
+	for i, opts := range rec.got[1:] {
+		if p := opts.FetchPolicy; !p.Restricted || len(p.Allow) != 1 || p.Allow[0] != mirror {
+			t.Errorf("remote caller %d: policy %+v, want restricted allowing %s", i, p, mirror)
+		}
+	}
+}
+
+// TestFetchPolicyThroughAPI: through the real Local server, a token
+// holder's setup-model from a loopback web server is refused (code
+// invalid, nothing installed) unless the operator's FetchAllow holds it;
+// this host's user on the Unix socket fetches it.
+func TestFetchPolicyThroughAPI(t *testing.T) {
+	disk := make([]byte, 1<<20)
+	copy(disk[4096:], "vmfest")
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/disk.raw" {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "disk.raw", time.Time{}, strings.NewReader(string(disk)))
+	}))
+	defer web.Close()
+	setup := func(t *testing.T, h http.Handler, token, id string) wire.Operation {
+		t.Helper()
+		req := httptest.NewRequest("POST", "/v1/models", strings.NewReader(`{"source":"`+web.URL+`/disk.raw","id":"`+id+`"}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusAccepted {
+			t.Fatalf("setup-model: %d %s", w.Code, w.Body)
+		}
+		var op wire.Operation
+		json.Unmarshal(w.Body.Bytes(), &op)
+		for !op.Done() {
+			w := httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/v1/operations/"+op.ID+"/wait?timeout=30s", nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			h.ServeHTTP(w, req)
+			if err := json.Unmarshal(w.Body.Bytes(), &op); err != nil || op.ID == "" {
+				t.Fatalf("wait: %d %s", w.Code, w.Body)
+			}
+		}
+		return op
+	}
+	t.Run("token holder refused", func(t *testing.T) {
+		e := newEnv(t)
+		op := setup(t, RequireToken(e.api.Handler(), filepath.Join(e.home, TokenFile)), e.token, "web")
+		if op.Status != wire.Failed || op.Error == nil || op.Error.Code != wire.CodeInvalid {
+			t.Fatalf("operation %+v %+v, want failed with code invalid", op, op.Error)
+		}
+		if _, err := e.local.Model(context.Background(), "web"); err == nil {
+			t.Fatal("the model was installed")
+		}
+	})
+	t.Run("token holder, loopback allowed", func(t *testing.T) {
+		e := newEnv(t, func(_ *vmfest.Config, c *Config) { c.FetchAllow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} })
+		if op := setup(t, RequireToken(e.api.Handler(), filepath.Join(e.home, TokenFile)), e.token, "web"); op.Status != wire.Succeeded {
+			t.Fatalf("operation %+v %+v, want succeeded", op, op.Error)
+		}
+	})
+	t.Run("unix socket caller", func(t *testing.T) {
+		e := newEnv(t)
+		if op := setup(t, e.api.LocalHandler(), "", "web"); op.Status != wire.Succeeded {
+			t.Fatalf("operation %+v %+v, want succeeded", op, op.Error)
+		}
+	})
 }
