@@ -71,6 +71,7 @@ func TestErrorStatuses(t *testing.T) {
 		{"checksum", fmt.Errorf("setup-model x: %w", image.ErrChecksum), 422, wire.CodeInvalid},
 		{"source", fmt.Errorf("setup-model x: %w: 404", image.ErrSource), 422, wire.CodeInvalid},
 		{"meta", fmt.Errorf("setup-model x: %w: yaml: line 1", image.ErrMeta), 422, wire.CodeInvalid},
+		{"download too large", fmt.Errorf("setup-model x: %w", image.ErrDownloadTooLarge), 422, wire.CodeInvalid},
 		{"unavailable", fmt.Errorf("start QEMU: cannot set up guest memory: %w", vmfest.ErrUnavailable), 503, wire.CodeUnavailable},
 		{"disk full", fmt.Errorf("install: %w", &fs.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}), 503, wire.CodeUnavailable},
 		{"out of memory", fmt.Errorf("start: %w", syscall.ENOMEM), 503, wire.CodeUnavailable},

@@ -301,7 +301,8 @@ func errorBody(err error) (int, wire.Error) {
 // source, digest or metadata) that the caller gave and vmfest cannot take.
 func isBadImage(err error) bool {
 	return errors.Is(err, image.ErrNotDiskImage) || errors.Is(err, image.ErrCorrupt) ||
-		errors.Is(err, image.ErrChecksum) || errors.Is(err, image.ErrSource) || errors.Is(err, image.ErrMeta)
+		errors.Is(err, image.ErrChecksum) || errors.Is(err, image.ErrSource) || errors.Is(err, image.ErrMeta) ||
+		errors.Is(err, image.ErrDownloadTooLarge)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
