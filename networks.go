@@ -334,9 +334,10 @@ func (s *netStart) undo() {
 // the cloud-init seed written.
 func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStart, err error) {
 	s = &netStart{m: m, r: *r, backends: make([]qemu.NICBackend, len(r.Hardware.Network))}
+	held := s // every error return sets s to nil; its locks must still go
 	defer func() {
 		if err != nil {
-			s.unlock()
+			held.unlock()
 			m.settleNetworks(ctx, *r)
 		}
 	}()

@@ -106,7 +106,7 @@ func foreign(link netlink.Link, id, name string) string {
 	case strings.HasPrefix(a.Alias, MarkPrefix):
 		return fmt.Sprintf("link %s exists and was made by another vmfest state directory or for another use (alias %q): choose another name", a.Name, a.Alias)
 	}
-	return fmt.Sprintf("link %s exists and %s (a %s): choose another name", a.Name, ErrForeignLink, link.Type())
+	return fmt.Sprintf("link %s exists and %s: choose another name (it is a %s)", a.Name, ErrForeignLink, link.Type())
 }
 
 // checkLinkName refuses a network name that is the name of an existing
