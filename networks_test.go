@@ -383,11 +383,12 @@ func TestStartRightAfterCrash(t *testing.T) {
 			}
 		}
 		crashQEMU(ctx, t, l, m)
+		_, lingers := netlink.LinkByName(info.Networks[0].Tap)
 		begun := time.Now()
 		if err := m.Start(ctx); err != nil {
 			t.Fatalf("round %d: start right after a crash: %v", i, err)
 		}
-		t.Logf("round %d: started %s after the kill", i, time.Since(begun).Round(time.Millisecond))
+		t.Logf("round %d: old tap still there when QEMU was gone: %v; started %s after the kill", i, lingers == nil, time.Since(begun).Round(time.Millisecond))
 	}
 	if err := m.PowerDown(ctx); err != nil {
 		t.Fatal(err)
