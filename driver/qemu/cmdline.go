@@ -197,7 +197,8 @@ func (c Config) Args() ([]string, error) {
 		"-smp", strconv.Itoa(h.CPUCount),
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
-		"-chardev", "file,id=serial0,path=" + escapeComma(c.Path(SerialLog)),
+		// A bounded ring, drained into SerialLog by vmfest (console.go).
+		"-chardev", "ringbuf,id=" + consoleChardev + ",size=" + strconv.Itoa(ConsoleRingSize),
 		"-serial", "chardev:serial0",
 		"-qmp", "unix:" + escapeComma(c.Path(QMPSocket)) + ",server=on,wait=off",
 		"-chardev", "socket,id=qga0,path=" + escapeComma(c.Path(QGASocket)) + ",server=on,wait=off",

@@ -29,7 +29,7 @@ func TestArgs(t *testing.T) {
 	}{
 		{"micro on ide", hw(nil), AccelTCG, []string{
 			"-machine pc,accel=tcg", "-m 512", "-smp 1", "-nodefaults",
-			"-chardev file,id=serial0,path=/m/x/serial.log", "-serial chardev:serial0",
+			"-chardev ringbuf,id=serial0,size=2097152", "-serial chardev:serial0",
 			"-qmp unix:/m/x/qmp.sock,server=on,wait=off",
 			"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 			"-pidfile /m/x/qemu.pid", "-daemonize",

@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -21,13 +24,38 @@ type lineConn struct {
 	buf  []byte
 }
 
+// dialUnix connects to a QEMU socket. QEMU's monitor and chardev servers
+// take one client at a time and leave the others in a short listen queue;
+// when that queue is full connect fails with EAGAIN. Such a connect, and a
+// refused one while the pidfile in the socket's directory says QEMU is
+// alive (it is still setting up or just closed the previous client), is
+// retried with jittered backoff until ctx is done, so concurrent callers in
+// one or many processes take turns instead of failing.
 func dialUnix(ctx context.Context, path string) (*lineConn, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, err
+	wait := time.Millisecond
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return &lineConn{conn: conn}, nil
+		}
+		retry := errors.Is(err, syscall.EAGAIN)
+		if !retry && errors.Is(err, syscall.ECONNREFUSED) {
+			_, alive, _ := PID(filepath.Dir(path))
+			retry = alive
+		}
+		if !retry || ctx.Err() != nil {
+			return nil, err
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (QEMU kept the socket busy until the deadline)", err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 50*time.Millisecond)
 	}
-	return &lineConn{conn: conn}, nil
 }
 
 func deadline(ctx context.Context) time.Time {

@@ -132,6 +132,9 @@ func Start(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if err := resetConsole(ctx, cfg.Dir); err != nil {
+		return fmt.Errorf("start QEMU: %w", err)
+	}
 	logf, err := os.OpenFile(cfg.Path(LogFile), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		return fmt.Errorf("start QEMU: %w", err)
@@ -191,7 +194,8 @@ func Kill(dir string) error {
 	return nil
 }
 
-// WaitExit waits until the machine's QEMU has exited or ctx is done.
+// WaitExit waits until the machine's QEMU has exited or ctx is done,
+// draining the console ring meanwhile.
 func WaitExit(ctx context.Context, dir string) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -203,6 +207,10 @@ func WaitExit(ctx context.Context, dir string) error {
 		if !alive {
 			return nil
 		}
+		// Keep the console drained to its last line while QEMU runs.
+		dctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		DrainConsole(dctx, dir)
+		cancel()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
