@@ -242,6 +242,7 @@ func (m *localMachine) PowerDown(ctx context.Context) error {
 		}
 		if st != Aborted {
 			qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			qemu.DrainConsole(qctx, m.dir()) // the ring dies with QEMU
 			_, err := qemu.RunQMP(qctx, filepath.Join(m.dir(), qemu.QMPSocket), "quit", nil)
 			cancel()
 			if err != nil {
@@ -394,12 +395,12 @@ func (m *localMachine) WaitReady(ctx context.Context) error {
 
 // ConsoleLog implements Machine.
 func (m *localMachine) ConsoleLog(ctx context.Context) ([]byte, error) {
-	data, err := os.ReadFile(filepath.Join(m.dir(), qemu.SerialLog))
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Stat(m.dir()); serr != nil {
-			return nil, fmt.Errorf("%w: machine %q", ErrNotFound, m.name)
-		}
-		return nil, nil
+	if _, err := os.Stat(m.dir()); err != nil {
+		return nil, fmt.Errorf("%w: machine %q", ErrNotFound, m.name)
 	}
-	return data, err
+	data, err := qemu.ReadConsole(ctx, m.dir())
+	if err != nil {
+		return nil, fmt.Errorf("console of machine %s: %w", m.name, err)
+	}
+	return data, nil
 }
