@@ -480,3 +480,81 @@ func containsAll(have, want []string) bool {
 	}
 	return true
 }
+
+// TestDiskCheckedAtCreate: a caller's image (a local spec, an --allow-path
+// file) that would make QEMU open another file (a backing file, an
+// external data file) is refused before any machine uses it, immutable or
+// not, as bad input naming the image.
+func TestDiskCheckedAtCreate(t *testing.T) {
+	l := newTestServer(t)
+	ctx := context.Background()
+	outside := t.TempDir()
+	secret := rawDisk(t, filepath.Join(outside, "secret.raw"), 0o600)
+	write := func(name string, data []byte) string {
+		path := filepath.Join(l.Home(), name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	backed := write("backed.qcow2", qcow2Bytes(t, "-F", "raw", "-b", secret))
+	dataFile := write("datafile.qcow2", qcow2Bytes(t, "-o", "data_file="+filepath.Join(outside, "data.raw")))
+	zeros := rawDisk(t, filepath.Join(l.Home(), "zeros.img"), 0o644)
+	tests := []struct {
+		name  string
+		image spec.Image
+		want  string
+	}{
+		{"backing file, immutable", spec.Image{Location: backed, Immutable: true}, "backing"},
+		{"backing file, mutable", spec.Image{Location: backed}, "backing"},
+		{"backing file, format given", spec.Image{Location: backed, Immutable: true, Format: "qcow2"}, "backing"},
+		{"external data file", spec.Image{Location: dataFile, Immutable: true}, "data"},
+		{"external data file, mutable", spec.Image{Location: dataFile}, "data"},
+		{"raw given as qcow2", spec.Image{Location: zeros, Immutable: true, Format: "qcow2"}, "qcow2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := l.Instance(ctx, "vm", ImageSpec(tt.image), HardwareModel("micro"))
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "image location "+tt.image.Location) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want ErrInvalid naming the image location and %q", err, tt.want)
+			}
+			if _, err := l.FindMachine(ctx, "vm"); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("the refused machine exists: %v", err)
+			}
+		})
+	}
+	entries, _ := os.ReadDir(l.home.MachinesPath())
+	if len(entries) != 0 {
+		t.Fatalf("machines dir holds %v", entries)
+	}
+}
+
+// TestDiskCheckedAtStart: an image that changed after its machine was made
+// (its file replaced by one naming a backing file) is checked again at
+// start and refused; QEMU is not run.
+func TestDiskCheckedAtStart(t *testing.T) {
+	secret := rawDisk(t, filepath.Join(t.TempDir(), "secret.raw"), 0o600)
+	evil := qcow2Bytes(t, "-F", "raw", "-b", secret)
+	for _, immutable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("immutable %v", immutable), func(t *testing.T) {
+			l := newTestServer(t)
+			ctx := ctxTimeout(t, time.Minute)
+			disk := filepath.Join(l.Home(), "d.qcow2")
+			os.WriteFile(disk, qcow2Bytes(t), 0o644)
+			m, err := l.Instance(ctx, "vm", ImageSpec(spec.Image{Location: disk, Immutable: immutable}), HardwareModel("micro"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(disk, evil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err = m.Start(ctx)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "image location "+disk) || !strings.Contains(err.Error(), "backing") {
+				t.Fatalf("err = %v, want ErrInvalid naming the image location and its backing file", err)
+			}
+			if st, _ := m.State(ctx); st != PoweredOff {
+				t.Fatalf("state = %s", st)
+			}
+		})
+	}
+}

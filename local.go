@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -474,10 +474,11 @@ func (l *Local) claimDisk(r *record) error {
 		return fmt.Errorf("%w: image %s: format %s given, but machine %s uses the file as %s; give format %s or none", ErrInvalid, loc, format, recordedBy, recorded, recorded)
 	case format == "" && recorded != "":
 		format = recorded
-	case format == "":
-		if format, err = diskFormat(loc); err != nil {
-			return err
-		}
+	}
+	// format "" (the file's first use, no format given): decided from its
+	// content, here and only here.
+	if format, err = checkDisk(loc, format); err != nil {
+		return err
 	}
 	r.Image.Format = format
 	if r.Overlay {
@@ -611,32 +612,21 @@ func (l *Local) HardwareModel(ctx context.Context, name string) (spec.Hardware, 
 	return h, err
 }
 
-// diskFormat tells qcow2 from raw by the file's magic. It decides a file's
-// format only on the file's first use by a machine (see claimDisk).
-func diskFormat(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("%w: image location %s: no such file", ErrInvalid, path)
-		}
-		return "", fmt.Errorf("image location %s: %w", path, err)
+// checkDisk checks by content a disk that is not an installed model, as
+// the given format ("" decides it from the content), and returns its
+// format: a qcow2 or raw disk that refers to no other file (backing file,
+// data file). A refusal wraps ErrInvalid and names the image's location.
+func checkDisk(loc, format string) (string, error) {
+	in, err := image.CheckMachineDisk(loc, format)
+	switch {
+	case errors.Is(err, image.ErrNotSelfContained), errors.Is(err, image.ErrCorrupt), errors.Is(err, image.ErrNotDiskImage):
+		return "", fmt.Errorf("%w: image location %s: %w", ErrInvalid, loc, err)
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("%w: image location %s: no such file", ErrInvalid, loc)
+	case err != nil:
+		return "", fmt.Errorf("image location %s: %w", loc, err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("image location %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("%w: image location %s: not a regular file", ErrInvalid, path)
-	}
-	var magic [4]byte
-	if _, err := io.ReadFull(f, magic[:]); err != nil {
-		return "", fmt.Errorf("%w: image location %s: too short to be a disk image", ErrInvalid, path)
-	}
-	if string(magic[:]) == "QFI\xfb" {
-		return "qcow2", nil
-	}
-	return "raw", nil
+	return in.Format, nil
 }
 
 // point marks a named crash point (see crashAt).

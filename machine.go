@@ -86,7 +86,19 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 			if _, err := os.Stat(r.disk(m.dir())); err != nil {
 				return fmt.Errorf("disk: %w", err)
 			}
-			disk, err = r.qemuDisk(m.dir())
+			if disk, err = r.qemuDisk(m.dir()); err != nil {
+				return err
+			}
+			if r.ImageModel != "" {
+				return nil // installed models were checked when installed
+			}
+			// The caller's file may have changed since the machine was
+			// made: check it again, as its recorded format.
+			format := disk.Format
+			if r.Overlay {
+				format = disk.BackingFormat
+			}
+			_, err = checkDisk(r.Image.Location, format)
 			return err
 		}},
 		{"set up the networks", func() (err error) {
