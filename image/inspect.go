@@ -27,6 +27,32 @@ type Inspection struct {
 // ErrNotSelfContained: the disk refers to other files (backing file, data file, extents).
 var ErrNotSelfContained = errors.New("the disk refers to other files")
 
+// ErrDiskTooLarge: the disk is larger than Config.MaxDiskSize or
+// Config.MaxVirtualSize allow.
+var ErrDiskTooLarge = errors.New("disk too large")
+
+// imageError is an error of an untrusted image that is also one of the
+// broader kinds (ErrNotDiskImage), so callers that map those (the API's
+// 422) need not know each new one.
+type imageError struct {
+	kind error
+	msg  string
+}
+
+func (e *imageError) Error() string { return e.kind.Error() + ": " + e.msg }
+
+func (e *imageError) Is(target error) bool { return target == e.kind || target == ErrNotDiskImage }
+
+// notSelfContained is an error wrapping ErrNotSelfContained and ErrNotDiskImage.
+func notSelfContained(format string, args ...any) error {
+	return &imageError{kind: ErrNotSelfContained, msg: fmt.Sprintf(format, args...) + "; vmfest takes only self-contained images"}
+}
+
+// tooLarge is an error wrapping ErrDiskTooLarge and ErrNotDiskImage.
+func tooLarge(format string, args ...any) error {
+	return &imageError{kind: ErrDiskTooLarge, msg: fmt.Sprintf(format, args...)}
+}
+
 // Bounds of the inspector's reads.
 const (
 	// maxVMDKDescriptor bounds an embedded VMDK descriptor (qemu-img's
@@ -88,7 +114,7 @@ func inspectReader(r io.ReaderAt, size int64, format string) (Inspection, error)
 	}
 	sniffed := sniffFormat(head, tail, size)
 	if bytes.HasPrefix(head, []byte("# Disk DescriptorFile")) {
-		return Inspection{}, fmt.Errorf("%w: it is a VMDK descriptor whose data is in other files; give a single-file (monolithicSparse or streamOptimized) VMDK", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("it is a VMDK descriptor whose data is in other files; give a single-file (monolithicSparse or streamOptimized) VMDK")
 	}
 	switch {
 	case format == "":
@@ -194,7 +220,7 @@ func inspectQCOW2(r io.ReaderAt, size int64) (Inspection, error) {
 		return Inspection{}, fmt.Errorf("%w: qcow2 cluster bits %d: allowed are 9 to 21", ErrCorrupt, clusterBits)
 	}
 	if backingOff != 0 || backingLen != 0 {
-		return Inspection{}, fmt.Errorf("%w: the qcow2 image names a backing file; vmfest takes only self-contained images", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("the qcow2 image names a backing file")
 	}
 	if crypt != 0 {
 		return Inspection{}, fmt.Errorf("%w: the qcow2 image is encrypted (method %d); vmfest takes only unencrypted images", ErrNotDiskImage, crypt)
@@ -207,7 +233,7 @@ func inspectQCOW2(r io.ReaderAt, size int64) (Inspection, error) {
 		incompat := be.Uint64(h[72:])
 		hdrLen = uint64(be.Uint32(h[100:]))
 		if incompat&qcow2ExternalData != 0 {
-			return Inspection{}, fmt.Errorf("%w: the qcow2 image keeps its data in an external file; vmfest takes only self-contained images", ErrNotSelfContained)
+			return Inspection{}, notSelfContained("the qcow2 image keeps its data in an external file")
 		}
 		if incompat&qcow2Corrupt != 0 {
 			return Inspection{}, fmt.Errorf("%w: the qcow2 image is marked corrupt", ErrCorrupt)
@@ -235,7 +261,7 @@ func inspectQCOW2(r io.ReaderAt, size int64) (Inspection, error) {
 		case qcow2ExtEnd:
 			return Inspection{VirtualSize: int64(vsize)}, nil
 		case qcow2ExtDataFile:
-			return Inspection{}, fmt.Errorf("%w: the qcow2 image names an external data file; vmfest takes only self-contained images", ErrNotSelfContained)
+			return Inspection{}, notSelfContained("the qcow2 image names an external data file")
 		case qcow2ExtCrypto:
 			return Inspection{}, fmt.Errorf("%w: the qcow2 image carries an encryption header; vmfest takes only unencrypted images", ErrNotDiskImage)
 		}
@@ -254,8 +280,40 @@ func inspectVMDK(r io.ReaderAt, size int64) (Inspection, error) {
 		return Inspection{}, err
 	}
 	if bytes.HasPrefix(h, []byte("COWD")) {
-		return Inspection{}, fmt.Errorf("%w: the VMDK is an ESX COWD (redo log) extent, which depends on a parent disk", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("the VMDK is an ESX COWD (redo log) extent, which depends on a parent disk")
 	}
+	in, err := checkVMDKHeader(r, size, h)
+	if err != nil {
+		return Inspection{}, err
+	}
+	// A streamOptimized disk may keep its grain directory at the end, and
+	// qemu then reads the whole header again from the footer: check that
+	// one the same way, and that it agrees.
+	if binary.LittleEndian.Uint64(h[56:]) == vmdkGDAtEnd {
+		f, err := readExact(r, size-1024, 512, size, "the VMDK footer")
+		if err != nil {
+			return Inspection{}, err
+		}
+		if !bytes.HasPrefix(f, []byte("KDMV")) {
+			return Inspection{}, fmt.Errorf("%w: the VMDK keeps its grain directory at the end but has no footer", ErrCorrupt)
+		}
+		fin, err := checkVMDKHeader(r, size, f)
+		if err != nil {
+			return Inspection{}, err
+		}
+		if fin != in {
+			return Inspection{}, fmt.Errorf("%w: the VMDK footer and header disagree on the capacity", ErrCorrupt)
+		}
+	}
+	return in, nil
+}
+
+// vmdkGDAtEnd in gdOffset says the grain directory is found from the footer.
+const vmdkGDAtEnd = 0xffffffffffffffff
+
+// checkVMDKHeader checks one sparse header (the header or the footer)
+// and its embedded descriptor.
+func checkVMDKHeader(r io.ReaderAt, size int64, h []byte) (Inspection, error) {
 	le := binary.LittleEndian
 	version := le.Uint32(h[4:])
 	capacity := le.Uint64(h[12:])
@@ -267,7 +325,7 @@ func inspectVMDK(r io.ReaderAt, size int64) (Inspection, error) {
 	if capacity == 0 {
 		// qemu then takes the extents from the embedded descriptor, by
 		// file name: the whole of finding 1 of issue 10.
-		return Inspection{}, fmt.Errorf("%w: the VMDK header has capacity 0, so its extents come from its descriptor by file name", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("the VMDK header has capacity 0, so its extents come from its descriptor by file name")
 	}
 	if capacity > maxVirtualSize/512 {
 		return Inspection{}, fmt.Errorf("%w: VMDK capacity %d sectors is out of range", ErrCorrupt, capacity)
@@ -298,61 +356,72 @@ func inspectVMDK(r io.ReaderAt, size int64) (Inspection, error) {
 // descriptor whose every extent is SPARSE and named without a directory,
 // and whose extents add up to the header's capacity.
 func checkVMDKDescriptor(desc string, capacity uint64) error {
-	var createType string
-	var extents int
+	var createTypes, extents int
 	var total uint64
 	for line := range strings.SplitSeq(desc, "\n") {
-		line = strings.TrimSpace(strings.TrimSuffix(line, "\r"))
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.ContainsAny(k, "\"") {
-			if strings.TrimSpace(k) == "createType" {
-				createType = strings.Trim(strings.TrimSpace(v), "\"")
-			}
-			continue
-		}
+		line = strings.TrimSpace(line)
 		fields := strings.Fields(line)
-		if len(fields) == 0 {
+		if len(fields) == 0 || strings.HasPrefix(line, "#") {
 			continue
 		}
 		switch fields[0] {
 		case "RW", "RDONLY", "NOACCESS":
+			// An extent line (qemu reads the RW ones; all are checked).
 		default:
-			continue // not an extent line; qemu reads only extent lines and key=value
+			if k, v, ok := strings.Cut(line, "="); ok && strings.Contains(k, "createType") {
+				switch strings.Trim(strings.TrimSpace(v), "\"") {
+				case "monolithicSparse", "streamOptimized":
+					createTypes++
+				default:
+					return notSelfContained("the VMDK createType is not one of the allowed: monolithicSparse, streamOptimized")
+				}
+			}
+			continue
 		}
 		if len(fields) < 4 {
-			return fmt.Errorf("%w: VMDK extent line %q is incomplete", ErrCorrupt, line)
+			return fmt.Errorf("%w: a VMDK extent line is incomplete", ErrCorrupt)
 		}
 		if fields[2] != "SPARSE" {
-			return fmt.Errorf("%w: the VMDK has a %s extent; only SPARSE extents inside the file itself are allowed", ErrNotSelfContained, fields[2])
+			return notSelfContained("the VMDK has a %s extent; only SPARSE extents inside the file itself are allowed", safeWord(fields[2]))
 		}
-		name := strings.Join(fields[3:], " ")
-		if len(fields) > 4 || !strings.HasPrefix(name, "\"") || !strings.HasSuffix(name, "\"") || len(name) < 2 {
-			return fmt.Errorf("%w: VMDK extent line %q: only a quoted file name may follow SPARSE", ErrNotSelfContained, line)
+		name := fields[3]
+		if len(fields) > 4 || len(name) < 3 || name[0] != '"' || name[len(name)-1] != '"' {
+			return notSelfContained("a VMDK extent line holds more than a quoted file name after SPARSE")
 		}
-		if strings.ContainsAny(name[1:len(name)-1], "/\\") || name == "\"\"" {
-			return fmt.Errorf("%w: the VMDK names an extent in another directory", ErrNotSelfContained)
+		if strings.ContainsAny(name[1:len(name)-1], "/\\\"") {
+			return notSelfContained("the VMDK names an extent in another directory")
 		}
 		n, err := strconv.ParseUint(fields[1], 10, 64)
 		if err != nil || n > maxVirtualSize/512 {
-			return fmt.Errorf("%w: VMDK extent size %q is not a sector count", ErrCorrupt, fields[1])
+			return fmt.Errorf("%w: a VMDK extent size is not a sector count", ErrCorrupt)
 		}
 		extents++
 		total += n
 	}
-	switch createType {
-	case "monolithicSparse", "streamOptimized":
-	default:
-		return fmt.Errorf("%w: VMDK createType %q: allowed are monolithicSparse and streamOptimized", ErrNotSelfContained, createType)
+	if createTypes == 0 {
+		return notSelfContained("the VMDK descriptor has no createType; allowed are monolithicSparse and streamOptimized")
 	}
 	if extents != 1 {
-		return fmt.Errorf("%w: the VMDK descriptor has %d extents; a single-file VMDK has exactly one", ErrNotSelfContained, extents)
+		return notSelfContained("the VMDK descriptor has %d extents; a single-file VMDK has exactly one", extents)
 	}
 	if total != capacity {
 		return fmt.Errorf("%w: the VMDK extent holds %d sectors but the header says %d", ErrCorrupt, total, capacity)
 	}
 	return nil
+}
+
+// safeWord returns a short word of an image's text fit for an error
+// message (letters only), or "unknown".
+func safeWord(s string) string {
+	if len(s) > 16 {
+		return "unknown"
+	}
+	for _, c := range s {
+		if (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') {
+			return "unknown"
+		}
+	}
+	return s
 }
 
 // msGUID encodes a GUID as VHDX stores it (the first three fields little-endian).
@@ -433,14 +502,14 @@ func inspectVHDX(r io.ReaderAt, size int64) (Inspection, error) {
 		id := e[:16]
 		switch {
 		case bytes.Equal(id, parent[:]):
-			return Inspection{}, fmt.Errorf("%w: the VHDX is a differencing disk (it has a parent locator)", ErrNotSelfContained)
+			return Inspection{}, notSelfContained("the VHDX is a differencing disk (it has a parent locator)")
 		case bytes.Equal(id, params[:]):
 			b, err := item(e, 8)
 			if err != nil {
 				return Inspection{}, err
 			}
 			if le.Uint32(b[4:])&2 != 0 {
-				return Inspection{}, fmt.Errorf("%w: the VHDX is a differencing disk (HasParent is set)", ErrNotSelfContained)
+				return Inspection{}, notSelfContained("the VHDX is a differencing disk (HasParent is set)")
 			}
 			haveParams = true
 		case bytes.Equal(id, vsizeID[:]):
@@ -479,9 +548,9 @@ func inspectVDI(r io.ReaderAt, size int64) (Inspection, error) {
 	switch t := le.Uint32(h[0x4c:]); t {
 	case vdiDynamic, vdiFixed:
 	case 4:
-		return Inspection{}, fmt.Errorf("%w: the VDI is a differencing image", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("the VDI is a differencing image")
 	default:
-		return Inspection{}, fmt.Errorf("%w: VDI image type %d: allowed are dynamic (1) and fixed (2)", ErrNotSelfContained, t)
+		return Inspection{}, notSelfContained("VDI image type %d: allowed are dynamic (1) and fixed (2)", t)
 	}
 	vsize := le.Uint64(h[0x170:])
 	if vsize > maxVirtualSize {
@@ -510,7 +579,7 @@ func inspectVHD(r io.ReaderAt, size int64, tail []byte) (Inspection, error) {
 	switch t := be.Uint32(footer[60:]); t {
 	case vhdFixed, vhdDynamic:
 	case vhdDifferencing:
-		return Inspection{}, fmt.Errorf("%w: the VHD is a differencing disk", ErrNotSelfContained)
+		return Inspection{}, notSelfContained("the VHD is a differencing disk")
 	default:
 		return Inspection{}, fmt.Errorf("%w: VHD disk type %d: allowed are fixed (2) and dynamic (3)", ErrCorrupt, t)
 	}
