@@ -106,11 +106,13 @@ func Enter(t *testing.T) bool {
 			skip = false
 			continue
 		}
-		if a == "-test.run" || a == "-test.skip" {
+		if a == "-test.run" || a == "-test.skip" || a == "-test.count" {
 			skip = true
 			continue
 		}
-		if strings.HasPrefix(a, "-test.run=") || strings.HasPrefix(a, "-test.skip=") || strings.HasPrefix(a, "-test.v") {
+		// The parent runs the test -count times, each in a fresh
+		// namespace: the child runs it once.
+		if strings.HasPrefix(a, "-test.run=") || strings.HasPrefix(a, "-test.skip=") || strings.HasPrefix(a, "-test.v") || strings.HasPrefix(a, "-test.count=") {
 			continue
 		}
 		args = append(args, a)
@@ -119,7 +121,7 @@ func Enter(t *testing.T) bool {
 	for i, p := range parts {
 		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
 	}
-	args = append([]string{"--net", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.v", "-test.run=" + strings.Join(parts, "/")}, args...)
+	args = append([]string{"--net", "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.v", "-test.count=1", "-test.run=" + strings.Join(parts, "/")}, args...)
 	cmd := exec.Command(unshare, args...)
 	cmd.Env = append(os.Environ(), envVar+"="+t.Name())
 	out, err := cmd.CombinedOutput()
