@@ -79,6 +79,19 @@ type Config struct {
 	// stream; a server that sends more (or more than its Content-Length)
 	// is cut off with an error. Default DefaultMaxDownload.
 	MaxDownload int64
+	// Bwrap is the bubblewrap binary that confines every qemu-img run on
+	// an untrusted image; default bwrap (found on PATH). Without it
+	// Prepare fails closed.
+	Bwrap string
+	// BoxUID and BoxGID are the unprivileged identity boxed qemu-img runs
+	// as when vmfest runs as root; default DefaultBoxUID, DefaultBoxGID.
+	BoxUID, BoxGID int
+	// MaxDiskSize bounds the decompressed disk (the bytes unpacked before
+	// conversion); a larger one is refused. Default DefaultMaxDiskSize.
+	MaxDiskSize int64
+	// MaxVirtualSize bounds the disk's size as the guest sees it; a larger
+	// one is refused. Default DefaultMaxVirtualSize.
+	MaxVirtualSize int64
 
 	// policy is the fetch policy of the Prepare in progress (Options.Policy).
 	policy FetchPolicy
@@ -88,6 +101,12 @@ type Config struct {
 const (
 	DefaultMaxSidecar  = 64 << 10
 	DefaultMaxDownload = 32 << 30
+	// DefaultMaxDiskSize is twice the largest download: a compressed
+	// cloud image rarely unpacks to more than twice its size in data.
+	DefaultMaxDiskSize = 64 << 30
+	// DefaultMaxVirtualSize is above every common cloud image (2-40 GiB);
+	// a larger disk is a deliberate choice and can be allowed.
+	DefaultMaxVirtualSize = 256 << 30
 )
 
 func (c Config) withDefaults() Config {
@@ -114,6 +133,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxDownload <= 0 {
 		c.MaxDownload = DefaultMaxDownload
+	}
+	if c.BoxUID <= 0 {
+		c.BoxUID = DefaultBoxUID
+	}
+	if c.BoxGID <= 0 {
+		c.BoxGID = DefaultBoxGID
+	}
+	if c.MaxDiskSize <= 0 {
+		c.MaxDiskSize = DefaultMaxDiskSize
+	}
+	if c.MaxVirtualSize <= 0 {
+		c.MaxVirtualSize = DefaultMaxVirtualSize
 	}
 	return c
 }

@@ -300,8 +300,8 @@ func TestPrepareFormatsAndCompressions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fi.Mode().Perm() != 0o444 {
-				t.Errorf("staged disk mode = %v, want read-only", fi.Mode())
+			if fi.Mode().Perm() != 0o400 {
+				t.Errorf("staged disk mode = %v, want 0400 (read-only, private)", fi.Mode())
 			}
 			entries, _ := os.ReadDir(st.Dir)
 			if len(entries) != 1 {

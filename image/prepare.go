@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/vmfest/vmfest/spec"
 )
@@ -158,7 +160,7 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 			os.RemoveAll(d)
 		}
 	}
-	dir, err := os.MkdirTemp(cfg.CacheDir, workPrefix(src))
+	dir, err := os.MkdirTemp(cfg.CacheDir, workPrefix(src)) // 0700
 	if err != nil {
 		return nil, fmt.Errorf("staging directory: %w", err)
 	}
@@ -168,6 +170,14 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 			os.RemoveAll(dir)
 		}
 	}()
+	// The box first: without it nothing is fetched (fail closed).
+	b, err := newBox(cfg, filepath.Join(dir, boxDirName))
+	if err != nil {
+		return nil, err
+	}
+	if err := b.prepareDir(); err != nil {
+		return nil, err
+	}
 
 	// Fetch, hash, decompress and unpack in one streaming pass.
 	in, total, closeIn, err := openStream(ctx, cfg, lock, src)
@@ -178,7 +188,8 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 	hasher := sha256.New()
 	counted := &progressReader{r: in, phase: PhaseDownload, total: total, report: report}
 	stream := io.TeeReader(counted, hasher)
-	archive, err := unpack(stream, st, filepath.Join(dir, inputDisk), cfg)
+	input := filepath.Join(b.dir, inputDisk)
+	archive, err := unpack(stream, st, input, cfg)
 	if err != nil {
 		return nil, fetchFailed(lock, err)
 	}
@@ -194,34 +205,14 @@ func Prepare(ctx context.Context, cfg Config, lock *SourceLock, src Source, opts
 		st.Verified = true
 	}
 
-	// The disk: its format, then qemu-img's view of it, then qcow2.
-	input := filepath.Join(dir, inputDisk)
-	format, err := diskFormatOf(input)
+	disk, err := convertConfined(ctx, cfg, b, st, report)
 	if err != nil {
 		return nil, err
 	}
-	st.Format = format
-	info, err := inspect(ctx, cfg.QEMUImg, input, format)
-	if err != nil {
-		return nil, err
-	}
-	st.VirtualSize = info.VirtualSize
-	report(Progress{Phase: PhaseConvert, Total: info.VirtualSize})
-	err = convert(ctx, cfg.QEMUImg, input, format, st.Disk(), info.VirtualSize, func(done, total int64) {
-		report(Progress{Phase: PhaseConvert, Done: done, Total: total})
-	})
-	if err != nil {
-		return nil, err
-	}
-	report(Progress{Phase: PhaseConvert, Done: info.VirtualSize, Total: info.VirtualSize})
-	if err := os.Remove(input); err != nil {
+	if err := os.Rename(disk, st.Disk()); err != nil {
 		return nil, fmt.Errorf("staging: %w", err)
 	}
-	report(Progress{Phase: PhaseVerify})
-	if err := check(ctx, cfg.QEMUImg, st.Disk()); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(st.Disk(), 0o444); err != nil {
+	if err := os.RemoveAll(b.dir); err != nil {
 		return nil, fmt.Errorf("staging: %w", err)
 	}
 
@@ -306,7 +297,7 @@ func unpack(stream io.Reader, st *Staged, disk string, cfg Config) (archiveInfo,
 	}
 	defer closeDR()
 	st.Compression = kind
-	dbr := bufio.NewReaderSize(&decompressErrors{r: dr, kind: kind}, 1<<20)
+	dbr := bufio.NewReaderSize(&capReader{r: &decompressErrors{r: dr, kind: kind}, limit: cfg.MaxDiskSize}, 1<<20)
 	head, _ := dbr.Peek(512)
 	if isTar(head) {
 		info, err := extractArchive(dbr, disk, func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) })
@@ -316,7 +307,7 @@ func unpack(stream io.Reader, st *Staged, disk string, cfg Config) (archiveInfo,
 		_, err = io.Copy(io.Discard, dbr) // to the end, so trailers are checked
 		return info, err
 	}
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return archiveInfo{}, fmt.Errorf("staging: %w", err)
 	}
@@ -348,32 +339,107 @@ func (d *decompressErrors) Read(p []byte) (int, error) {
 	return n, fmt.Errorf("%w: the %s stream is damaged: %v", ErrCorrupt, d.kind, err)
 }
 
-// diskFormatOf sniffs the format of the unpacked disk.
-func diskFormatOf(path string) (string, error) {
-	f, err := os.Open(path)
+// convertConfined turns the unpacked disk (inputDisk in the box's
+// directory) into a checked qcow2 and returns its path, still in the
+// box's directory, owned by the caller and mode 0400. In order: the
+// native inspector reads the headers (qemu-img never sees a disk that
+// refers to another file), boxed qemu-img info and measure, the size caps
+// and the free space, boxed convert and check, and the native inspector
+// again on the result.
+func convertConfined(ctx context.Context, cfg Config, b box, st *Staged, report func(Progress)) (string, error) {
+	input := filepath.Join(b.dir, inputDisk)
+	native, err := InspectFile(input, "")
 	if err != nil {
+		return "", err
+	}
+	st.Format = native.Format
+	if native.VirtualSize > cfg.MaxVirtualSize {
+		return "", tooLarge("the disk's virtual size is %d bytes, more than the limit of %d (Config.MaxVirtualSize)", native.VirtualSize, cfg.MaxVirtualSize)
+	}
+	if err := b.give(input); err != nil {
+		return "", err
+	}
+	info, err := inspect(ctx, b, inputDisk, native.Format)
+	if err != nil {
+		return "", err
+	}
+	if info.VirtualSize < 0 || info.VirtualSize > cfg.MaxVirtualSize {
+		return "", tooLarge("the disk's virtual size is %d bytes, more than the limit of %d (Config.MaxVirtualSize)", info.VirtualSize, cfg.MaxVirtualSize)
+	}
+	st.VirtualSize = info.VirtualSize
+	need, err := measure(ctx, b, inputDisk, native.Format)
+	if err != nil {
+		return "", err
+	}
+	if err := checkFree(cfg.CacheDir, need); err != nil {
+		return "", err
+	}
+	report(Progress{Phase: PhaseConvert, Total: info.VirtualSize})
+	err = convert(ctx, b, inputDisk, native.Format, StagedDisk, info.VirtualSize, func(done, total int64) {
+		report(Progress{Phase: PhaseConvert, Done: done, Total: total})
+	})
+	if err != nil {
+		return "", err
+	}
+	report(Progress{Phase: PhaseConvert, Done: info.VirtualSize, Total: info.VirtualSize})
+	if err := os.Remove(input); err != nil {
 		return "", fmt.Errorf("staging: %w", err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
+	report(Progress{Phase: PhaseVerify})
+	if err := check(ctx, b, StagedDisk); err != nil {
+		return "", err
+	}
+	out := filepath.Join(b.dir, StagedDisk)
+	fi, err := os.Lstat(out)
+	if err != nil || !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%w: qemu-img left no regular file", ErrCorrupt)
+	}
+	if err := b.take(out); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(out, 0o400); err != nil {
 		return "", fmt.Errorf("staging: %w", err)
 	}
-	head := make([]byte, 4096)
-	n, _ := io.ReadFull(f, head)
-	head = head[:n]
-	var tail []byte
-	if fi.Size() >= 512 {
-		tail = make([]byte, 512)
-		if _, err := f.ReadAt(tail, fi.Size()-512); err != nil {
-			return "", fmt.Errorf("staging: %w", err)
-		}
+	result, err := InspectFile(out, FormatQCOW2)
+	if err != nil {
+		return "", fmt.Errorf("the converted disk: %w", err)
 	}
-	format := sniffFormat(head, tail, fi.Size())
-	if format == "" {
-		return "", fmt.Errorf("%w: %s", ErrNotDiskImage, describe(head, fi.Size()))
+	if result.VirtualSize != info.VirtualSize {
+		return "", fmt.Errorf("%w: the converted disk has %d bytes of virtual size, the source %d", ErrCorrupt, result.VirtualSize, info.VirtualSize)
 	}
-	return format, nil
+	return out, nil
+}
+
+// checkFree refuses, wrapping syscall.ENOSPC, when the file system of dir
+// has less than need bytes free for an unprivileged writer.
+func checkFree(dir string, need int64) error {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	free := int64(fs.Bavail) * fs.Bsize
+	if fs.Bavail > math.MaxInt64/uint64(max(fs.Bsize, 1)) {
+		free = math.MaxInt64
+	}
+	if need > free {
+		return fmt.Errorf("%w: converting the disk needs %d bytes but the cache's file system (%s) has %d free", syscall.ENOSPC, need, dir, free)
+	}
+	return nil
+}
+
+// capReader fails once more than max bytes were read.
+type capReader struct {
+	r        io.Reader
+	n, limit int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n > c.limit {
+		return n, tooLarge("the decompressed disk is larger than the limit of %d bytes (Config.MaxDiskSize)", c.limit)
+	}
+	return n, err
 }
 
 // writeSparse copies r to f, skipping runs of zeros (seeking over them) so
