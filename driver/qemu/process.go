@@ -199,6 +199,7 @@ func Kill(dir string) error {
 func WaitExit(ctx context.Context, dir string) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	var drained time.Time
 	for {
 		_, alive, err := PID(dir)
 		if err != nil {
@@ -207,10 +208,13 @@ func WaitExit(ctx context.Context, dir string) error {
 		if !alive {
 			return nil
 		}
-		// Keep the console drained to its last line while QEMU runs.
-		dctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-		DrainConsole(dctx, dir)
-		cancel()
+		// Keep the console drained to its last lines while QEMU runs.
+		if time.Since(drained) >= 200*time.Millisecond {
+			dctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+			DrainConsole(dctx, dir)
+			cancel()
+			drained = time.Now()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
