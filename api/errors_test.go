@@ -72,6 +72,8 @@ func TestErrorStatuses(t *testing.T) {
 		{"source", fmt.Errorf("setup-model x: %w: 404", image.ErrSource), 422, wire.CodeInvalid},
 		{"meta", fmt.Errorf("setup-model x: %w: yaml: line 1", image.ErrMeta), 422, wire.CodeInvalid},
 		{"download too large", fmt.Errorf("setup-model x: %w", image.ErrDownloadTooLarge), 422, wire.CodeInvalid},
+		{"not self-contained", fmt.Errorf("image location /x: %w: backing file", image.ErrNotSelfContained), 422, wire.CodeInvalid},
+		{"disk too large", fmt.Errorf("setup-model x: %w", image.ErrDiskTooLarge), 422, wire.CodeInvalid},
 		{"unavailable", fmt.Errorf("start QEMU: cannot set up guest memory: %w", vmfest.ErrUnavailable), 503, wire.CodeUnavailable},
 		{"disk full", fmt.Errorf("install: %w", &fs.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}), 503, wire.CodeUnavailable},
 		{"out of memory", fmt.Errorf("start: %w", syscall.ENOMEM), 503, wire.CodeUnavailable},

@@ -302,7 +302,8 @@ func errorBody(err error) (int, wire.Error) {
 func isBadImage(err error) bool {
 	return errors.Is(err, image.ErrNotDiskImage) || errors.Is(err, image.ErrCorrupt) ||
 		errors.Is(err, image.ErrChecksum) || errors.Is(err, image.ErrSource) || errors.Is(err, image.ErrMeta) ||
-		errors.Is(err, image.ErrDownloadTooLarge)
+		errors.Is(err, image.ErrDownloadTooLarge) || errors.Is(err, image.ErrNotSelfContained) ||
+		errors.Is(err, image.ErrDiskTooLarge)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
