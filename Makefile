@@ -53,7 +53,7 @@ bench: deps build image
 
 # Each fuzz test for FUZZTIME (CI runs them briefly; run longer on demand).
 FUZZTIME ?= 10s
-FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply ./image:FuzzParseMeta
+FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply ./image:FuzzParseMeta ./image:FuzzInspect ./image:FuzzHostileInstall
 fuzz:
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f##*:}; echo "fuzz $$fn ($$pkg) for $(FUZZTIME)"; go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 

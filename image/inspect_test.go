@@ -1,6 +1,7 @@
 package image
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -216,4 +217,59 @@ func TestCheckMachineDisk(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzInspect: the native inspector never panics, reads a bounded amount
+// whatever the headers claim, and every disk it accepts has a format and
+// a size in range.
+func FuzzInspect(f *testing.F) {
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		c := newCanaryDir(f)
+		dir := c.dir
+		seeds := map[string][]string{
+			"qcow2": {"-f", "qcow2", "1M"}, "qcow2-v2": {"-f", "qcow2", "-o", "compat=0.10", "1M"},
+			"vmdk": {"-f", "vmdk", "1M"}, "vmdk-stream": {"-f", "vmdk", "-o", "subformat=streamOptimized", "1M"},
+			"vdi": {"-f", "vdi", "1M"}, "vpc": {"-f", "vpc", "1M"}, "vpc-fixed": {"-f", "vpc", "-o", "subformat=fixed", "1M"},
+		}
+		for name, args := range seeds {
+			p := filepath.Join(dir, name)
+			qemuImgCreate(f, p, args...)
+			addFileSeed(f, p)
+		}
+		for i, h := range hostileImages() {
+			p := filepath.Join(dir, fmt.Sprintf("hostile-%d", i))
+			h.make(f, c, p)
+			addFileSeed(f, p)
+		}
+	}
+	f.Add(craftVHDXBytes(1<<20, false, false), "")
+	f.Add(craftVHDXBytes(1<<20, true, false), "vhdx")
+	f.Add(make([]byte, 4096), "raw")
+	f.Add([]byte("QFI\xfb\x00\x00\x00\x03"), "")
+	f.Add([]byte("KDMV\x01\x00\x00\x00"), "vmdk")
+	f.Add([]byte("# Disk DescriptorFile\ncreateType=\"monolithicFlat\"\nRW 1 FLAT \"/etc/shadow\" 0\n"), "")
+	f.Fuzz(func(t *testing.T, data []byte, format string) {
+		in, err := inspectReader(bytes.NewReader(data), int64(len(data)), format)
+		if err != nil {
+			if !errors.Is(err, ErrNotDiskImage) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotSelfContained) {
+				t.Fatalf("an error of no known kind: %v", err)
+			}
+			return
+		}
+		if in.Format == "" || in.VirtualSize < 0 || in.VirtualSize > maxVirtualSize {
+			t.Fatalf("accepted %+v", in)
+		}
+		if format != "" && in.Format != format {
+			t.Fatalf("asked for %s, accepted as %s", format, in.Format)
+		}
+	})
+}
+
+// addFileSeed adds a disk file's bytes (its first 2 MiB) as a seed, sniffed.
+func addFileSeed(f *testing.F, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b[:min(len(b), 2<<20)], "")
 }

@@ -2,7 +2,8 @@
 # Installs the Debian packages vmfest and its tests need, when missing.
 # Idempotent; runs as root (or through sudo).
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates)
+# bubblewrap boxes every qemu-img run on an untrusted image (image/box.go); without it setup-model fails closed.
+pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates bubblewrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
