@@ -453,7 +453,7 @@ func (a *app) consoleCommand() *cobra.Command {
 			if !follow {
 				return nil
 			}
-			seen := len(data)
+			prev := data
 			for {
 				select {
 				case <-ctx.Done():
@@ -464,14 +464,44 @@ func (a *app) consoleCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if len(data) < seen { // a new run truncated the log
-					seen = 0
-				}
-				a.out.Write(data[seen:])
-				seen = len(data)
+				a.out.Write(data[consoleOverlap(prev, data):])
+				prev = data
 			}
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
 	return cmd
+}
+
+// consoleOverlap returns how much of the start of next was already shown
+// as the end of prev. The kept console log grows at its end and, when it
+// rotates, loses its start, so next begins with a suffix of prev (or, after
+// a new run, with none of it); the longest such overlap is taken.
+func consoleOverlap(prev, next []byte) int {
+	if bytes.HasPrefix(next, prev) {
+		return len(prev)
+	}
+	const anchor = 256
+	if len(prev) < anchor {
+		for k := min(len(prev), len(next)); k > 0; k-- {
+			if bytes.Equal(next[:k], prev[len(prev)-k:]) {
+				return k
+			}
+		}
+		return 0
+	}
+	tail := prev[len(prev)-anchor:]
+	best := 0
+	for off := 0; ; {
+		i := bytes.Index(next[off:], tail)
+		if i < 0 {
+			break
+		}
+		k := off + i + anchor
+		if k <= len(prev) && bytes.Equal(next[:k], prev[len(prev)-k:]) {
+			best = k
+		}
+		off += i + 1
+	}
+	return best
 }
