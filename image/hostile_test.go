@@ -349,3 +349,58 @@ func FuzzHostileInstall(f *testing.F) {
 		noCanaryUnder(t, c.cache)
 	})
 }
+
+// BenchmarkBoxedQEMUImg measures what the box costs: qemu-img info and
+// convert of the tiny guest image (VMFEST_TEST_IMAGE's disk, else a 1 MiB
+// qcow2), plain and boxed, side by side.
+func BenchmarkBoxedQEMUImg(b *testing.B) {
+	requireBox(b)
+	dir := b.TempDir()
+	bx := testBox(b, dir)
+	in := filepath.Join(bx.dir, inputDisk)
+	if meta := os.Getenv("VMFEST_TEST_IMAGE"); meta != "" {
+		data, err := os.ReadFile(strings.TrimSuffix(meta, ".meta") + ".qcow2")
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.WriteFile(in, data, 0o600)
+	} else {
+		qemuImgCreate(b, in, "-f", "qcow2", "1M")
+	}
+	if err := bx.give(in); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	plain := func(args ...string) {
+		if out, err := exec.CommandContext(ctx, bx.qemuImg, args...).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+	}
+	out := filepath.Join(bx.dir, "out.qcow2")
+	b.Run("info/plain", func(b *testing.B) {
+		for b.Loop() {
+			plain("info", "-f", "qcow2", "--output=json", in)
+		}
+	})
+	b.Run("info/boxed", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := inspect(ctx, bx, inputDisk, FormatQCOW2); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("convert/plain", func(b *testing.B) {
+		for b.Loop() {
+			os.Remove(out)
+			plain("convert", "-f", "qcow2", "-O", "qcow2", in, out)
+		}
+	})
+	b.Run("convert/boxed", func(b *testing.B) {
+		for b.Loop() {
+			os.Remove(out)
+			if err := convert(ctx, bx, inputDisk, FormatQCOW2, "out.qcow2", 1, func(int64, int64) {}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
