@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -155,4 +156,26 @@ func (e *env) machineExists(t *testing.T, name string) bool {
 
 func createBody(name string, im spec.Image) map[string]any {
 	return map[string]any{"name": name, "image": map[string]any{"spec": im}, "hardware": map[string]any{"spec": natOnly}}
+}
+
+// waitListening waits (at most 30 s) until addr accepts connections,
+// failing the test if Serve returns on done first.
+func waitListening(t *testing.T, network, addr string, done <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial(network, addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned before listening on %s: %v", addr, err)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not listen on %s %s within 30s: %v", network, addr, err)
+		}
+	}
 }

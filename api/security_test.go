@@ -182,22 +182,7 @@ func TestServeUnixKeepsOtherFiles(t *testing.T) {
 				}
 				return
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				c, err := net.Dial("unix", path)
-				if err == nil {
-					c.Close()
-					break
-				}
-				select {
-				case err := <-done:
-					t.Fatalf("serve: %v", err)
-				case <-time.After(5 * time.Millisecond):
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the stale socket was not replaced")
-				}
-			}
+			waitListening(t, "unix", path, done)
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatalf("serve: %v", err)
@@ -413,22 +398,7 @@ func TestCallerOrigin(t *testing.T) {
 		done <- s.Serve(ctx, Listen{Unix: sock, TCP: addr, TokenFile: filepath.Join(e.home, TokenFile)})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("serve did not listen")
-		}
-	}
+	waitListening(t, "tcp", addr, done)
 	unixR, err := vmfest.Connect("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)

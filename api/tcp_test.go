@@ -83,18 +83,7 @@ func TestServeTLS(t *testing.T) {
 		done <- e.api.Serve(ctx, Listen{TCP: addr, TLSCert: certPath, TLSKey: keyPath, TokenFile: filepath.Join(e.home, TokenFile)})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	waitListening(t, "tcp", addr, done)
 	tlsCfg := &tls.Config{RootCAs: pool}
 	qctx, qcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer qcancel()
