@@ -15,9 +15,16 @@ func (a *app) doctorCommand() *cobra.Command {
 		Long: `Check the local state directory for what a crash or a killed command can
 leave behind (half-created or half-destroyed machines, temporary files, stale
 stop marks) and repair it. What may be yours — a corrupt machine.json, a
-missing disk, an aborted machine — is reported, never deleted.`,
+missing disk, an aborted machine — is reported, never deleted.
+
+doctor checks only the local state directory (--home): the API has no
+doctor, so with --server (or VMFEST_SERVER) it is refused; run it on the
+server's host, against the server's --home.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.remote != "" {
+				return fmt.Errorf("doctor checks only the local state directory (--home %s), not the server at %s: the API has no doctor; run 'vmfest doctor --home DIR' on the server's host (or drop --server / unset VMFEST_SERVER to check this one)", a.home, a.remote)
+			}
 			l, err := a.local()
 			if err != nil {
 				return err

@@ -15,6 +15,8 @@ import (
 func (a *app) hardwareCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hardware",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  unknownSubcommand,
 		Short: "Hardware models (machine sizes)",
 	}
 	cmd.AddCommand(&cobra.Command{
@@ -87,10 +89,11 @@ func (a *app) hardwareCommand() *cobra.Command {
 		},
 	})
 	cmd.AddCommand(a.hardwareAddCommand(), &cobra.Command{
-		Use:     "rm NAME",
-		Aliases: []string{"remove"},
-		Short:   "Remove a user hardware model (built-in ones stay)",
-		Args:    cobra.ExactArgs(1),
+		Use:        "rm NAME",
+		Aliases:    []string{"remove"},
+		SuggestFor: []string{"delete", "del"},
+		Short:      "Remove a user hardware model (built-in ones stay)",
+		Args:       cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srv, err := a.server()
 			if err != nil {

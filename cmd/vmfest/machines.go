@@ -196,6 +196,13 @@ func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn fu
 		if err == nil {
 			err = fn(m)
 		}
+		var already errAlready
+		if errors.As(err, &already) {
+			if !a.json {
+				fmt.Fprintf(a.out, "%s is already %s\n", n, already.state)
+			}
+			continue
+		}
 		if err != nil {
 			if len(names) == 1 {
 				return err
@@ -215,24 +222,54 @@ func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn fu
 	return nil
 }
 
-func (a *app) simpleCommand(use, short string, fn func(cmd *cobra.Command, m vmfest.Machine) error) *cobra.Command {
+// simpleCommand is pause, resume or power-down: fn takes each machine to
+// the state target, and a machine already there is left alone (see
+// makeItSo).
+func (a *app) simpleCommand(use, short string, target vmfest.State, fn func(cmd *cobra.Command, m vmfest.Machine) error) *cobra.Command {
 	past := map[string]string{"pause": "paused", "resume": "resumed", "power-down": "powered down"}[use]
 	return &cobra.Command{
 		Use:   use + " NAME...",
 		Short: short,
+		Long:  fmt.Sprintf("%s.\n\nA machine that is already %s is left so: vmfest says so and, for it, exits 0.", short, target),
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.eachMachine(cmd, args, past, func(m vmfest.Machine) error { return fn(cmd, m) })
+			return a.eachMachine(cmd, args, past, func(m vmfest.Machine) error {
+				return a.makeItSo(cmd.Context(), m, target, func() error { return fn(cmd, m) })
+			})
 		},
 	}
+}
+
+// errAlready tells eachMachine that the machine was already in the state
+// asked for: not a failure, and said as such.
+type errAlready struct{ state vmfest.State }
+
+func (e errAlready) Error() string { return "already " + string(e.state) }
+
+// makeItSo runs op, which takes m to target, and makes it idempotent as
+// docker stop is: when op is refused for m's state (ErrWrongState) and m
+// is in target already, that is success (errAlready). The state is read
+// after the refusal, so a machine that reached target meanwhile counts too.
+func (a *app) makeItSo(ctx context.Context, m vmfest.Machine, target vmfest.State, op func() error) error {
+	err := op()
+	if err == nil || !errors.Is(err, vmfest.ErrWrongState) {
+		return err
+	}
+	if st, serr := m.State(ctx); serr == nil && st == target {
+		return errAlready{st}
+	}
+	return err
 }
 
 func (a *app) startCommand() *cobra.Command {
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "start NAME... [--wait[=DUR]]",
+		Use:   "start NAME... [--wait [DUR]]",
 		Short: "Start machines; with --wait, until their guest agents answer",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Start machines. With --wait, wait until their guest agents answer, at
+most 2m, or DUR: --wait 30s and --wait=30s both give the duration (a
+duration right after --wait is its value, never a machine name).`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.eachMachine(cmd, args, "started", func(m vmfest.Machine) error {
 				begun := time.Now()
@@ -254,7 +291,7 @@ func (a *app) startCommand() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the guest agent answers, at most this long (default 2m when given without a value)")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the guest agent answers, at most this long (--wait 30s or --wait=30s; 2m when given without a value)")
 	cmd.Flags().Lookup("wait").NoOptDefVal = "2m"
 	return cmd
 }
@@ -264,12 +301,16 @@ func (a *app) stopCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "stop NAME... [--timeout DUR]",
 		Short: "Press the ACPI power button and wait until the guests power off",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Press the ACPI power button and wait until the guests power off.
+
+A machine that is already powered off is left so: vmfest says so and, for
+it, exits 0 (as docker stop does), so scripts can "make it so".`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.eachMachine(cmd, args, "stopped", func(m vmfest.Machine) error {
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
-				return m.Stop(ctx)
+				return a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
 			})
 		},
 	}

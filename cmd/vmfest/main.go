@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,14 +17,31 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	err := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	var exit interface{ ExitCode() int }
-	if errors.As(err, &exit) { // vmfest ssh: the remote command's status
-		os.Exit(exit.ExitCode())
+	os.Exit(exitStatus(err, os.Stderr))
+}
+
+// execute runs the CLI on args.
+func execute(ctx context.Context, args []string, out, errOut io.Writer) error {
+	root := newRootCommand(out, errOut)
+	root.SetArgs(waitValues(args))
+	return root.ExecuteContext(ctx)
+}
+
+// exitStatus prints err and returns the status vmfest exits with. Only
+// the remote command's own status (vmfest ssh's exitError) exits silently
+// with that status: any other error prints its message and exits 1, even
+// one that wraps a child process's *exec.ExitError (qemu-img's, QEMU's),
+// whose ExitCode must not pass for the CLI's.
+func exitStatus(err error, errOut io.Writer) int {
+	if err == nil {
+		return 0
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "vmfest: "+oneLine(err.Error()))
-		os.Exit(1)
+	var remote exitError
+	if errors.As(err, &remote) {
+		return remote.code
 	}
+	fmt.Fprintln(errOut, "vmfest: "+oneLine(err.Error()))
+	return 1
 }

@@ -14,9 +14,7 @@ import (
 func run(t *testing.T, home string, args ...string) (string, string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	cmd := newRootCommand(&out, &errOut)
-	cmd.SetArgs(append([]string{"--home", home}, args...))
-	err := cmd.ExecuteContext(context.Background())
+	err := execute(context.Background(), append([]string{"--home", home}, args...), &out, &errOut)
 	return out.String(), errOut.String(), err
 }
 

@@ -25,6 +25,8 @@ import (
 func (a *app) modelCommands() []*cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "model",
+		Args:    cobra.ArbitraryArgs,
+		RunE:    unknownSubcommand,
 		Aliases: []string{"image"},
 		Short:   "Image models: installed, immutable base images",
 	}
@@ -195,10 +197,11 @@ func (a *app) modelShowCommand() *cobra.Command {
 
 func (a *app) modelRemoveCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "rm ID...",
-		Aliases: []string{"remove"},
-		Short:   "Remove image models (refused while machines use them)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:        "rm ID...",
+		Aliases:    []string{"remove"},
+		SuggestFor: []string{"delete", "del"},
+		Short:      "Remove image models (refused while machines use them)",
+		Args:       cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srv, err := a.server()
 			if err != nil {

@@ -14,6 +14,8 @@ func (a *app) networkCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "network",
 		Aliases: []string{"net"},
+		Args:    cobra.ArbitraryArgs,
+		RunE:    unknownSubcommand,
 		Short:   "Manage vmfest's host-only and internal networks",
 		Long: `Manage vmfest's networks.
 
@@ -92,10 +94,11 @@ func (a *app) networkCreateCommand() *cobra.Command {
 
 func (a *app) networkRemoveCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "rm NAME...",
-		Aliases: []string{"remove"},
-		Short:   "Remove networks (refused while machines use them)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:        "rm NAME...",
+		Aliases:    []string{"remove"},
+		SuggestFor: []string{"delete", "del"},
+		Short:      "Remove networks (refused while machines use them)",
+		Args:       cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srv, err := a.server()
 			if err != nil {

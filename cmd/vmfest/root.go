@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -40,6 +42,8 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetOut(out)
+	root.SetErr(errOut)
 	root.PersistentFlags().StringVar(&a.home, "home", store.DefaultRoot(), "state directory (env VMFEST_HOME)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
@@ -48,10 +52,10 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(
 		a.createCommand(),
 		a.startCommand(),
-		a.simpleCommand("pause", "Freeze running machines' CPUs", func(cmd *cobra.Command, m vmfest.Machine) error { return m.Pause(cmd.Context()) }),
-		a.simpleCommand("resume", "Continue paused machines", func(cmd *cobra.Command, m vmfest.Machine) error { return m.Resume(cmd.Context()) }),
+		a.simpleCommand("pause", "Freeze running machines' CPUs", vmfest.Paused, func(cmd *cobra.Command, m vmfest.Machine) error { return m.Pause(cmd.Context()) }),
+		a.simpleCommand("resume", "Continue paused machines", vmfest.Running, func(cmd *cobra.Command, m vmfest.Machine) error { return m.Resume(cmd.Context()) }),
 		a.stopCommand(),
-		a.simpleCommand("power-down", "Pull the plug on machines (hard off)", func(cmd *cobra.Command, m vmfest.Machine) error { return m.PowerDown(cmd.Context()) }),
+		a.simpleCommand("power-down", "Pull the plug on machines (hard off)", vmfest.PoweredOff, func(cmd *cobra.Command, m vmfest.Machine) error { return m.PowerDown(cmd.Context()) }),
 		a.destroyCommand(),
 		a.listCommand(),
 		a.showCommand(),
@@ -133,4 +137,57 @@ func (a *app) printJSON(v any) error {
 // oneLine folds an error message onto one line.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}
+
+// waitValues applies the one rule for every --wait: a duration right after
+// it is its value, spaced or with "=" (--wait 30s, --wait=30s). pflag gives
+// a flag with a default for its bare form (start's --wait) only its "="
+// form, and would take "30s" for a machine name; so "--wait DUR" is joined
+// into "--wait=DUR" here, before cobra parses. A bare number is joined too,
+// so that "--wait 30" is refused for its missing unit rather than taken
+// for a machine. Nothing after "--" (ssh's remote command) is touched.
+func waitValues(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			return append(out, args[i:]...)
+		}
+		if arg == "--wait" && i+1 < len(args) && isDuration(args[i+1]) {
+			out = append(out, "--wait="+args[i+1])
+			i++
+			continue
+		}
+		out = append(out, arg)
+	}
+	return out
+}
+
+func isDuration(s string) bool {
+	if _, err := time.ParseDuration(s); err == nil {
+		return true
+	}
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
+}
+
+// unknownSubcommand is the RunE of a command that only groups others
+// (network, hardware, model): alone it prints its help; with an argument,
+// that argument is a mistyped subcommand, and an error, with cobra's
+// suggestions.
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default for the root
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		for i := range s {
+			s[i] = strconv.Quote(s[i])
+		}
+		msg += "; did you mean " + strings.Join(s, " or ") + "?"
+	}
+	return fmt.Errorf("%s (see '%s --help')", msg, cmd.CommandPath())
 }

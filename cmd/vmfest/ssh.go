@@ -18,22 +18,34 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("remote command exited with status %d", e.code) }
 
-// ExitCode is the status vmfest exits with.
-func (e exitError) ExitCode() int { return e.code }
-
 func (a *app) sshCommand() *cobra.Command {
 	var wait time.Duration
 	var user string
 	cmd := &cobra.Command{
-		Use:   "ssh NAME [-- COMMAND...]",
+		Use:   "ssh NAME [--wait DUR] [-l USER] [-- COMMAND...]",
 		Short: "Log in to a machine, or run a command on it, over SSH",
 		Long: `Log in to a running machine over SSH with vmfest's own key
 ($VMFEST_HOME/ssh/id_ed25519, given to cloud-init images in their seed), or
 run COMMAND there and exit with its status. The connection goes through the
 machine's NAT SSH forward on 127.0.0.1 when it has one, else to its
 host-only address. --wait bounds the wait for the address and the SSH
-server.`,
-		Args: cobra.MinimumNArgs(1),
+server.
+
+Flags are vmfest's, before or after NAME, until "--": everything after it
+is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			before := len(args)
+			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+				before = dash
+			}
+			switch {
+			case before == 0:
+				return fmt.Errorf("ssh needs the machine's NAME before %q", "--")
+			case before > 1:
+				return fmt.Errorf("unexpected argument %q after NAME: put the remote command after \"--\" (vmfest ssh %s -- %s)", args[1], args[0], strings.Join(args[1:before], " "))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.findMachine(cmd.Context(), args[0])
 			if err != nil {
@@ -43,10 +55,7 @@ server.`,
 			if err != nil {
 				return err
 			}
-			command := args[1:]
-			if len(command) > 0 && command[0] == "--" {
-				command = command[1:] // flags stop at NAME, so "--" is still here
-			}
+			command := args[1:] // Args allows only NAME before "--"
 			opts := vmfest.SSHOptions{Command: command, Stdin: os.Stdin, Stdout: a.out, Stderr: a.errOut, User: user}
 			ctx := cmd.Context()
 			if wait > 0 {
@@ -78,7 +87,6 @@ server.`,
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the machine's address and SSH server")
 	cmd.Flags().StringVarP(&user, "user", "l", "", "log in as this user (default: the image's username, else root)")
-	cmd.Flags().SetInterspersed(false)
 	return cmd
 }
 

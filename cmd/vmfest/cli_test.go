@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCLI runs the CLI in-process as main does (same argument handling,
+// same error printing) and returns its exit status and output.
+func runCLI(t *testing.T, home string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := exitStatus(execute(context.Background(), append([]string{"--home", home}, args...), &out, &errOut), &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// cliCase is one CLI call: its exit status, and what stdout and stderr
+// must (and must not) contain.
+type cliCase struct {
+	args      []string
+	code      int
+	stdout    string
+	stderr    string
+	notStderr string
+}
+
+func (c cliCase) check(t *testing.T, home string) {
+	t.Helper()
+	code, out, errOut := runCLI(t, home, c.args...)
+	if code != c.code || !strings.Contains(out, c.stdout) || !strings.Contains(errOut, c.stderr) ||
+		(c.notStderr != "" && strings.Contains(errOut, c.notStderr)) {
+		t.Fatalf("vmfest %s: exit %d (want %d)\nstdout: %q (want %q)\nstderr: %q (want %q, not %q)",
+			strings.Join(c.args, " "), code, c.code, out, c.stdout, errOut, c.stderr, c.notStderr)
+	}
+	if c.code == 1 && errOut == "" {
+		t.Fatalf("vmfest %s: exit %d with nothing on stderr", strings.Join(c.args, " "), code)
+	}
+}
+
+// TestExitStatus holds bug 1: only the remote command's own status exits
+// silently; any other error — even one wrapping a child process's exit
+// status, as "start QEMU: exit status 1" and qemu-img's do — prints its
+// message and exits 1.
+func TestExitStatus(t *testing.T) {
+	child := exec.Command("sh", "-c", "exit 2").Run()
+	var ee *exec.ExitError
+	if !errors.As(child, &ee) {
+		t.Fatalf("sh -c 'exit 2': %v", child)
+	}
+	tests := []struct {
+		name   string
+		err    error
+		code   int
+		stderr string
+	}{
+		{"success", nil, 0, ""},
+		{"remote status", exitError{3}, 3, ""},
+		{"wrapped child status", fmt.Errorf("create overlay with qemu-img: %w: Could not open", child), 1, "vmfest: create overlay with qemu-img: exit status 2: Could not open\n"},
+		{"QEMU start", fmt.Errorf("start QEMU: %w: Could not set up host forwarding rule", child), 1, "vmfest: start QEMU: exit status 2: Could not set up host forwarding rule\n"},
+		{"plain", errors.New("not found: machine \"x\"\nsecond line"), 1, "vmfest: not found: machine \"x\"; second line\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var errOut bytes.Buffer
+			if code := exitStatus(tt.err, &errOut); code != tt.code || errOut.String() != tt.stderr {
+				t.Fatalf("exit %d, stderr %q; want %d, %q", code, errOut.String(), tt.code, tt.stderr)
+			}
+		})
+	}
+}
+
+// TestCLIArguments holds bugs 2-6 as far as they show without a running
+// machine: flags after NAME, --wait's value, doctor with --server,
+// mistyped subcommands, and stop/power-down of a powered-off machine.
+func TestCLIArguments(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, home, "create", "off", "--image", disk); code != 0 {
+		t.Fatalf("create: %s", errOut)
+	}
+	tests := []cliCase{
+		// 2: flags are flags until "--".
+		{args: []string{"ssh", "off", "--help"}, stdout: "Usage:"},
+		{args: []string{"ssh", "off", "-l"}, code: 1, stderr: "flag needs an argument: 'l' in -l"},
+		{args: []string{"ssh", "off", "--bogus", "--", "id"}, code: 1, stderr: "unknown flag: --bogus"},
+		{args: []string{"ssh", "ghost", "--json", "-l", "root", "--wait", "1s", "--", "echo", "hi"}, code: 1, stderr: `not found: machine "ghost"`},
+		{args: []string{"ssh", "off", "echo", "hi"}, code: 1, stderr: `put the remote command after "--"`},
+		// 3: one rule for --wait: a duration after it, spaced or with "=", is its value.
+		{args: []string{"start", "ghost", "--wait", "30s"}, code: 1, stderr: `not found: machine "ghost"`, notStderr: "30s"},
+		{args: []string{"start", "ghost", "--wait=30s"}, code: 1, stderr: `not found: machine "ghost"`, notStderr: "30s"},
+		{args: []string{"start", "--wait", "ghost"}, code: 1, stderr: `not found: machine "ghost"`, notStderr: "failed"},
+		{args: []string{"start", "ghost", "--wait", "30"}, code: 1, stderr: `invalid argument "30" for "--wait" flag`},
+		{args: []string{"ip", "ghost", "--wait", "30s"}, code: 1, stderr: `not found: machine "ghost"`},
+		{args: []string{"ssh", "ghost", "--wait", "30s"}, code: 1, stderr: `not found: machine "ghost"`},
+		{args: []string{"start", "--help"}, stdout: "--wait 30s"},
+		// 4: doctor checks only the local state directory.
+		{args: []string{"--server", "unix:///nonexistent/vmfest.sock", "doctor"}, code: 1, stderr: "doctor checks only the local state directory"},
+		{args: []string{"doctor", "--help"}, stdout: "local state directory"},
+		// 5: a mistyped subcommand is an error with suggestions.
+		{args: []string{"network", "craete", "foo"}, code: 1, stderr: `unknown command "craete" for "vmfest network"; did you mean "create"?`},
+		{args: []string{"hardware", "delete", "x"}, code: 1, stderr: `unknown command "delete" for "vmfest hardware"; did you mean "rm"?`},
+		{args: []string{"model", "lst"}, code: 1, stderr: `unknown command "lst" for "vmfest model"; did you mean "list"?`},
+		{args: []string{"network"}, stdout: "Available Commands:"},
+		// 6: stop and power-down of a powered-off machine are done already.
+		{args: []string{"stop", "off"}, stdout: "off is already powered-off"},
+		{args: []string{"power-down", "off"}, stdout: "off is already powered-off"},
+		{args: []string{"pause", "off"}, code: 1, stderr: `cannot pause machine "off": it is powered-off`},
+		{args: []string{"resume", "off"}, code: 1, stderr: `cannot resume machine "off": it is powered-off`},
+		{args: []string{"stop", "--help"}, stdout: "already powered off"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) { tt.check(t, home) })
+	}
+}
+
+// TestCLIMachineLifecycle boots the tiny guest on a NAT-only NIC (its SSH
+// forward is on 127.0.0.1) and holds bugs 2, 3 and 6 on a running machine:
+// start --wait DUR, ssh with flags after NAME, and pause, resume and stop
+// twice over.
+func TestCLIMachineLifecycle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a real guest; skipped with -short")
+	}
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
+	}
+	if _, err := os.Stat(meta); err != nil {
+		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+	}
+	home := t.TempDir()
+	hw := filepath.Join(home, "nat.yaml")
+	if err := os.WriteFile(hw, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, home, "create", "vm", "--image", meta, "--hardware", hw); code != 0 {
+		t.Fatalf("create: %s", errOut)
+	}
+	t.Cleanup(func() { runCLI(t, home, "destroy", "--force", "vm") })
+	begun := time.Now()
+	steps := []cliCase{
+		{args: []string{"start", "vm", "--wait", "90s"}, stdout: "vm ready in"},
+		{args: []string{"start", "vm", "--wait"}, code: 1, stderr: `cannot start machine "vm": it is running`},
+		{args: []string{"ssh", "vm", "--wait", "60s", "-l", "root", "--json", "--", "echo", "hi", "--wait"}, stdout: "hi --wait\n"},
+		{args: []string{"ssh", "vm", "--", "sh", "-c", "exit 7"}, code: 7},
+		{args: []string{"pause", "vm"}, stdout: "paused vm"},
+		{args: []string{"pause", "vm"}, stdout: "vm is already paused"},
+		{args: []string{"resume", "vm"}, stdout: "resumed vm"},
+		{args: []string{"resume", "vm"}, stdout: "vm is already running"},
+		{args: []string{"power-down", "vm"}, stdout: "powered down vm"},
+		{args: []string{"power-down", "vm"}, stdout: "vm is already powered-off"},
+		{args: []string{"stop", "vm"}, stdout: "vm is already powered-off"},
+	}
+	for _, s := range steps {
+		s.check(t, home)
+	}
+	t.Logf("lifecycle took %s", time.Since(begun).Round(time.Millisecond))
+}
