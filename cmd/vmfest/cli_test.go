@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,9 +126,10 @@ func TestCLIArguments(t *testing.T) {
 }
 
 // TestCLIMachineLifecycle boots the tiny guest on a NAT-only NIC (its SSH
-// forward is on 127.0.0.1) and holds bugs 2, 3 and 6 on a running machine:
-// start --wait DUR, ssh with flags after NAME, and pause, resume and stop
-// twice over.
+// forward is on 127.0.0.1) and holds bugs 1, 2, 3 and 6 on a running
+// machine: a second machine whose forward clashes fails to start with
+// QEMU's message printed, start --wait DUR, ssh with flags after NAME and
+// the remote status, and pause, resume and stop twice over.
 func TestCLIMachineLifecycle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a real guest; skipped with -short")
@@ -140,20 +142,31 @@ func TestCLIMachineLifecycle(t *testing.T) {
 		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
 	}
 	home := t.TempDir()
-	hw := filepath.Join(home, "nat.yaml")
-	if err := os.WriteFile(hw, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {
+	// Both machines forward the same free loopback port: the second
+	// start fails in QEMU, and that failure must be printed (bug 1).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut := runCLI(t, home, "create", "vm", "--image", meta, "--hardware", hw); code != 0 {
-		t.Fatalf("create: %s", errOut)
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	hw := filepath.Join(home, "nat.yaml")
+	if err := os.WriteFile(hw, []byte(fmt.Sprintf("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n    nat-rules:\n      - {name: web, host-ip: 127.0.0.1, host-port: %d, guest-port: 80}\n", port)), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { runCLI(t, home, "destroy", "--force", "vm") })
+	for _, name := range []string{"vm", "vm2"} {
+		if code, _, errOut := runCLI(t, home, "create", name, "--image", meta, "--hardware", hw); code != 0 {
+			t.Fatalf("create %s: %s", name, errOut)
+		}
+		t.Cleanup(func() { runCLI(t, home, "destroy", "--force", name) })
+	}
 	begun := time.Now()
 	steps := []cliCase{
 		{args: []string{"start", "vm", "--wait", "90s"}, stdout: "vm ready in"},
 		{args: []string{"start", "vm", "--wait"}, code: 1, stderr: `cannot start machine "vm": it is running`},
 		{args: []string{"ssh", "vm", "--wait", "60s", "-l", "root", "--json", "--", "echo", "hi", "--wait"}, stdout: "hi --wait\n"},
 		{args: []string{"ssh", "vm", "--", "sh", "-c", "exit 7"}, code: 7},
+		{args: []string{"start", "vm2"}, code: 1, stderr: fmt.Sprintf("127.0.0.1:%d", port)},
 		{args: []string{"pause", "vm"}, stdout: "paused vm"},
 		{args: []string{"pause", "vm"}, stdout: "vm is already paused"},
 		{args: []string{"resume", "vm"}, stdout: "resumed vm"},
