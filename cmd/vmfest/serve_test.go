@@ -81,6 +81,14 @@ func TestCLIAgainstServer(t *testing.T) {
 			t.Errorf("%v: errors differ:\nlocal:  %v\nremote: %v", args, lerr, rerr)
 		}
 	}
+	// Idempotent through the API too: the remote ErrWrongState, then the
+	// machine's state, tell "already so" from a refusal.
+	for _, args := range [][]string{{"stop", "vm1"}, {"power-down", "vm1"}} {
+		out, _, err := run(t, home, append(remote, args...)...)
+		if err != nil || out != "vm1 is already powered-off\n" {
+			t.Errorf("%v through the server: %q %v", args, out, err)
+		}
+	}
 	outside := filepath.Join(home, "outside.raw")
 	os.WriteFile(outside, make([]byte, 1<<20), 0o444)
 	if _, _, err := run(t, home, append(remote, "create", "vm2", "--image", outside)...); err == nil || !strings.Contains(err.Error(), "allow-path") {
