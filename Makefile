@@ -51,7 +51,8 @@ bench: deps build image
 	go test -run '^$$' -bench . -benchtime 100x . | tee -a docs/BENCHMARKS.md.gobench
 	@{ echo; echo '## Go benchmarks (`go test -run "^$$" -bench . -benchtime 100x .`)'; echo; echo '```'; grep -E '^(Benchmark|goos|goarch|cpu)' docs/BENCHMARKS.md.gobench; echo '```'; } >> docs/BENCHMARKS.md; rm -f docs/BENCHMARKS.md.gobench
 
-# Each fuzz test for FUZZTIME (CI runs them briefly; run longer on demand).
+# Each fuzz test for FUZZTIME, a duration or a count such as 2000x (CI runs
+# a count: see .ci/run; run longer on demand).
 FUZZTIME ?= 10s
 FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply ./image:FuzzParseMeta ./image:FuzzInspect ./image:FuzzHostileInstall
 fuzz:
