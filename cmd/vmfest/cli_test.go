@@ -95,7 +95,7 @@ func TestCLIArguments(t *testing.T) {
 		{args: []string{"ssh", "off", "--help"}, stdout: "Usage:"},
 		{args: []string{"ssh", "off", "-l"}, code: 1, stderr: "flag needs an argument: 'l' in -l"},
 		{args: []string{"ssh", "off", "--bogus", "--", "id"}, code: 1, stderr: "unknown flag: --bogus"},
-		{args: []string{"ssh", "ghost", "--json", "-l", "root", "--wait", "1s", "--", "echo", "hi"}, code: 1, stderr: `not found: machine "ghost"`},
+		{args: []string{"ssh", "ghost", "--json", "-l", "root", "--wait", "1s", "--", "echo", "hi"}, code: 1, stderr: `{"error":"not found: machine \"ghost\"","code":"not-found"}`},
 		{args: []string{"ssh", "off", "echo", "hi"}, code: 1, stderr: `put the remote command after "--"`},
 		// 3: one rule for --wait: a duration after it, spaced or with "=", is its value.
 		{args: []string{"start", "ghost", "--wait", "30s"}, code: 1, stderr: `not found: machine "ghost"`, notStderr: "30s"},

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -26,14 +25,22 @@ func main() {
 func execute(ctx context.Context, args []string, out, errOut io.Writer) error {
 	root := newRootCommand(out, errOut)
 	root.SetArgs(waitValues(args))
-	return root.ExecuteContext(ctx)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return nil
+	}
+	if asJSON, _ := root.PersistentFlags().GetBool("json"); asJSON || jsonRequested(args) {
+		return jsonError{err}
+	}
+	return err
 }
 
 // exitStatus prints err and returns the status vmfest exits with. Only
 // the remote command's own status (vmfest ssh's exitError) exits silently
 // with that status: any other error prints its message and exits 1, even
 // one that wraps a child process's *exec.ExitError (qemu-img's, QEMU's),
-// whose ExitCode must not pass for the CLI's.
+// whose ExitCode must not pass for the CLI's. Under --json the message
+// is the API's error body on one line: {"error": "...", "code": "..."}.
 func exitStatus(err error, errOut io.Writer) int {
 	if err == nil {
 		return 0
@@ -42,6 +49,7 @@ func exitStatus(err error, errOut io.Writer) int {
 	if errors.As(err, &remote) {
 		return remote.code
 	}
-	fmt.Fprintln(errOut, "vmfest: "+oneLine(err.Error()))
+	var asJSON jsonError
+	printError(errOut, err, errors.As(err, &asJSON))
 	return 1
 }

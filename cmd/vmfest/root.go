@@ -80,6 +80,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		},
 	)
 	root.AddCommand(a.modelCommands()...)
+	markErrors(root)
 	return root
 }
 
@@ -189,5 +190,5 @@ func unknownSubcommand(cmd *cobra.Command, args []string) error {
 		}
 		msg += "; did you mean " + strings.Join(s, " or ") + "?"
 	}
-	return fmt.Errorf("%s (see '%s --help')", msg, cmd.CommandPath())
+	return usageError{fmt.Errorf("%s (see '%s --help')", msg, cmd.CommandPath())}
 }
