@@ -34,6 +34,9 @@ server's host, against the server's --home.`,
 				return err
 			}
 			if a.json {
+				if found == nil {
+					return a.printJSON([]struct{}{})
+				}
 				return a.printJSON(found)
 			}
 			if len(found) == 0 {

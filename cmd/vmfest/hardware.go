@@ -12,6 +12,20 @@ import (
 	"github.com/vmfest/vmfest/spec"
 )
 
+// hardwareItem is a hardware model as hardware list prints it, and as
+// hardware add and rm print the model they added or removed under --json.
+type hardwareItem struct {
+	Name       string `json:"name"`
+	MemorySize int    `json:"memory-size"`
+	CPUCount   int    `json:"cpu-count"`
+	NICs       int    `json:"nics"`
+	Error      string `json:"error,omitempty"`
+}
+
+func newHardwareItem(name string, h spec.Hardware) hardwareItem {
+	return hardwareItem{Name: name, MemorySize: h.MemorySize, CPUCount: h.CPUCount, NICs: len(h.Network)}
+}
+
 func (a *app) hardwareCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hardware",
@@ -33,21 +47,14 @@ func (a *app) hardwareCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			type item struct {
-				Name       string `json:"name"`
-				MemorySize int    `json:"memory-size"`
-				CPUCount   int    `json:"cpu-count"`
-				NICs       int    `json:"nics"`
-				Error      string `json:"error,omitempty"`
-			}
-			var items []item
+			items := []hardwareItem{}
 			for _, n := range names {
 				h, err := srv.HardwareModel(cmd.Context(), n)
 				if err != nil {
-					items = append(items, item{Name: n, Error: oneLine(err.Error())})
+					items = append(items, hardwareItem{Name: n, Error: oneLine(err.Error())})
 					continue
 				}
-				items = append(items, item{Name: n, MemorySize: h.MemorySize, CPUCount: h.CPUCount, NICs: len(h.Network)})
+				items = append(items, newHardwareItem(n, h))
 			}
 			if a.json {
 				return a.printJSON(items)
@@ -99,11 +106,16 @@ func (a *app) hardwareCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			h, err := srv.HardwareModel(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
 			if err := srv.RemoveHardwareModel(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			if a.json {
-				return a.printJSON(map[string]string{"removed": args[0]})
+				// As hardware list --json printed it.
+				return a.printJSON(newHardwareItem(args[0], h))
 			}
 			fmt.Fprintf(a.out, "removed hardware model %s\n", args[0])
 			return nil
@@ -147,7 +159,7 @@ given; a model of that name must not exist (a built-in one is shadowed).`,
 				if err != nil {
 					return err
 				}
-				return a.printJSON(map[string]any{"name": name, "hardware": saved})
+				return a.printJSON(newHardwareItem(name, saved))
 			}
 			fmt.Fprintf(a.out, "added hardware model %s\n", name)
 			return nil

@@ -183,41 +183,106 @@ func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, 
 }
 
 // eachMachine runs fn on every named machine, reporting each failure and
-// returning an error if any failed.
-func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn func(m vmfest.Machine) error) error {
+// returning an error if any failed. fn returns the machine's Info as the
+// command leaves it (destroy: as it was just before it went); a nil Info
+// means "read it now". Under --json it prints that Info as show --json
+// does, or an array of them, in the order given, when several names were
+// given; machines that failed are left out and their errors are JSON on
+// stderr.
+func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn func(m vmfest.Machine) (*vmfest.Info, error)) error {
 	srv, err := a.server()
 	if err != nil {
 		return err
 	}
 	var failed []string
 	var last error
+	infos := []vmfest.Info{}
 	for _, n := range names {
+		var info *vmfest.Info
 		m, err := srv.FindMachine(cmd.Context(), n)
 		if err == nil {
-			err = fn(m)
+			info, err = fn(m)
 		}
 		var already errAlready
 		if errors.As(err, &already) {
+			err = nil
 			if !a.json {
 				fmt.Fprintf(a.out, "%s is already %s\n", n, already.state)
 			}
-			continue
+		} else if err == nil && !a.json {
+			fmt.Fprintf(a.out, "%s %s\n", verb, n)
+		}
+		if err == nil && a.json && info == nil {
+			var i vmfest.Info
+			if i, err = m.Info(cmd.Context()); err == nil {
+				info = &i
+			}
 		}
 		if err != nil {
 			if len(names) == 1 {
 				return err
 			}
-			fmt.Fprintln(a.errOut, "vmfest: "+oneLine(err.Error()))
+			printError(a.errOut, err, a.json)
 			failed = append(failed, n)
 			last = err
 			continue
 		}
-		if !a.json {
-			fmt.Fprintf(a.out, "%s %s\n", verb, n)
+		if info != nil {
+			infos = append(infos, *info)
+		}
+	}
+	if a.json {
+		var perr error
+		if len(names) == 1 {
+			perr = a.printJSON(infos[0])
+		} else {
+			perr = a.printJSON(infos)
+		}
+		if perr != nil {
+			return perr
 		}
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d machines failed (%s): %w", len(failed), len(names), strings.Join(failed, ", "), last)
+	}
+	return nil
+}
+
+// eachNamed runs fn on every name, as eachMachine does for machines: a
+// failure with one name is the error; with several, each is printed (JSON
+// under --json) and the summary names every one that failed. Under --json
+// it prints what fn returned, an object for one name and an array for
+// several.
+func eachNamed[T any](a *app, names []string, what string, fn func(name string) (T, error)) error {
+	var failed []string
+	var last error
+	done := []T{}
+	for _, n := range names {
+		v, err := fn(n)
+		if err != nil {
+			if len(names) == 1 {
+				return err
+			}
+			printError(a.errOut, err, a.json)
+			failed = append(failed, n)
+			last = err
+			continue
+		}
+		done = append(done, v)
+	}
+	if a.json {
+		var err error
+		if len(names) == 1 {
+			err = a.printJSON(done[0])
+		} else {
+			err = a.printJSON(done)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d %s failed (%s): %w", len(failed), len(names), what, strings.Join(failed, ", "), last)
 	}
 	return nil
 }
@@ -233,8 +298,8 @@ func (a *app) simpleCommand(use, short string, target vmfest.State, fn func(cmd 
 		Long:  fmt.Sprintf("%s.\n\nA machine that is already %s is left so: vmfest says so and, for it, exits 0.", short, target),
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.eachMachine(cmd, args, past, func(m vmfest.Machine) error {
-				return a.makeItSo(cmd.Context(), m, target, func() error { return fn(cmd, m) })
+			return a.eachMachine(cmd, args, past, func(m vmfest.Machine) (*vmfest.Info, error) {
+				return nil, a.makeItSo(cmd.Context(), m, target, func() error { return fn(cmd, m) })
 			})
 		},
 	}
@@ -271,23 +336,23 @@ most 2m, or DUR: --wait 30s and --wait=30s both give the duration (a
 duration right after --wait is its value, never a machine name).`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.eachMachine(cmd, args, "started", func(m vmfest.Machine) error {
+			return a.eachMachine(cmd, args, "started", func(m vmfest.Machine) (*vmfest.Info, error) {
 				begun := time.Now()
 				if err := m.Start(cmd.Context()); err != nil {
-					return err
+					return nil, err
 				}
 				if wait <= 0 {
-					return nil
+					return nil, nil
 				}
 				ctx, cancel := context.WithTimeout(cmd.Context(), wait)
 				defer cancel()
 				if err := m.WaitReady(ctx); err != nil {
-					return err
+					return nil, err
 				}
 				if !a.json {
 					fmt.Fprintf(a.out, "%s ready in %s\n", m.Name(), time.Since(begun).Round(10*time.Millisecond))
 				}
-				return nil
+				return nil, nil
 			})
 		},
 	}
@@ -307,10 +372,10 @@ A machine that is already powered off is left so: vmfest says so and, for
 it, exits 0 (as docker stop does), so scripts can "make it so".`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.eachMachine(cmd, args, "stopped", func(m vmfest.Machine) error {
+			return a.eachMachine(cmd, args, "stopped", func(m vmfest.Machine) (*vmfest.Info, error) {
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
-				return a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
+				return nil, a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
 			})
 		},
 	}
@@ -326,24 +391,34 @@ func (a *app) destroyCommand() *cobra.Command {
 		Long:  "Remove powered-off machines and their overlays. A machine whose image is not immutable takes its disk with it. --force powers a running machine down first.",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.eachMachine(cmd, args, "destroyed", func(m vmfest.Machine) error {
+			return a.eachMachine(cmd, args, "destroyed", func(m vmfest.Machine) (*vmfest.Info, error) {
 				ctx := cmd.Context()
 				if force {
 					st, err := m.State(ctx)
 					if err != nil {
-						return err
+						return nil, err
 					}
 					if st == vmfest.Running || st == vmfest.Paused || st == vmfest.Stopping {
 						if err := m.PowerDown(ctx); err != nil {
-							return err
+							return nil, err
 						}
 					}
 				}
+				// The machine as it was just before it went: what
+				// --json prints of it.
+				var info *vmfest.Info
+				if a.json {
+					i, err := m.Info(ctx)
+					if err != nil {
+						return nil, err
+					}
+					info = &i
+				}
 				err := m.Destroy(ctx)
 				if errors.Is(err, vmfest.ErrWrongState) && !force {
-					return fmt.Errorf("%w; use --force to power it down first", err)
+					return nil, fmt.Errorf("%w; use --force to power it down first", err)
 				}
-				return err
+				return info, err
 			})
 		},
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -207,24 +206,21 @@ func (a *app) modelRemoveCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var errs []error
-			var removed []string
-			for _, id := range args {
-				if err := srv.RemoveModel(cmd.Context(), id); err != nil {
-					errs = append(errs, err)
-					continue
+			// --json prints each model as show --json did just before
+			// it went.
+			return eachNamed(a, args, "image models", func(id string) (model.ImageModel, error) {
+				m, err := srv.Model(cmd.Context(), id)
+				if err != nil {
+					return m, err
 				}
-				removed = append(removed, id)
+				if err := srv.RemoveModel(cmd.Context(), id); err != nil {
+					return m, err
+				}
 				if !a.json {
 					fmt.Fprintf(a.out, "removed image model %s\n", id)
 				}
-			}
-			if a.json {
-				if err := a.printJSON(map[string][]string{"removed": removed}); err != nil {
-					return err
-				}
-			}
-			return errors.Join(errs...)
+				return m, nil
+			})
 		},
 	}
 }

@@ -104,15 +104,27 @@ func (a *app) networkRemoveCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, n := range args {
-				if err := srv.RemoveNetwork(cmd.Context(), n); err != nil {
-					return err
+			nets, err := srv.Networks(cmd.Context())
+			if err != nil {
+				return err
+			}
+			// --json prints each network as list --json did just
+			// before it went.
+			return eachNamed(a, args, "networks", func(name string) (vmfest.Network, error) {
+				gone := vmfest.Network{Name: name}
+				for _, n := range nets {
+					if n.Name == name {
+						gone = n
+					}
+				}
+				if err := srv.RemoveNetwork(cmd.Context(), name); err != nil {
+					return gone, err
 				}
 				if !a.json {
-					fmt.Fprintf(a.out, "removed %s\n", n)
+					fmt.Fprintf(a.out, "removed %s\n", name)
 				}
-			}
-			return nil
+				return gone, nil
+			})
 		},
 	}
 }
