@@ -137,7 +137,7 @@ given; a model of that name must not exist (a built-in one is shadowed).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			data, err := os.ReadFile(args[0])
 			if err != nil {
-				return err
+				return fileError("hardware add", args[0], err)
 			}
 			h, err := spec.ParseHardware(data)
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/spec"
@@ -43,7 +44,7 @@ hardware spec file. --memory and --cpus override it.`,
 			}
 			ctx := cmd.Context()
 			if image == "" {
-				return errors.New("--image is required: an image model id, an image spec file or a disk image")
+				return usageError{errors.New("--image is required: an image model id, an image spec file or a disk image")}
 			}
 			img, warn, err := imageChoice(image)
 			if err != nil {
@@ -84,22 +85,48 @@ hardware spec file. --memory and --cpus override it.`,
 	return cmd
 }
 
+// imageFileWants says what a file given to --image must be.
+const imageFileWants = "must be a disk image (raw or qcow2) or an image spec (YAML or JSON with a location key)"
+
+// fileError words a failure to read the file a flag names: "file not
+// found" for a missing one.
+func fileError(flag, path string, err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return fileNotFound(fmt.Sprintf("%s %s: file not found", flag, path))
+	}
+	return fmt.Errorf("%s %s: %w", flag, path, err)
+}
+
+// fileNotFound is a missing file, worded for the user; it is
+// os.ErrNotExist ("not-found" under --json).
+type fileNotFound string
+
+func (e fileNotFound) Error() string        { return string(e) }
+func (e fileNotFound) Is(target error) bool { return target == os.ErrNotExist }
+
 // imageChoice reads --image: a spec file, a disk, or a model id.
 func imageChoice(arg string) (vmfest.Image, string, error) {
 	st, err := os.Stat(arg)
 	if err != nil {
 		if strings.ContainsRune(arg, '/') || errors.Is(err, os.ErrPermission) {
-			return vmfest.Image{}, "", fmt.Errorf("--image %s: %w", arg, err)
+			return vmfest.Image{}, "", fileError("--image", arg, err)
 		}
 		return vmfest.ImageModel(arg), "", nil
 	}
 	if st.IsDir() {
-		return vmfest.Image{}, "", fmt.Errorf("--image %s: is a directory", arg)
+		return vmfest.Image{}, "", usageError{fmt.Errorf("--image %s: is a directory; it %s", arg, imageFileWants)}
 	}
 	if isSpecFile(arg) {
 		data, err := os.ReadFile(arg)
 		if err != nil {
-			return vmfest.Image{}, "", fmt.Errorf("--image: %w", err)
+			return vmfest.Image{}, "", fileError("--image", arg, err)
+		}
+		var fields map[string]any
+		if yaml.Unmarshal(data, &fields) != nil || fields == nil {
+			// Text, but not a YAML or JSON mapping: the parser's
+			// message ("want a spec.imageFields, got a string")
+			// would say nothing to the user.
+			return vmfest.Image{}, "", usageError{fmt.Errorf("--image %s: %s, and it is neither", arg, imageFileWants)}
 		}
 		im, err := spec.ParseImage(data)
 		if err != nil {
@@ -119,6 +146,15 @@ func mutableWarning(im spec.Image) string {
 		return ""
 	}
 	return fmt.Sprintf("image %s is not immutable: the machine writes to it directly and destroying the machine deletes it (make it read-only, or set immutable: true, to share it through overlays)", im.Location)
+}
+
+// isSpecName reports a name that ends as a spec file's does.
+func isSpecName(name string) bool {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".meta", ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
 }
 
 // isSpecFile tells an image spec file from a disk image by its name, then
@@ -144,10 +180,17 @@ func isSpecFile(path string) bool {
 func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int) (vmfest.Hardware, error) {
 	var base spec.Hardware
 	fromFile := false
-	if st, err := os.Stat(arg); err == nil && !st.IsDir() {
+	st, err := os.Stat(arg)
+	if err != nil && (strings.ContainsRune(arg, '/') || isSpecName(arg)) {
+		// A path, not a model name (unless a model has that name).
+		if _, merr := srv.HardwareModel(ctx, arg); strings.ContainsRune(arg, '/') || merr != nil {
+			return vmfest.Hardware{}, fileError("--hardware", arg, err)
+		}
+	}
+	if err == nil && !st.IsDir() {
 		data, err := os.ReadFile(arg)
 		if err != nil {
-			return vmfest.Hardware{}, fmt.Errorf("--hardware: %w", err)
+			return vmfest.Hardware{}, fileError("--hardware", arg, err)
 		}
 		if base, err = spec.ParseHardware(data); err != nil {
 			return vmfest.Hardware{}, fmt.Errorf("--hardware %s: %w", arg, err)
@@ -161,10 +204,10 @@ func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, 
 		return vmfest.HardwareModel(arg), nil
 	}
 	if memory < 0 {
-		return vmfest.Hardware{}, fmt.Errorf("--memory %d: must be a positive number of MiB", memory)
+		return vmfest.Hardware{}, usageError{fmt.Errorf("--memory %d: must be a positive number of MiB", memory)}
 	}
 	if cpus < 0 {
-		return vmfest.Hardware{}, fmt.Errorf("--cpus %d: must be at least 1", cpus)
+		return vmfest.Hardware{}, usageError{fmt.Errorf("--cpus %d: must be at least 1", cpus)}
 	}
 	if !fromFile {
 		h, err := srv.HardwareModel(ctx, arg)

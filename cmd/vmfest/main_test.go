@@ -87,7 +87,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"create", "bad/name", "--image", disk}, "machine name"},
 		{[]string{"create", "vm", "--image", disk, "--hardware", "mega"}, `hardware model "mega"`},
 		{[]string{"create", "vm", "--image", disk, "--hardware", badHW}, `unknown key "cpus"`},
-		{[]string{"create", "vm", "--image", "./missing.qcow2"}, "no such file"},
+		{[]string{"create", "vm", "--image", "./missing.qcow2"}, "--image ./missing.qcow2: file not found"},
 		{[]string{"create", "vm", "--image", disk, "--cpus", "999"}, "cpu-count: 999 is more than the host's"},
 		{[]string{"start", "ghost"}, `not found: machine "ghost"`},
 		{[]string{"pause", "ghost"}, "not found"},
