@@ -181,3 +181,55 @@ func TestCLIErrorWording(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) { tt.check(t, home) })
 	}
 }
+
+// TestCLIJSONLifecycle boots the tiny guest on a NAT-only NIC and holds
+// the --json shape of the commands that need a running machine: start,
+// pause, resume (and again, already so) and power-down print the
+// machine's Info in the state they left it.
+func TestCLIJSONLifecycle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a real guest; skipped with -short")
+	}
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
+	}
+	if _, err := os.Stat(meta); err != nil {
+		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+	}
+	home := t.TempDir()
+	hw := filepath.Join(home, "nat.yaml")
+	if err := os.WriteFile(hw, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, home, "create", "vm", "--image", meta, "--hardware", hw); code != 0 {
+		t.Fatalf("create: %s", errOut)
+	}
+	t.Cleanup(func() { runCLI(t, home, "destroy", "--force", "vm") })
+	steps := []struct {
+		args  []string
+		state string
+	}{
+		{[]string{"start", "vm", "--wait", "90s"}, "running"},
+		{[]string{"pause", "vm"}, "paused"},
+		{[]string{"pause", "vm"}, "paused"},
+		{[]string{"resume", "vm"}, "running"},
+		{[]string{"resume", "vm"}, "running"},
+		{[]string{"power-down", "vm"}, "powered-off"},
+		{[]string{"start", "vm"}, ""}, // running, or still starting
+		{[]string{"destroy", "--force", "vm"}, ""},
+	}
+	for _, s := range steps {
+		code, out, errOut := runCLI(t, home, append([]string{"--json"}, s.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", s.args, code, errOut)
+		}
+		var info map[string]any
+		if err := json.Unmarshal([]byte(out), &info); err != nil {
+			t.Fatalf("%v: stdout is not a JSON object: %v\n%s", s.args, err, out)
+		}
+		if info["name"] != "vm" || (s.state != "" && info["state"] != s.state) {
+			t.Fatalf("%v: name %v, state %v; want vm, %s", s.args, info["name"], info["state"], s.state)
+		}
+	}
+}
