@@ -81,7 +81,7 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 		name string
 		fn   func() error
 	}{
-		{"clean leftovers of the last run", func() error { return qemu.Clean(m.dir()) }},
+		{"clean leftovers of the last run", func() error { return qemu.Clean(ctx, m.dir()) }},
 		{"check the disk", func() (err error) {
 			if _, err := os.Stat(r.disk(m.dir())); err != nil {
 				return fmt.Errorf("disk: %w", err)
@@ -135,7 +135,11 @@ func (m *localMachine) start(ctx context.Context, r record) (err error) {
 			if err := qemu.Start(ctx, cfg); err != nil {
 				return memoryError(err, r.Hardware.MemorySize)
 			}
-			undo = append(undo, func() { qemu.Kill(m.dir()); qemu.WaitExit(context.Background(), m.dir()); qemu.Clean(m.dir()) })
+			undo = append(undo, func() {
+				qemu.Kill(m.dir())
+				qemu.WaitExit(context.Background(), m.dir())
+				qemu.Clean(context.Background(), m.dir())
+			})
 			return nil
 		}},
 		{"plug the NICs into their networks", func() error { return ns.plug() }},
@@ -272,7 +276,7 @@ func (m *localMachine) PowerDown(ctx context.Context) error {
 				}
 			}
 		}
-		if err := qemu.Clean(m.dir()); err != nil {
+		if err := qemu.Clean(ctx, m.dir()); err != nil {
 			return fmt.Errorf("power-down machine %s: %w", m.name, err)
 		}
 		m.settleNetworks(ctx, r)

@@ -165,14 +165,24 @@ func lastLines(s string, n int) string {
 }
 
 // Clean removes what a dead QEMU left in dir: the pidfile, sockets and the
-// stopping mark. It refuses while QEMU runs.
-func Clean(dir string) error {
-	if _, alive, err := PID(dir); err != nil {
+// stopping mark. It refuses while QEMU runs. A QEMU that was killed lets go
+// of its pidfile's lock a moment before it has closed its disks (the kernel
+// closes a dying process's files one by one), so Clean first waits, bounded
+// by ctx, until that process has finished exiting: a start right after a
+// crash must not find the disk still locked.
+func Clean(ctx context.Context, dir string) error {
+	pid, alive, err := PID(dir)
+	if err != nil {
 		return err
 	} else if alive {
 		return errors.New("QEMU is still running")
 	}
 	c := Config{Dir: dir}
+	if pid > 0 {
+		if err := waitExited(ctx, pid, c.Path(PIDFile)); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	for _, name := range []string{PIDFile, QMPSocket, QGASocket, "stopping"} {
 		if err := os.Remove(c.Path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -221,4 +231,42 @@ func WaitExit(ctx context.Context, dir string) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// waitExited waits until process pid, a QEMU that wrote pidfile, has
+// finished exiting: gone, a zombie (its files all closed), or a process that
+// is not that QEMU at all (its pid reused). It gives up quietly after 10 s
+// (the caller's next step then reports whatever is still held) and returns
+// ctx's error if ctx ends first.
+func waitExited(ctx context.Context, pid int, pidfile string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if exited(pid, pidfile) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the last QEMU (pid %d) to exit: %w", pid, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// exited says process pid is no longer a live QEMU of pidfile.
+func exited(pid int, pidfile string) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // gone (or not visible from this PID namespace)
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+		if s := stat[i+2]; s == 'Z' || s == 'X' {
+			return true
+		}
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return true
+	}
+	return !bytes.Contains(cmdline, []byte(pidfile))
 }

@@ -75,7 +75,7 @@ func TestProcessLifecycle(t *testing.T) {
 	expect(Stopping)
 	ClearStopping(cfg.Dir)
 	expect(Running)
-	if err := Clean(cfg.Dir); err == nil {
+	if err := Clean(context.Background(), cfg.Dir); err == nil {
 		t.Fatal("Clean succeeded while QEMU runs")
 	}
 
@@ -89,7 +89,7 @@ func TestProcessLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(Aborted)
-	if err := Clean(cfg.Dir); err != nil {
+	if err := Clean(context.Background(), cfg.Dir); err != nil {
 		t.Fatal(err)
 	}
 	expect(PoweredOff)
@@ -143,5 +143,42 @@ func TestFrozenQEMUIsBounded(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGCONT)
 	if st, err := Inspect(context.Background(), cfg.Dir); err != nil || st != Running {
 		t.Fatalf("after SIGCONT: %s %v", st, err)
+	}
+}
+
+// A killed QEMU counts as exited only once it is a zombie or gone, and a
+// process that reuses its pid but is not that QEMU counts as exited too.
+func TestExited(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), PIDFile)
+	cmd := exec.Command("sh", "-c", "sleep 30", pidfile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid
+	// Until the child has exec'd, its command line is still the test's.
+	for deadline := time.Now().Add(30 * time.Second); exited(pid, pidfile); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a running process of the pidfile counts as exited")
+		}
+	}
+	if !exited(pid, filepath.Join(t.TempDir(), PIDFile)) {
+		t.Fatal("a process of another pidfile (a reused pid) does not count as exited")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// Not reaped yet: a zombie once the kernel is done with it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitExited(ctx, pid, pidfile); err != nil {
+		t.Fatal(err)
+	}
+	if !exited(pid, pidfile) {
+		t.Fatal("waitExited returned before the process exited")
+	}
+	cmd.Wait()
+	if !exited(pid, pidfile) {
+		t.Fatal("a reaped process counts as running")
 	}
 }
