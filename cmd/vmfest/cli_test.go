@@ -131,16 +131,7 @@ func TestCLIArguments(t *testing.T) {
 // QEMU's message printed, start --wait DUR, ssh with flags after NAME and
 // the remote status, and pause, resume and stop twice over.
 func TestCLIMachineLifecycle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a real guest; skipped with -short")
-	}
-	meta := os.Getenv("VMFEST_TEST_IMAGE")
-	if meta == "" {
-		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
-	}
-	if _, err := os.Stat(meta); err != nil {
-		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
-	}
+	meta := tinyImage(t)
 	home := t.TempDir()
 	// Both machines forward the same free loopback port: the second
 	// start fails in QEMU, and that failure must be printed (bug 1).
@@ -179,4 +170,21 @@ func TestCLIMachineLifecycle(t *testing.T) {
 		s.check(t, home)
 	}
 	t.Logf("lifecycle took %s", time.Since(begun).Round(time.Millisecond))
+}
+
+// tinyImage skips a test that boots a real guest under -short and returns
+// the tiny guest's .meta (VMFEST_TEST_IMAGE, else the one make image built).
+func tinyImage(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a real guest; skipped with -short")
+	}
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
+	}
+	if _, err := os.Stat(meta); err != nil {
+		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+	}
+	return meta
 }

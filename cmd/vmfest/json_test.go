@@ -187,16 +187,7 @@ func TestCLIErrorWording(t *testing.T) {
 // pause, resume (and again, already so) and power-down print the
 // machine's Info in the state they left it.
 func TestCLIJSONLifecycle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a real guest; skipped with -short")
-	}
-	meta := os.Getenv("VMFEST_TEST_IMAGE")
-	if meta == "" {
-		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
-	}
-	if _, err := os.Stat(meta); err != nil {
-		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
-	}
+	meta := tinyImage(t)
 	home := t.TempDir()
 	hw := filepath.Join(home, "nat.yaml")
 	if err := os.WriteFile(hw, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {

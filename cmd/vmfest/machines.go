@@ -237,10 +237,7 @@ func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn fu
 	if err != nil {
 		return err
 	}
-	var failed []string
-	var last error
-	infos := []vmfest.Info{}
-	for _, n := range names {
+	return eachNamed(a, names, "machines", func(n string) (vmfest.Info, error) {
 		var info *vmfest.Info
 		m, err := srv.FindMachine(cmd.Context(), n)
 		if err == nil {
@@ -255,40 +252,14 @@ func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn fu
 		} else if err == nil && !a.json {
 			fmt.Fprintf(a.out, "%s %s\n", verb, n)
 		}
-		if err == nil && a.json && info == nil {
-			var i vmfest.Info
-			if i, err = m.Info(cmd.Context()); err == nil {
-				info = &i
+		if err != nil || info != nil || !a.json {
+			if info == nil {
+				return vmfest.Info{}, err
 			}
+			return *info, err
 		}
-		if err != nil {
-			if len(names) == 1 {
-				return err
-			}
-			printError(a.errOut, err, a.json)
-			failed = append(failed, n)
-			last = err
-			continue
-		}
-		if info != nil {
-			infos = append(infos, *info)
-		}
-	}
-	if a.json {
-		var perr error
-		if len(names) == 1 {
-			perr = a.printJSON(infos[0])
-		} else {
-			perr = a.printJSON(infos)
-		}
-		if perr != nil {
-			return perr
-		}
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d machines failed (%s): %w", len(failed), len(names), strings.Join(failed, ", "), last)
-	}
-	return nil
+		return m.Info(cmd.Context())
+	})
 }
 
 // eachNamed runs fn on every name, as eachMachine does for machines: a
