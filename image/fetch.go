@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfest/vmfest/store"
 )
 
 // lockFile opens (creating it) and takes the exclusive flock of the file at
@@ -25,29 +27,16 @@ import (
 // file notices (the path no longer names it) and tries again, so the
 // file at path and the lock always go together.
 func lockFile(ctx context.Context, path string) (*os.File, error) {
-	delay := time.Millisecond
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		for {
-			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-			if err == nil || (!errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR)) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				f.Close()
-				return nil, fmt.Errorf("wait for another setup of the same source: %w", ctx.Err())
-			case <-time.After(delay):
-			}
-			if delay < 100*time.Millisecond {
-				delay *= 2
-			}
-		}
-		if err != nil {
+		if err := store.Flock(ctx, f, unix.LOCK_EX); err != nil {
 			f.Close()
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return nil, fmt.Errorf("wait for another setup of the same source: %w", err)
+			}
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
 		var held, now unix.Stat_t

@@ -41,35 +41,46 @@ func lockDir(ctx context.Context, path string, how int) (*Lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
+	if err := Flock(ctx, f, how); err != nil {
+		f.Close()
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil, fmt.Errorf("lock %s: another operation holds it: %w", path, err)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	// The directory may have been removed or replaced while we waited.
+	var held, now unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &held); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := unix.Stat(path, &now); err != nil || now.Ino != held.Ino || now.Dev != held.Dev {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, fs.ErrNotExist)
+	}
+	return &Lock{f: f}, nil
+}
+
+// Flock takes the flock(2) lock how (unix.LOCK_EX or unix.LOCK_SH) on f,
+// polling with a backoff of up to 50 ms until it is free, and returns
+// ctx's error if ctx ends first. It is the one wait for a file lock that
+// every package shares (directories here, the download cache, the console).
+func Flock(ctx context.Context, f *os.File, how int) error {
 	delay := time.Millisecond
 	for {
 		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
-			// The directory may have been removed or replaced while we waited.
-			var held, now unix.Stat_t
-			if err := unix.Fstat(int(f.Fd()), &held); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("lock %s: %w", path, err)
-			}
-			if err := unix.Stat(path, &now); err != nil || now.Ino != held.Ino || now.Dev != held.Dev {
-				f.Close()
-				return nil, fmt.Errorf("lock %s: %w", path, fs.ErrNotExist)
-			}
-			return &Lock{f: f}, nil
+			return nil
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: another operation holds it: %w", path, ctx.Err())
+			return ctx.Err()
 		case <-time.After(delay):
 		}
-		if delay < 50*time.Millisecond {
-			delay *= 2
-		}
+		delay = min(2*delay, 50*time.Millisecond)
 	}
 }
 

@@ -8,9 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfest/vmfest/store"
 )
 
 // The serial console is bounded end to end. QEMU writes it into an
@@ -162,22 +163,12 @@ func lockConsole(ctx context.Context, dir string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock console log: %w", err)
 	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
+	if err := store.Flock(ctx, f, unix.LOCK_EX); err != nil {
+		f.Close()
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return nil, fmt.Errorf("lock console log: %w", timeoutErr("wait for another reader", err))
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock console log: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock console log: %w", timeoutErr("wait for another reader", ctx.Err()))
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 20*time.Millisecond)
+		return nil, fmt.Errorf("lock console log: %w", err)
 	}
+	return func() { f.Close() }, nil
 }
