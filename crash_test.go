@@ -97,8 +97,9 @@ func helperServer() (*Local, spec.Image) {
 // With VMFEST_HELPER_CRASH set, it kills itself at that crash point instead.
 func helperChurn() int {
 	l, img := helperServer()
+	var at func(string)
 	if point := os.Getenv("VMFEST_HELPER_CRASH"); point != "" {
-		l.crashAt = func(p string) {
+		at = func(p string) {
 			if p == point {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			}
@@ -109,10 +110,10 @@ func helperChurn() int {
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("m%d", i%4)
 		if m, err := l.FindMachine(ctx, name); err == nil {
-			m.Destroy(ctx)
+			m.(*localMachine).destroy(ctx, at)
 			continue
 		}
-		l.Instance(ctx, name, ImageSpec(img), HardwareModel("micro"))
+		l.instance(ctx, name, ImageSpec(img), HardwareModel("micro"), at)
 	}
 }
 

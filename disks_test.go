@@ -251,7 +251,7 @@ func TestFormatDecidedOnce(t *testing.T) {
 			t.Fatalf("another machine on the owned disk: %v", err)
 		}
 		r := readTestRecord(t, l, "owner")
-		d, err := r.qemuDisk(l.home.MachinePath("owner"))
+		d, err := r.driverDisk(l.home.MachinePath("owner"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -289,7 +289,7 @@ func TestFormatDecidedOnce(t *testing.T) {
 		if r.BaseFormat != "raw" {
 			t.Fatalf("second machine's base format = %q, want raw as first recorded", r.BaseFormat)
 		}
-		d, err := r.qemuDisk(l.home.MachinePath("two"))
+		d, err := r.driverDisk(l.home.MachinePath("two"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -342,7 +342,7 @@ func TestFormatDecidedOnce(t *testing.T) {
 		r := readTestRecord(t, l, "old")
 		r.BaseFormat = "" // older records have none
 		writeRecord(l.home.MachinePath("old"), r)
-		d, err := readTestRecord(t, l, "old").qemuDisk(l.home.MachinePath("old"))
+		d, err := readTestRecord(t, l, "old").driverDisk(l.home.MachinePath("old"))
 		if err != nil || d.BackingFormat != "raw" {
 			t.Fatalf("disk = %+v, %v; want the base format the overlay's header holds", d, err)
 		}

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -141,18 +140,18 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 	if _, err := os.Stat(r.disk(dir)); err != nil {
 		out = append(out, Finding{Kind: "missing-disk", Machine: name, Path: r.disk(dir), Detail: "the machine's disk is missing; destroy the machine"})
 	}
-	_, alive, _ := qemu.PID(dir)
-	if !alive {
+	st, err := (&localMachine{l: l, name: name}).status(ctx, r)
+	if err == nil && !runs(st.State) {
 		if _, err := os.Stat(filepath.Join(dir, store.StoppingFile)); err == nil {
 			f := Finding{Kind: "stale-stopping", Machine: name, Path: filepath.Join(dir, store.StoppingFile), Detail: "stop mark of a finished stop"}
 			if fix {
-				qemu.ClearStopping(dir)
+				clearStopping(dir)
 				f.Fixed = true
 			}
 			out = append(out, f)
 		}
-		if st, err := qemu.Inspect(ctx, dir); err == nil && st == Aborted {
-			out = append(out, Finding{Kind: "aborted", Machine: name, Path: dir, Detail: "QEMU died without a clean power-off; start it again or power it down"})
+		if st.State == Aborted {
+			out = append(out, Finding{Kind: "aborted", Machine: name, Path: dir, Detail: "its hypervisor died without a clean power-off; start it again or power it down"})
 		}
 	}
 	return out

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
@@ -22,14 +22,26 @@ import (
 )
 
 // Config configures a Local server. The zero value is usable: state in
-// ~/.vmfest, accelerator chosen automatically.
+// ~/.vmfest, machines run by the QEMU driver, accelerator chosen
+// automatically.
 type Config struct {
 	// Home is the state directory; default store.DefaultRoot().
 	Home string
-	// Accel is kvm, tcg or auto (the default): see qemu.ChooseAccel.
+	// Driver runs new machines; default: the driver DriverName names.
+	Driver driver.Driver
+	// DriverName names the driver of new machines when Driver is nil:
+	// qemu (the default) or libvirt. A machine is always run by the
+	// driver its record names.
+	DriverName string
+	// Accel is kvm, tcg or auto (the default) for the QEMU and libvirt
+	// drivers.
 	Accel string
-	// QEMU is the system emulator binary; default qemu-system-x86_64.
+	// QEMU is the system emulator binary of the QEMU driver; default
+	// qemu-system-x86_64.
 	QEMU string
+	// LibvirtURI is the libvirt driver's connection; default
+	// qemu:///system.
+	LibvirtURI string
 	// QEMUImg is the qemu-img binary; default qemu-img.
 	QEMUImg string
 	// Logger receives warnings and progress; default slog.Default().
@@ -39,9 +51,15 @@ type Config struct {
 	NAT spec.NATPolicy
 }
 
-// ConfigFromEnv returns a Config read from VMFEST_HOME and VMFEST_ACCEL.
+// ConfigFromEnv returns a Config read from VMFEST_HOME, VMFEST_DRIVER,
+// VMFEST_ACCEL and VMFEST_LIBVIRT_URI.
 func ConfigFromEnv() Config {
-	return Config{Home: store.DefaultRoot(), Accel: os.Getenv("VMFEST_ACCEL")}
+	return Config{
+		Home:       store.DefaultRoot(),
+		DriverName: os.Getenv("VMFEST_DRIVER"),
+		Accel:      os.Getenv("VMFEST_ACCEL"),
+		LibvirtURI: os.Getenv("VMFEST_LIBVIRT_URI"),
+	}
 }
 
 // Local is the in-process Server over a state directory.
@@ -51,9 +69,7 @@ type Local struct {
 	hardware model.Hardware
 	images   model.Images
 	log      *slog.Logger
-	// crashAt, when set (by crash tests), is called at each named point of
-	// Instance and Destroy where a crash leaves a distinct state.
-	crashAt func(point string)
+	drivers  *drivers // see drivers.go
 }
 
 var _ Server = (*Local)(nil)
@@ -64,14 +80,15 @@ func NewLocal(cfg Config) (*Local, error) {
 	if cfg.Home == "" {
 		cfg.Home = store.DefaultRoot()
 	}
-	if _, _, err := qemu.ChooseAccel(cfg.Accel, qemu.DefaultHost()); err != nil {
-		return nil, fmt.Errorf("%w: VMFEST_ACCEL: %w", ErrInvalid, err)
-	}
 	if cfg.QEMUImg == "" {
 		cfg.QEMUImg = "qemu-img"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	drv, err := newDrivers(cfg)
+	if err != nil {
+		return nil, err
 	}
 	home, err := store.Open(cfg.Home)
 	if err != nil {
@@ -83,6 +100,7 @@ func NewLocal(cfg Config) (*Local, error) {
 		hardware: model.NewHardware(home),
 		images:   model.NewImages(home),
 		log:      cfg.Logger,
+		drivers:  drv,
 	}
 	// A light sweep of what crashed operations left; `vmfest doctor` does
 	// the full check.
@@ -123,6 +141,9 @@ type record struct {
 	// BaseFormat is Image.Location's format when Overlay. Records written
 	// before it existed have none; see baseFormat.
 	BaseFormat string `json:"base-format,omitempty"`
+	// Driver names the driver that runs the machine, chosen when it is
+	// created; empty in records of an older vmfest: qemu.
+	Driver string `json:"driver,omitempty"`
 	// Accel is the accelerator of the last start.
 	Accel string `json:"accel,omitempty"`
 	// Net is the machine's networking: instance id, network allocations,
@@ -154,17 +175,17 @@ func (r record) baseFormat(dir string) (string, error) {
 	return f, nil
 }
 
-// qemuDisk is the disk as QEMU opens it: every format given, the chain
-// spelled out.
-func (r record) qemuDisk(dir string) (qemu.Disk, error) {
+// driverDisk is the disk as the driver opens it: every format given, the
+// chain spelled out.
+func (r record) driverDisk(dir string) (driver.Disk, error) {
 	if !r.Overlay {
-		return qemu.Disk{Path: r.Image.Location, Format: r.DiskFormat}, nil
+		return driver.Disk{Path: r.Image.Location, Format: r.DiskFormat}, nil
 	}
 	bf, err := r.baseFormat(dir)
 	if err != nil {
-		return qemu.Disk{}, err
+		return driver.Disk{}, err
 	}
-	return qemu.Disk{Path: r.disk(dir), Format: spec.DiskFormatQCOW2, BackingPath: r.Image.Location, BackingFormat: bf}, nil
+	return driver.Disk{Path: r.disk(dir), Format: spec.DiskFormatQCOW2, BackingPath: r.Image.Location, BackingFormat: bf}, nil
 }
 
 func (l *Local) readRecord(name string) (record, error) {
@@ -193,6 +214,17 @@ func writeRecord(dir string, r record) error {
 
 // Instance implements Server.
 func (l *Local) Instance(ctx context.Context, name string, image Image, hardware Hardware) (Machine, error) {
+	return l.instance(ctx, name, image, hardware, nil)
+}
+
+// instance is Instance; at, when set (by crash tests), is called at each
+// named point where a crash leaves a distinct state.
+func (l *Local) instance(ctx context.Context, name string, image Image, hardware Hardware, at func(point string)) (Machine, error) {
+	point := func(p string) {
+		if at != nil {
+			at(p)
+		}
+	}
 	if err := store.ValidateName("machine", name); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -205,7 +237,7 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
 	defer busy.Unlock()
-	r := record{Name: name, Created: time.Now().UTC()}
+	r := record{Name: name, Created: time.Now().UTC(), Driver: l.drivers.dflt.Info().Name}
 	if err := l.resolveImage(&r, image); err != nil {
 		return nil, err
 	}
@@ -242,11 +274,11 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 			os.RemoveAll(tmp)
 		}
 	}()
-	l.point("create:mkdir")
+	point("create:mkdir")
 	if err := l.allocateNetworks(ctx, &r, image.SSHKeys); err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
-	l.point("create:allocated")
+	point("create:allocated")
 	defer func() {
 		if !done {
 			l.releaseNetworks(ctx, r)
@@ -256,12 +288,12 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 		if err := l.createOverlay(ctx, r.Image.Location, r.BaseFormat, filepath.Join(tmp, store.DiskFile)); err != nil {
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
-		l.point("create:overlay")
+		point("create:overlay")
 	}
 	if err := writeRecord(tmp, r); err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
-	l.point("create:record")
+	point("create:record")
 	if err := os.Rename(tmp, final); err != nil {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
 			return nil, fmt.Errorf("%w: machine %q", ErrExists, name)
@@ -269,7 +301,7 @@ func (l *Local) Instance(ctx context.Context, name string, image Image, hardware
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
 	done = true
-	l.point("create:renamed")
+	point("create:renamed")
 	if err := store.SyncDir(l.home.MachinesPath()); err != nil {
 		l.log.Warn("sync machines directory", "err", err)
 	}
@@ -627,11 +659,4 @@ func checkDisk(loc, format string) (string, error) {
 		return "", fmt.Errorf("image location %s: %w", loc, err)
 	}
 	return in.Format, nil
-}
-
-// point marks a named crash point (see crashAt).
-func (l *Local) point(name string) {
-	if l.crashAt != nil {
-		l.crashAt(name)
-	}
 }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -40,11 +40,61 @@ func (m *localMachine) locked(ctx context.Context, fn func(r record, st State) e
 	if err != nil {
 		return err
 	}
-	st, err := qemu.Inspect(ctx, m.dir())
+	st, err := m.status(ctx, r)
 	if err != nil {
-		return fmt.Errorf("machine %s: %w", m.name, err)
+		return err
 	}
-	return fn(r, st)
+	return fn(r, st.State)
+}
+
+// drv returns the driver that runs the machine.
+func (m *localMachine) drv(r record) (driver.Driver, error) {
+	d, err := m.l.driverNamed(r.Driver)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", m.name, err)
+	}
+	return d, nil
+}
+
+// ref is the machine as its driver knows it.
+func (m *localMachine) ref(r record) driver.Machine {
+	return driver.Machine{Name: m.name, Dir: m.dir(), ID: r.Net.ID}
+}
+
+// status asks the machine's driver for its run state; a running machine
+// whose power button was pressed, by this process or another, reads as
+// stopping until it powers off or the stop's deadline passes.
+func (m *localMachine) status(ctx context.Context, r record) (driver.Status, error) {
+	d, err := m.drv(r)
+	if err != nil {
+		return driver.Status{}, err
+	}
+	st, err := d.Status(ctx, m.ref(r))
+	if err != nil {
+		return driver.Status{}, fmt.Errorf("machine %s: %w", m.name, err)
+	}
+	if st.State == Running && isStopping(m.dir()) {
+		st.State = Stopping
+	}
+	return st, nil
+}
+
+// markStopping records that the power button was pressed and the guest is
+// expected to be off by until, so every process reports it as stopping.
+func markStopping(dir string, until time.Time) error {
+	return os.WriteFile(filepath.Join(dir, store.StoppingFile), []byte(until.UTC().Format(time.RFC3339Nano)), 0o644)
+}
+
+// clearStopping removes the stopping mark.
+func clearStopping(dir string) { os.Remove(filepath.Join(dir, store.StoppingFile)) }
+
+func isStopping(dir string) bool {
+	data, err := os.ReadFile(filepath.Join(dir, store.StoppingFile))
+	if err != nil {
+		return false
+	}
+	until, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(data)))
+	return err == nil && time.Now().Before(until)
 }
 
 func (m *localMachine) need(op string, st State, allowed ...State) error {
@@ -54,126 +104,20 @@ func (m *localMachine) need(op string, st State, allowed ...State) error {
 	return &StateError{Machine: m.name, Op: op, State: st, Needs: allowed}
 }
 
-// Start implements Machine.
-func (m *localMachine) Start(ctx context.Context) error {
-	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("start", st, PoweredOff, Aborted); err != nil {
-			return err
-		}
-		return m.start(ctx, r)
-	})
-}
-
-// start runs the start-up steps, undoing what was done if one fails.
-func (m *localMachine) start(ctx context.Context, r record) (err error) {
-	var undo []func()
-	var ns *netStart // see networks.go
-	var disk qemu.Disk
-	defer func() { ns.unlock() }()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
-	steps := []struct {
-		name string
-		fn   func() error
-	}{
-		{"clean leftovers of the last run", func() error { return qemu.Clean(ctx, m.dir()) }},
-		{"check the disk", func() (err error) {
-			if _, err := os.Stat(r.disk(m.dir())); err != nil {
-				return fmt.Errorf("disk: %w", err)
-			}
-			if disk, err = r.qemuDisk(m.dir()); err != nil {
-				return err
-			}
-			if r.ImageModel != "" {
-				return nil // installed models were checked when installed
-			}
-			// The caller's file may have changed since the machine was
-			// made: check it again, as its recorded format.
-			format := disk.Format
-			if r.Overlay {
-				format = disk.BackingFormat
-			}
-			_, err = checkDisk(r.Image.Location, format)
-			return err
-		}},
-		{"set up the networks", func() (err error) {
-			if ns, err = m.setUpNetworks(ctx, &r); err == nil {
-				undo = append(undo, ns.undo)
-			}
-			return err
-		}},
-		{"choose the accelerator", func() error {
-			accel, note, err := qemu.ChooseAccel(m.l.cfg.Accel, qemu.DefaultHost())
-			if err != nil {
-				return err
-			}
-			if note != "" {
-				m.l.log.Warn(note, "machine", m.name)
-			}
-			if accel != r.Accel {
-				r.Accel = accel
-				return writeRecord(m.dir(), r)
-			}
-			return nil
-		}},
-		{"launch QEMU", func() error {
-			cfg := qemu.Config{
-				Name:     m.name,
-				Dir:      m.dir(),
-				Hardware: r.Hardware,
-				Disk:     disk,
-				Accel:    r.Accel,
-				Binary:   m.l.cfg.QEMU,
-				NICs:     ns.backends,
-				CIData:   ns.cidata,
-			}
-			if err := qemu.Start(ctx, cfg); err != nil {
-				return memoryError(err, r.Hardware.MemorySize)
-			}
-			undo = append(undo, func() {
-				qemu.Kill(m.dir())
-				qemu.WaitExit(context.Background(), m.dir())
-				qemu.Clean(context.Background(), m.dir())
-			})
-			return nil
-		}},
-		{"plug the NICs into their networks", func() error { return ns.plug() }},
-	}
-	for _, s := range steps {
-		if err := s.fn(); err != nil {
-			return fmt.Errorf("start machine %s: %s: %w", m.name, s.name, err)
-		}
-	}
-	m.l.log.Debug("machine started", "machine", m.name, "accel", r.Accel)
-	return nil
-}
-
-// memoryError words QEMU's failure to allocate the guest's memory as the
-// host's limit (ErrUnavailable, naming memory-size); other errors are
-// returned as they are. QEMU says so only in its message.
-func memoryError(err error, mib int) error {
-	if !strings.Contains(err.Error(), "cannot set up guest memory") {
-		return err
-	}
-	avail := "unknown"
-	if n, aerr := hostMemory("MemAvailable"); aerr == nil {
-		avail = fmt.Sprintf("%d MiB", n)
-	}
-	return fmt.Errorf("%w: memory-size: the host cannot give the machine its %d MiB now (available: %s); stop other machines or lower memory-size: %w", ErrUnavailable, mib, avail, err)
-}
-
 // Pause implements Machine.
 func (m *localMachine) Pause(ctx context.Context) error {
 	return m.locked(ctx, func(r record, st State) error {
 		if err := m.need("pause", st, Running); err != nil {
 			return err
 		}
-		return m.qmp(ctx, "pause", "stop")
+		d, err := m.drv(r)
+		if err != nil {
+			return err
+		}
+		if err := d.Pause(ctx, m.ref(r)); err != nil {
+			return fmt.Errorf("pause machine %s: %w", m.name, err)
+		}
+		return nil
 	})
 }
 
@@ -183,15 +127,15 @@ func (m *localMachine) Resume(ctx context.Context) error {
 		if err := m.need("resume", st, Paused); err != nil {
 			return err
 		}
-		return m.qmp(ctx, "resume", "cont")
+		d, err := m.drv(r)
+		if err != nil {
+			return err
+		}
+		if err := d.Resume(ctx, m.ref(r)); err != nil {
+			return fmt.Errorf("resume machine %s: %w", m.name, err)
+		}
+		return nil
 	})
-}
-
-func (m *localMachine) qmp(ctx context.Context, op, command string) error {
-	if _, err := qemu.RunQMP(ctx, filepath.Join(m.dir(), qemu.QMPSocket), command, nil); err != nil {
-		return fmt.Errorf("%s machine %s: %w", op, m.name, err)
-	}
-	return nil
 }
 
 // Stop implements Machine.
@@ -203,19 +147,25 @@ func (m *localMachine) Stop(ctx context.Context) error {
 	}
 	until, _ := ctx.Deadline()
 	begun := time.Now()
-	err := m.locked(ctx, func(r record, st State) error {
+	var d driver.Driver
+	var ref driver.Machine
+	err := m.locked(ctx, func(r record, st State) (err error) {
 		if err := m.need("stop", st, Running, Stopping); err != nil {
 			return err
 		}
 		if r.Hardware.ACPIEnabled != nil && !*r.Hardware.ACPIEnabled {
 			return fmt.Errorf("%w: cannot stop machine %q: acpi-enabled is false, so the guest has no power button; use power-down", ErrWrongState, m.name)
 		}
-		if err := qemu.MarkStopping(m.dir(), until); err != nil {
+		if d, err = m.drv(r); err != nil {
+			return err
+		}
+		ref = m.ref(r)
+		if err := markStopping(m.dir(), until); err != nil {
 			return fmt.Errorf("stop machine %s: %w", m.name, err)
 		}
-		if err := m.qmp(ctx, "stop", "system_powerdown"); err != nil {
-			qemu.ClearStopping(m.dir())
-			return err
+		if err := d.PowerButton(ctx, ref); err != nil {
+			clearStopping(m.dir())
+			return fmt.Errorf("stop machine %s: %w", m.name, err)
 		}
 		return nil
 	})
@@ -223,8 +173,8 @@ func (m *localMachine) Stop(ctx context.Context) error {
 		return err
 	}
 	// Wait without the lock, so a power-down can still cut a stop short.
-	if err := qemu.WaitExit(ctx, m.dir()); err != nil {
-		qemu.ClearStopping(m.dir())
+	if err := d.WaitExit(ctx, ref); err != nil {
+		clearStopping(m.dir())
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("stop machine %s: %w: the guest did not power off after the ACPI power button within %s; it is still running (power-down forces it off)",
 				m.name, ErrTimeout, time.Since(begun).Round(100*time.Millisecond))
@@ -240,13 +190,15 @@ func (m *localMachine) cleanAfterExit(ctx context.Context) error {
 		return nil // destroyed meanwhile: nothing left to clean
 	}
 	defer lk.Unlock()
-	if _, alive, _ := qemu.PID(m.dir()); alive {
+	r, err := m.l.readRecord(m.name)
+	if err != nil {
+		return nil
+	}
+	if st, err := m.status(ctx, r); err != nil || runs(st.State) {
 		return nil // started again meanwhile
 	}
-	qemu.ClearStopping(m.dir())
-	if r, err := m.l.readRecord(m.name); err == nil {
-		m.settleNetworks(ctx, r)
-	}
+	clearStopping(m.dir())
+	m.settleNetworks(ctx, r)
 	return nil
 }
 
@@ -256,36 +208,35 @@ func (m *localMachine) PowerDown(ctx context.Context) error {
 		if err := m.need("power-down", st, Running, Paused, Stopping, Aborted); err != nil {
 			return err
 		}
+		d, err := m.drv(r)
+		if err != nil {
+			return err
+		}
 		if st != Aborted {
-			qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			qemu.DrainConsole(qctx, m.dir()) // the ring dies with QEMU
-			_, err := qemu.RunQMP(qctx, filepath.Join(m.dir(), qemu.QMPSocket), "quit", nil)
-			cancel()
-			if err != nil {
-				m.l.log.Debug("QMP quit failed; killing QEMU", "machine", m.name, "err", err)
-			}
-			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = qemu.WaitExit(wctx, m.dir())
-			cancel()
-			if err != nil {
-				if err := qemu.Kill(m.dir()); err != nil {
-					return fmt.Errorf("power-down machine %s: %w", m.name, err)
-				}
-				if err := qemu.WaitExit(ctx, m.dir()); err != nil {
-					return fmt.Errorf("power-down machine %s: QEMU did not exit: %w", m.name, err)
-				}
+			if err := d.PowerOff(ctx, m.ref(r)); err != nil {
+				return fmt.Errorf("power-down machine %s: %w", m.name, err)
 			}
 		}
-		if err := qemu.Clean(ctx, m.dir()); err != nil {
+		if err := d.Clean(ctx, m.ref(r)); err != nil {
 			return fmt.Errorf("power-down machine %s: %w", m.name, err)
 		}
+		clearStopping(m.dir())
 		m.settleNetworks(ctx, r)
 		return nil
 	})
 }
 
 // Destroy implements Machine.
-func (m *localMachine) Destroy(ctx context.Context) error {
+func (m *localMachine) Destroy(ctx context.Context) error { return m.destroy(ctx, nil) }
+
+// destroy is Destroy; at, when set (by crash tests), is called at each
+// named point where a crash leaves a distinct state.
+func (m *localMachine) destroy(ctx context.Context, at func(point string)) error {
+	point := func(p string) {
+		if at != nil {
+			at(p)
+		}
+	}
 	return m.locked(ctx, func(r record, st State) error {
 		if err := m.need("destroy", st, PoweredOff, Aborted); err != nil {
 			return err
@@ -302,24 +253,24 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
 		}
-		m.l.point("destroy:trash")
+		point("destroy:trash")
 		gone := filepath.Join(trash, m.name)
 		if err := os.Rename(m.dir(), gone); err != nil {
 			os.Remove(trash)
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
 		}
-		m.l.point("destroy:moved")
+		point("destroy:moved")
 		var errs []error
 		if !r.Overlay {
 			if err := m.l.removeMutableDisk(ctx, m.name, r.Image.Location); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		m.l.point("destroy:disk")
+		point("destroy:disk")
 		if err := os.RemoveAll(trash); err != nil {
 			errs = append(errs, err)
 		}
-		m.l.point("destroy:removed")
+		point("destroy:removed")
 		if err := m.l.releaseNetworks(ctx, r); err != nil {
 			errs = append(errs, fmt.Errorf("release its network addresses: %w", err))
 		}
@@ -332,14 +283,15 @@ func (m *localMachine) Destroy(ctx context.Context) error {
 
 // State implements Machine.
 func (m *localMachine) State(ctx context.Context) (State, error) {
-	if _, err := os.Stat(m.dir()); errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("%w: machine %q", ErrNotFound, m.name)
-	}
-	st, err := qemu.Inspect(ctx, m.dir())
+	r, err := m.l.readRecord(m.name)
 	if err != nil {
-		return "", fmt.Errorf("machine %s: %w", m.name, err)
+		return "", err
 	}
-	return st, nil
+	st, err := m.status(ctx, r)
+	if err != nil {
+		return "", err
+	}
+	return st.State, nil
 }
 
 // Info implements Machine.
@@ -348,19 +300,20 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	st, err := m.State(ctx)
+	st, err := m.status(ctx, r)
 	if err != nil {
 		return Info{}, err
 	}
 	info := Info{
 		Name:         m.name,
-		State:        st,
+		State:        st.State,
+		Driver:       m.l.driverName(r.Driver),
 		Image:        r.ImageModel,
 		Hardware:     r.HardwareModel,
 		Accel:        r.Accel,
 		Disk:         r.disk(m.dir()),
 		Created:      r.Created,
-		SerialLog:    filepath.Join(m.dir(), qemu.SerialLog),
+		SerialLog:    filepath.Join(m.dir(), store.SerialLog),
 		HardwareSpec: r.Hardware,
 		ImageSpec:    r.Image,
 	}
@@ -373,25 +326,30 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 	if r.Overlay {
 		info.BaseImage = r.Image.Location
 	}
-	if pid, alive, _ := qemu.PID(m.dir()); alive {
-		info.PID = pid
-	}
-	info.Networks = m.nicInfos(r, st)
+	info.PID = st.PID
+	info.Networks = m.nicInfos(r, st.State)
 	return info, nil
 }
 
 // WaitReady implements Machine.
 func (m *localMachine) WaitReady(ctx context.Context) error {
-	st, err := m.State(ctx)
+	r, err := m.l.readRecord(m.name)
 	if err != nil {
 		return err
 	}
-	if err := m.need("wait for", st, Running); err != nil {
+	st, err := m.status(ctx, r)
+	if err != nil {
 		return err
 	}
-	sock := filepath.Join(m.dir(), qemu.QGASocket)
+	if err := m.need("wait for", st.State, Running); err != nil {
+		return err
+	}
+	d, err := m.drv(r)
+	if err != nil {
+		return err
+	}
 	for {
-		a, err := qemu.DialAgent(ctx, sock)
+		a, err := d.Agent(ctx, m.ref(r))
 		if err == nil {
 			a.Close()
 			return nil
@@ -411,10 +369,15 @@ func (m *localMachine) WaitReady(ctx context.Context) error {
 
 // ConsoleLog implements Machine.
 func (m *localMachine) ConsoleLog(ctx context.Context) ([]byte, error) {
-	if _, err := os.Stat(m.dir()); err != nil {
-		return nil, fmt.Errorf("%w: machine %q", ErrNotFound, m.name)
+	r, err := m.l.readRecord(m.name)
+	if err != nil {
+		return nil, err
 	}
-	data, err := qemu.ReadConsole(ctx, m.dir())
+	d, err := m.drv(r)
+	if err != nil {
+		return nil, err
+	}
+	data, err := d.Console(ctx, m.ref(r))
 	if err != nil {
 		return nil, fmt.Errorf("console of machine %s: %w", m.name, err)
 	}

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/cloudinit"
-	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -222,11 +222,21 @@ func (l *Local) releaseNetworks(ctx context.Context, r record) error {
 	return err
 }
 
-// machineRuns reports whether the named machine's QEMU runs.
+// machineRuns reports whether the named machine runs (or is paused or
+// stopping). A machine whose state cannot be read counts as running: its
+// networks stay up.
 func (l *Local) machineRuns(name string) bool {
-	_, alive, _ := qemu.PID(l.home.MachinePath(name))
-	return alive
+	m := &localMachine{l: l, name: name}
+	r, err := l.readRecord(name)
+	if err != nil {
+		return false
+	}
+	st, err := m.status(context.Background(), r)
+	return err != nil || runs(st.State)
 }
+
+// runs says whether a machine in state st has a live hypervisor.
+func runs(st State) bool { return st == Running || st == Paused || st == Stopping }
 
 // alive reports, for the network package, whether an allocation's machine
 // runs; the machine self (being started or stopped) never counts.
@@ -277,7 +287,7 @@ type netStart struct {
 	m        *localMachine
 	r        record
 	locks    []*store.Lock
-	backends []qemu.NICBackend
+	backends []driver.NIC
 	plugs    []plug
 	cidata   string
 	nm       *network.Manager
@@ -333,7 +343,7 @@ func (s *netStart) undo() {
 // loopback port chosen for each NAT NIC's SSH forward (recorded in r), and
 // the cloud-init seed written.
 func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStart, err error) {
-	s = &netStart{m: m, r: *r, backends: make([]qemu.NICBackend, len(r.Hardware.Network))}
+	s = &netStart{m: m, r: *r, backends: make([]driver.NIC, len(r.Hardware.Network))}
 	held := s // every error return sets s to nil; its locks must still go
 	defer func() {
 		if err != nil {
@@ -629,11 +639,15 @@ func (m *localMachine) leaseIP(nr nicRecord, mac string) (string, string) {
 	if err != nil {
 		return "", err.Error()
 	}
-	st, err := os.Stat(filepath.Join(m.dir(), qemu.PIDFile))
+	r, err := m.l.readRecord(m.name)
 	if err != nil {
+		return "", err.Error()
+	}
+	st, err := m.status(context.Background(), r)
+	if err != nil || st.Since.IsZero() {
 		return "", "not running"
 	}
-	started := st.ModTime().Add(-2 * time.Second)
+	started := st.Since.Add(-2 * time.Second)
 	for _, l := range leases {
 		if l.MAC != mac {
 			continue
@@ -654,12 +668,23 @@ func (m *localMachine) leaseIP(nr nicRecord, mac string) (string, string) {
 func (m *localMachine) agentIP(ctx context.Context, mac string) (string, string) {
 	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	a, err := qemu.DialAgent(actx, filepath.Join(m.dir(), qemu.QGASocket))
+	r, err := m.l.readRecord(m.name)
+	if err != nil {
+		return "", err.Error()
+	}
+	d, err := m.drv(r)
+	if err != nil {
+		return "", err.Error()
+	}
+	if !d.Info().Features.GuestAgent {
+		return "", "the " + d.Info().Name + " driver has no guest agent"
+	}
+	a, err := d.Agent(actx, m.ref(r))
 	if err != nil {
 		return "", "did not answer"
 	}
 	defer a.Close()
-	ifs, err := a.Interfaces(actx)
+	ifs, err := driver.Interfaces(actx, a)
 	if err != nil {
 		return "", err.Error()
 	}

@@ -9,9 +9,9 @@
 // detached, so machines outlive the process that started them and any later
 // process reads their true state back from the pidfile and QMP.
 //
-// The lower-level QEMU driver (command line from a resolved spec, QMP and
-// guest-agent clients) is importable on its own as package
-// github.com/vmfest/vmfest/driver/qemu.
+// The hypervisor is a driver (package driver): QEMU run directly
+// (driver/qemu, the default) or through libvirtd (driver/libvirt), chosen
+// per server by Config and recorded per machine.
 package vmfest
 
 import (
@@ -20,23 +20,23 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/image"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 )
 
 // State is a machine's run state: powered-off, running, paused, stopping or
-// aborted (QEMU died without a clean power-off).
-type State = qemu.State
+// aborted (its hypervisor died without a clean power-off).
+type State = driver.State
 
 // The machine states.
 const (
-	PoweredOff = qemu.PoweredOff
-	Running    = qemu.Running
-	Paused     = qemu.Paused
-	Stopping   = qemu.Stopping
-	Aborted    = qemu.Aborted
+	PoweredOff = driver.PoweredOff
+	Running    = driver.Running
+	Paused     = driver.Paused
+	Stopping   = driver.Stopping
+	Aborted    = driver.Aborted
 )
 
 // Errors callers can test for with errors.Is.
@@ -269,9 +269,12 @@ type Info struct {
 	Image string `json:"image"`
 	// Hardware is the hardware model name, or "custom".
 	Hardware string `json:"hardware"`
+	// Driver is the hypervisor driver that runs the machine (qemu,
+	// libvirt).
+	Driver string `json:"driver,omitempty"`
 	// Accel is the accelerator of the current or last run (kvm or tcg).
 	Accel string `json:"accel,omitempty"`
-	// PID is QEMU's process id while it runs.
+	// PID is the hypervisor's process id while the machine runs.
 	PID int `json:"pid,omitempty"`
 	// Disk is the machine's disk: its overlay, or the image itself when
 	// that is not immutable.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -27,42 +28,7 @@ const AgentPortName = "org.qemu.guest_agent.0"
 // opens it as -blockdev nodes with every format given and its chain spelled
 // out: nothing is probed, and no file named inside an image (a backing
 // file, a backing format) is opened.
-type Disk struct {
-	// Path is the image file (absolute).
-	Path string
-	// Format is qcow2 or raw.
-	Format string
-	// BackingPath, when set, is the read-only base of a qcow2 overlay at
-	// Path (absolute); it is opened with BackingFormat and no backing file
-	// of its own, whatever its header says. Empty: Path is used directly,
-	// with no backing file.
-	BackingPath string
-	// BackingFormat is the base's format, qcow2 or raw.
-	BackingFormat string
-}
-
-// validate checks what QEMU will be told about the disk.
-func (d Disk) validate() error {
-	if d.Format != "qcow2" && d.Format != "raw" {
-		return fmt.Errorf("disk format %q: allowed: qcow2, raw", d.Format)
-	}
-	if !filepath.IsAbs(d.Path) {
-		return fmt.Errorf("disk path %q: must be an absolute path", d.Path)
-	}
-	if d.BackingPath == "" && d.BackingFormat == "" {
-		return nil
-	}
-	if d.BackingFormat != "qcow2" && d.BackingFormat != "raw" {
-		return fmt.Errorf("disk backing format %q: allowed: qcow2, raw", d.BackingFormat)
-	}
-	if !filepath.IsAbs(d.BackingPath) {
-		return fmt.Errorf("disk backing path %q: must be an absolute path", d.BackingPath)
-	}
-	if d.Format != "qcow2" {
-		return fmt.Errorf("disk %s: only a qcow2 disk has a backing file, not a %s one", d.Path, d.Format)
-	}
-	return nil
-}
+type Disk = driver.Disk
 
 // blockNode is one -blockdev node, written as JSON (so no file name needs
 // QEMU's comma escaping, and backing can be null).
@@ -79,7 +45,7 @@ type blockNode struct {
 // blockdevArgs returns the -blockdev options of the disk; its top node is
 // named id. A qcow2 node always has backing set: null, or the base's node,
 // which itself has backing null.
-func (d Disk) blockdevArgs(id string) ([]string, error) {
+func blockdevArgs(d Disk, id string) ([]string, error) {
 	var nodes []blockNode
 	top := blockNode{Driver: d.Format, NodeName: id, File: id + "-file", Discard: "unmap"}
 	if d.Format == "qcow2" {
@@ -136,16 +102,11 @@ type Config struct {
 	CIData string
 }
 
-// NICBackend is the host end of one adapter.
-type NICBackend struct {
-	// Tap is the tap QEMU creates for a host-only, bridged or internal
-	// adapter (script=no: the caller plugs it into its bridge once QEMU
-	// runs, and QEMU removes it when it exits).
-	Tap string
-	// SSHPort, for a nat adapter, is the 127.0.0.1 port forwarded to the
-	// guest's port 22; 0 for none.
-	SSHPort int
-}
+// NICBackend is the host end of one adapter: the tap QEMU creates for a
+// host-only, bridged or internal adapter (script=no: the caller plugs it
+// into its bridge once QEMU runs, and QEMU removes it when it exits), or a
+// nat adapter's SSH forward.
+type NICBackend = driver.NIC
 
 func (c Config) binary() string {
 	if c.Binary != "" {
@@ -180,7 +141,7 @@ func (c Config) Args() ([]string, error) {
 	if c.Accel != AccelKVM && c.Accel != AccelTCG {
 		return nil, fmt.Errorf("accelerator %q: allowed: kvm, tcg", c.Accel)
 	}
-	if err := c.Disk.validate(); err != nil {
+	if err := c.Disk.Validate(); err != nil {
 		return nil, err
 	}
 	if h.BootMountPoint == nil {
@@ -306,7 +267,7 @@ func (c Config) storageArgs() ([]string, error) {
 			var drive string
 			switch {
 			case boot:
-				nodes, err := c.Disk.blockdevArgs(driveID)
+				nodes, err := blockdevArgs(c.Disk, driveID)
 				if err != nil {
 					return nil, err
 				}

@@ -14,23 +14,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfest/vmfest/driver"
 )
 
-// State is a machine's run state.
-type State string
+// State is a machine's run state (driver.State).
+type State = driver.State
 
 // The states a machine can be in.
 const (
-	// PoweredOff: no QEMU runs for the machine and the last one ended cleanly.
-	PoweredOff State = "powered-off"
-	// Running: QEMU runs the guest.
-	Running State = "running"
-	// Paused: QEMU runs but the guest's CPUs are stopped.
-	Paused State = "paused"
-	// Stopping: the ACPI power button was pressed and the guest is shutting down.
-	Stopping State = "stopping"
-	// Aborted: QEMU died without a clean power-off (killed or crashed).
-	Aborted State = "aborted"
+	PoweredOff = driver.PoweredOff
+	Running    = driver.Running
+	Paused     = driver.Paused
+	Stopping   = driver.Stopping
+	Aborted    = driver.Aborted
 )
 
 // PID reports the QEMU process of the machine directory dir. QEMU holds a
@@ -61,30 +58,6 @@ func PID(dir string) (pid int, alive bool, err error) {
 	return int(lk.Pid), true, nil
 }
 
-// stoppingMark is the content of the stopping file: the deadline of an ACPI
-// shutdown in progress.
-func stoppingPath(dir string) string { return Config{Dir: dir}.Path("stopping") }
-
-// MarkStopping records that a clean shutdown was requested and is expected
-// to finish by deadline, so other processes report the machine as stopping.
-func MarkStopping(dir string, until time.Time) error {
-	return os.WriteFile(stoppingPath(dir), []byte(until.UTC().Format(time.RFC3339Nano)), 0o644)
-}
-
-// ClearStopping removes the stopping mark.
-func ClearStopping(dir string) {
-	os.Remove(stoppingPath(dir))
-}
-
-func isStopping(dir string) bool {
-	data, err := os.ReadFile(stoppingPath(dir))
-	if err != nil {
-		return false
-	}
-	until, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(data)))
-	return err == nil && time.Now().Before(until)
-}
-
 // Inspect derives the state of the machine in dir from its pidfile and QMP.
 func Inspect(ctx context.Context, dir string) (State, error) {
 	_, alive, err := PID(dir)
@@ -110,9 +83,6 @@ func Inspect(ctx context.Context, dir string) (State, error) {
 	}
 	switch st.Status {
 	case "running":
-		if isStopping(dir) {
-			return Stopping, nil
-		}
 		return Running, nil
 	case "shutdown":
 		return Stopping, nil
@@ -164,12 +134,12 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " | ")
 }
 
-// Clean removes what a dead QEMU left in dir: the pidfile, sockets and the
-// stopping mark. It refuses while QEMU runs. A QEMU that was killed lets go
-// of its pidfile's lock a moment before it has closed its disks (the kernel
-// closes a dying process's files one by one), so Clean first waits, bounded
-// by ctx, until that process has finished exiting: a start right after a
-// crash must not find the disk still locked.
+// Clean removes what a dead QEMU left in dir: the pidfile and sockets. It
+// refuses while QEMU runs. A QEMU that was killed lets go of its pidfile's
+// lock a moment before it has closed its disks (the kernel closes a dying
+// process's files one by one), so Clean first waits, bounded by ctx, until
+// that process has finished exiting: a start right after a crash must not
+// find the disk still locked.
 func Clean(ctx context.Context, dir string) error {
 	pid, alive, err := PID(dir)
 	if err != nil {
@@ -184,7 +154,7 @@ func Clean(ctx context.Context, dir string) error {
 		}
 	}
 	var errs []error
-	for _, name := range []string{PIDFile, QMPSocket, QGASocket, "stopping"} {
+	for _, name := range []string{PIDFile, QMPSocket, QGASocket} {
 		if err := os.Remove(c.Path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

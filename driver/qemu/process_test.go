@@ -69,11 +69,6 @@ func TestProcessLifecycle(t *testing.T) {
 	if _, err := RunQMP(ctx, cfg.Path(QMPSocket), "cont", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := MarkStopping(cfg.Dir, time.Now().Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	expect(Stopping)
-	ClearStopping(cfg.Dir)
 	expect(Running)
 	if err := Clean(context.Background(), cfg.Dir); err == nil {
 		t.Fatal("Clean succeeded while QEMU runs")

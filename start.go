@@ -1,0 +1,179 @@
+package vmfest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// Start implements Machine.
+func (m *localMachine) Start(ctx context.Context) error {
+	return m.locked(ctx, func(r record, st State) error {
+		if err := m.need("start", st, PoweredOff, Aborted); err != nil {
+			return err
+		}
+		return m.start(ctx, r, nil)
+	})
+}
+
+// starting is one start in progress: what the steps have found and made,
+// and the undo of each step that made something, run last first if a later
+// step fails.
+type starting struct {
+	m    *localMachine
+	r    record
+	drv  driver.Driver
+	disk driver.Disk
+	ns   *netStart // see networks.go
+	undo []func()
+}
+
+// step is one named start-up step.
+type step struct {
+	name string
+	fn   func(ctx context.Context, s *starting) error
+}
+
+// startSteps are the start-up steps, in order.
+var startSteps = []step{
+	{"clean leftovers of the last run", cleanLastRun},
+	{"check what the driver can do", checkFeatures},
+	{"check the disk", checkStartDisk},
+	{"set up the networks", setUpNetworks},
+	{"launch the machine", launch},
+	{"plug the NICs into their networks", plugNICs},
+}
+
+// start runs startSteps, undoing what was done if one fails. after, when
+// set (by crash tests), is called after each step.
+func (m *localMachine) start(ctx context.Context, r record, after func(step string)) (err error) {
+	s := &starting{m: m, r: r}
+	if s.drv, err = m.drv(r); err != nil {
+		return err
+	}
+	defer func() { s.ns.unlock() }()
+	defer func() {
+		if err != nil {
+			for i := len(s.undo) - 1; i >= 0; i-- {
+				s.undo[i]()
+			}
+		}
+	}()
+	for _, st := range startSteps {
+		if err := st.fn(ctx, s); err != nil {
+			return fmt.Errorf("start machine %s: %s: %w", m.name, st.name, err)
+		}
+		if after != nil {
+			after(st.name)
+		}
+	}
+	m.l.log.Debug("machine started", "machine", m.name, "driver", s.drv.Info().Name, "accel", s.r.Accel)
+	return nil
+}
+
+func cleanLastRun(ctx context.Context, s *starting) error {
+	clearStopping(s.m.dir())
+	return s.drv.Clean(ctx, s.m.ref(s.r))
+}
+
+// checkFeatures refuses, before anything is made, a machine its driver
+// cannot run, and says why.
+func checkFeatures(ctx context.Context, s *starting) error {
+	info := s.drv.Info()
+	f := info.Features
+	for _, format := range []string{s.r.DiskFormat, s.r.BaseFormat} {
+		if format != "" && !f.HasDiskFormat(format) {
+			return fmt.Errorf("%w: the %s driver does not open %s disks (it opens %s)", driver.ErrUnsupported, info.Name, format, strings.Join(f.DiskFormats, ", "))
+		}
+	}
+	if s.r.Overlay && !f.BackingChain {
+		return fmt.Errorf("%w: the %s driver does not open overlays over a base image", driver.ErrUnsupported, info.Name)
+	}
+	for i, n := range s.r.Hardware.Network {
+		switch n.AttachmentType {
+		case spec.AttachNAT:
+			if !f.UserNAT {
+				return fmt.Errorf("%w: network[%d]: the %s driver has no user-mode NAT; use host-only", driver.ErrUnsupported, i, info.Name)
+			}
+		case spec.AttachHostOnly, spec.AttachBridged, spec.AttachInternal:
+			if !f.Taps {
+				return fmt.Errorf("%w: network[%d] (%s): the %s driver cannot put a NIC on a host tap; use nat", driver.ErrUnsupported, i, n.AttachmentType, info.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func checkStartDisk(ctx context.Context, s *starting) (err error) {
+	r := s.r
+	if _, err := os.Stat(r.disk(s.m.dir())); err != nil {
+		return fmt.Errorf("disk: %w", err)
+	}
+	if s.disk, err = r.driverDisk(s.m.dir()); err != nil {
+		return err
+	}
+	if r.ImageModel != "" {
+		return nil // installed models were checked when installed
+	}
+	// The caller's file may have changed since the machine was made:
+	// check it again, as its recorded format.
+	format := s.disk.Format
+	if r.Overlay {
+		format = s.disk.BackingFormat
+	}
+	_, err = checkDisk(r.Image.Location, format)
+	return err
+}
+
+func setUpNetworks(ctx context.Context, s *starting) (err error) {
+	if s.ns, err = s.m.setUpNetworks(ctx, &s.r); err == nil {
+		s.undo = append(s.undo, s.ns.undo)
+	}
+	return err
+}
+
+func launch(ctx context.Context, s *starting) error {
+	m, r := s.m, s.r
+	started, err := s.drv.Start(ctx, driver.StartSpec{
+		Machine:  m.ref(r),
+		Hardware: r.Hardware,
+		Disk:     s.disk,
+		NICs:     s.ns.backends,
+		Seed:     s.ns.cidata,
+	})
+	if err != nil {
+		return memoryError(err, r.Hardware.MemorySize)
+	}
+	s.undo = append(s.undo, func() {
+		ctx := context.Background()
+		s.drv.Kill(ctx, m.ref(r))
+		s.drv.WaitExit(ctx, m.ref(r))
+		s.drv.Clean(ctx, m.ref(r))
+	})
+	if started.Accel != s.r.Accel || s.r.Driver == "" {
+		s.r.Accel = started.Accel
+		s.r.Driver = s.drv.Info().Name
+		return writeRecord(m.dir(), s.r)
+	}
+	return nil
+}
+
+func plugNICs(ctx context.Context, s *starting) error { return s.ns.plug() }
+
+// memoryError words a hypervisor's failure to allocate the guest's memory
+// as the host's limit (ErrUnavailable, naming memory-size); other errors
+// are returned as they are. QEMU says so only in its message.
+func memoryError(err error, mib int) error {
+	if !strings.Contains(err.Error(), "cannot set up guest memory") {
+		return err
+	}
+	avail := "unknown"
+	if n, aerr := hostMemory("MemAvailable"); aerr == nil {
+		avail = fmt.Sprintf("%d MiB", n)
+	}
+	return fmt.Errorf("%w: memory-size: the host cannot give the machine its %d MiB now (available: %s); stop other machines or lower memory-size: %w", ErrUnavailable, mib, avail, err)
+}
