@@ -14,7 +14,17 @@ import (
 // through the host end of its virtio-serial port. Like QMP it serves one
 // client at a time; it is not safe for concurrent use.
 type Agent struct {
-	c *lineConn
+	c *rpcConn
+}
+
+// newAgent speaks the guest-agent protocol over c.
+func newAgent(c *lineConn) *Agent {
+	return &Agent{c: newRPCConn(c, protocol{
+		name: "guest agent",
+		newError: func(command, class, desc string) error {
+			return &AgentError{Command: command, Class: class, Desc: desc}
+		},
+	})}
 }
 
 // AgentError is an error the guest agent returned.
@@ -41,7 +51,7 @@ func DialAgent(ctx context.Context, path string) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to guest agent socket %s: %w", path, err)
 	}
-	a := &Agent{c: c}
+	a := newAgent(c)
 	if err := a.sync(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -73,10 +83,10 @@ func (a *Agent) sync(ctx context.Context) error {
 			if i := bytes.LastIndexByte(line, 0xff); i >= 0 {
 				line = line[i+1:]
 			}
-			var reply struct {
+			var r struct {
 				Return *int64 `json:"return"`
 			}
-			if json.Unmarshal(line, &reply) == nil && reply.Return != nil && sent[*reply.Return] {
+			if json.Unmarshal(line, &r) == nil && r.Return != nil && sent[*r.Return] {
 				return nil
 			}
 		}
@@ -89,47 +99,14 @@ func isTimeout(err error) bool {
 }
 
 // Execute runs one agent command and returns its "return" value.
+// guest-shutdown returns as soon as it is sent: the agent sends no reply,
+// the guest goes down.
 func (a *Agent) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
-	req := map[string]any{"execute": command}
-	if args != nil {
-		req["arguments"] = args
-	}
-	msg, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("guest agent %s: %w", command, err)
-	}
-	if err := a.c.write(ctx, append(msg, '\n')); err != nil {
-		return nil, timeoutErr("guest agent "+command, err)
-	}
 	if command == "guest-shutdown" {
-		return nil, nil // the agent sends no reply; the guest goes down
+		_, err := a.c.send(ctx, command, args)
+		return nil, err
 	}
-	var line []byte
-	for {
-		line, err = a.c.readLine(ctx, deadline(ctx))
-		if err != nil {
-			return nil, timeoutErr("guest agent "+command, err)
-		}
-		// Late answers to the syncs sent while the agent was starting
-		// are delimited by 0xFF: skip them.
-		if bytes.IndexByte(line, 0xff) < 0 {
-			break
-		}
-	}
-	var reply struct {
-		Return json.RawMessage `json:"return"`
-		Error  *struct {
-			Class string `json:"class"`
-			Desc  string `json:"desc"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(line, &reply); err != nil {
-		return nil, fmt.Errorf("guest agent %s: malformed reply %q", command, truncate(line))
-	}
-	if reply.Error != nil {
-		return nil, &AgentError{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
-	}
-	return reply.Return, nil
+	return a.c.execute(ctx, command, args)
 }
 
 // Close ends the connection.

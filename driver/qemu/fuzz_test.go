@@ -37,7 +37,7 @@ func FuzzQMPReply(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		c := &lineConn{conn: client}
-		q := &QMP{c: c}
+		q := newQMP(c)
 		if _, err := c.readLine(ctx, deadline(ctx)); err != nil {
 			client.Close()
 			return
@@ -65,7 +65,7 @@ func FuzzAgentReply(f *testing.F) {
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
-		a := &Agent{c: &lineConn{conn: client}}
+		a := newAgent(&lineConn{conn: client})
 		a.Interfaces(ctx)
 		client.Close()
 	})

@@ -3,12 +3,14 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -117,4 +119,128 @@ func timeoutErr(what string, err error) error {
 		return fmt.Errorf("%s: %w: %w", what, ErrTimeout, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// QMP and the guest agent speak the same request/reply protocol over a
+// lineConn: a request {"execute", "arguments", "id"} and a reply line
+// {"return": …} or {"error": {"class", "desc"}} that echoes the id, among
+// lines that are not replies to it. rpcConn is that protocol, once for both
+// clients; the handshakes (QMP's greeting and capabilities, the agent's
+// guest-sync-delimited) stay with each client.
+
+// protocol is what differs between the two users of rpcConn.
+type protocol struct {
+	// name starts every error message ("qmp", "guest agent").
+	name string
+	// lineWait, when positive, bounds the wait for each reply line below
+	// the context's deadline: QEMU answers QMP at once or has hung. Zero
+	// waits as long as the context allows (DefaultTimeout without a
+	// deadline), as a guest may take its time.
+	lineWait time.Duration
+	// newError makes the client's error type from an "error" reply.
+	newError func(command, class, desc string) error
+}
+
+// rpcConn sends commands with ids unique to the connection and reads back
+// their replies. It is not safe for concurrent use.
+type rpcConn struct {
+	*lineConn
+	proto  protocol
+	prefix string // per connection, so a stale reply never matches
+	nextID int
+}
+
+func newRPCConn(c *lineConn, p protocol) *rpcConn {
+	return &rpcConn{lineConn: c, proto: p, prefix: fmt.Sprintf("vmfest-%x-", rand.Uint32())}
+}
+
+// request is the wire form of a command.
+type request struct {
+	Execute   string `json:"execute"`
+	Arguments any    `json:"arguments,omitempty"`
+	ID        string `json:"id"`
+}
+
+// reply is the wire form of every line a server sends after its greeting.
+type reply struct {
+	ID     json.RawMessage `json:"id"`
+	Event  string          `json:"event"`
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+}
+
+// execute sends command and returns the "return" value of its reply.
+func (c *rpcConn) execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	id, err := c.send(ctx, command, args)
+	if err != nil {
+		return nil, err
+	}
+	return c.receive(ctx, command, id)
+}
+
+// send writes command with a fresh id and returns the id.
+func (c *rpcConn) send(ctx context.Context, command string, args any) (string, error) {
+	c.nextID++
+	id := c.prefix + strconv.Itoa(c.nextID)
+	msg, err := json.Marshal(request{Execute: command, Arguments: args, ID: id})
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", c.proto.name, command, err)
+	}
+	if err := c.write(ctx, append(msg, '\n')); err != nil {
+		return "", timeoutErr(c.proto.name+" "+command, err)
+	}
+	return id, nil
+}
+
+// receive reads lines until the reply to the command sent with id and
+// decodes it. It skips events, replies that carry another id (to a command
+// an earlier client gave up on) and lines holding 0xFF (the delimited late
+// answers to guest-sync-delimited; never part of a JSON reply). A reply
+// without an id is taken as the answer: servers echo the id, but a minimal
+// one may not.
+func (c *rpcConn) receive(ctx context.Context, command, id string) (json.RawMessage, error) {
+	what := c.proto.name + " " + command
+	for {
+		until := deadline(ctx)
+		if c.proto.lineWait > 0 {
+			until = time.Now().Add(c.proto.lineWait)
+		}
+		line, err := c.readLine(ctx, until)
+		if err != nil {
+			return nil, timeoutErr(what, err)
+		}
+		if bytes.IndexByte(line, 0xff) >= 0 {
+			continue
+		}
+		var r reply
+		if err := json.Unmarshal(line, &r); err != nil {
+			return nil, fmt.Errorf("%s: malformed reply %q", what, truncate(line))
+		}
+		if r.Event != "" {
+			continue
+		}
+		if r.ID != nil {
+			var got string
+			if json.Unmarshal(r.ID, &got) != nil || got != id {
+				continue
+			}
+		}
+		switch {
+		case r.Error != nil:
+			return nil, c.proto.newError(command, r.Error.Class, r.Error.Desc)
+		case r.Return == nil:
+			return nil, fmt.Errorf("%s: reply has neither return nor error: %q", what, truncate(line))
+		}
+		return r.Return, nil
+	}
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "…"
+	}
+	return string(b)
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"strconv"
-	"time"
 )
 
 // QMP is a client connection to a QEMU Machine Protocol socket. It is not
@@ -18,9 +15,18 @@ import (
 // blocks without deadline when QEMU stops answering) and events need no
 // background goroutine. See docs/dependencies.md.
 type QMP struct {
-	c      *lineConn
-	prefix string
-	nextID int
+	c *rpcConn
+}
+
+// newQMP speaks QMP over c, whose greeting has been read.
+func newQMP(c *lineConn) *QMP {
+	return &QMP{c: newRPCConn(c, protocol{
+		name:     "qmp",
+		lineWait: DefaultTimeout,
+		newError: func(command, class, desc string) error {
+			return &QMPError{Command: command, Class: class, Desc: desc}
+		},
+	})}
 }
 
 // QMPError is an error QEMU returned for a command.
@@ -40,7 +46,6 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to QMP at %s: %w", path, err)
 	}
-	q := &QMP{c: c, prefix: fmt.Sprintf("vmfest-%x-", rand.Uint32())}
 	// QEMU keeps a monitor's unsent output across connections: a reply to
 	// a command whose client gave up (say, while QEMU was stopped) can
 	// reach the next client before its greeting. Such lines are skipped,
@@ -66,6 +71,7 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 			break
 		}
 	}
+	q := newQMP(c)
 	if _, err := q.Execute(ctx, "qmp_capabilities", nil); err != nil {
 		c.Close()
 		return nil, err
@@ -76,54 +82,7 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 // Execute runs one command and returns its "return" value. Events that
 // arrive meanwhile are skipped.
 func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
-	q.nextID++
-	id := q.prefix + strconv.Itoa(q.nextID)
-	req := map[string]any{"execute": command, "id": id}
-	if args != nil {
-		req["arguments"] = args
-	}
-	msg, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("qmp %s: %w", command, err)
-	}
-	if err := q.c.write(ctx, append(msg, '\n')); err != nil {
-		return nil, timeoutErr("qmp "+command, err)
-	}
-	for {
-		line, err := q.c.readLine(ctx, time.Now().Add(DefaultTimeout))
-		if err != nil {
-			return nil, timeoutErr("qmp "+command, err)
-		}
-		var reply struct {
-			ID     json.RawMessage `json:"id"`
-			Event  string          `json:"event"`
-			Return json.RawMessage `json:"return"`
-			Error  *struct {
-				Class string `json:"class"`
-				Desc  string `json:"desc"`
-			} `json:"error"`
-		}
-		if err := json.Unmarshal(line, &reply); err != nil {
-			return nil, fmt.Errorf("qmp %s: malformed reply %q", command, truncate(line))
-		}
-		if reply.Event != "" {
-			continue
-		}
-		var gotID string
-		if reply.ID != nil {
-			json.Unmarshal(reply.ID, &gotID)
-		}
-		if reply.ID != nil && gotID != id {
-			continue // a reply to an earlier, abandoned command
-		}
-		if reply.Error != nil {
-			return nil, &QMPError{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
-		}
-		if reply.Return == nil {
-			return nil, fmt.Errorf("qmp %s: reply has neither return nor error: %q", command, truncate(line))
-		}
-		return reply.Return, nil
-	}
+	return q.c.execute(ctx, command, args)
 }
 
 // Close ends the connection.
@@ -156,11 +115,4 @@ func QueryStatus(ctx context.Context, socket string) (Status, error) {
 		return Status{}, fmt.Errorf("qmp query-status: %w", err)
 	}
 	return s, nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 200 {
-		return string(b[:200]) + "…"
-	}
-	return string(b)
 }

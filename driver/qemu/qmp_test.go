@@ -212,3 +212,65 @@ func TestQMPStaleOutputBeforeGreeting(t *testing.T) {
 		t.Fatalf("status = %+v, %v", st, err)
 	}
 }
+
+// TestAgentExecuteSkipsOtherLines: a reply is the line that echoes the
+// command's id (or carries none); late answers to earlier syncs and replies
+// to other ids before it are skipped, and guest-shutdown does not wait for
+// a reply that never comes.
+func TestAgentExecuteSkipsOtherLines(t *testing.T) {
+	tests := []struct {
+		name    string
+		command string
+		before  string // lines the agent sends ahead of the reply
+		reply   string // %s is the request's id
+		want    string
+		wantErr string
+	}{
+		{"echoed id", "guest-ping", "", `{"return": {"ok": 1}, "id": %s}`, `{"ok": 1}`, ""},
+		{"no id", "guest-ping", "", `{"return": 7}`, `7`, ""},
+		{"late sync", "guest-ping", "\xff{\"return\": 12345}\n", `{"return": 8, "id": %s}`, `8`, ""},
+		{"other id", "guest-ping", `{"return": "stale", "id": "vmfest-0-1"}` + "\n" + `{"return": "num", "id": 3}` + "\n", `{"return": "fresh", "id": %s}`, `"fresh"`, ""},
+		{"error", "guest-frobnicate", "", `{"error": {"class": "CommandNotFound", "desc": "no"}, "id": %s}`, "", "guest agent guest-frobnicate: CommandNotFound: no"},
+		{"empty", "guest-ping", "", `{"id": %s}`, "", "neither return nor error"},
+		{"malformed", "guest-ping", "", `{"return": `, "", "malformed reply"},
+		{"shutdown", "guest-shutdown", "", "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			t.Cleanup(func() { client.Close(); server.Close() })
+			go func() {
+				var req struct {
+					Execute string          `json:"execute"`
+					ID      json.RawMessage `json:"id"`
+				}
+				line, err := bufio.NewReader(server).ReadBytes('\n')
+				if err != nil || json.Unmarshal(line, &req) != nil || req.Execute != tt.command {
+					server.Close()
+					return
+				}
+				if tt.reply != "" {
+					server.Write([]byte(tt.before + strings.ReplaceAll(tt.reply, "%s", string(req.ID)) + "\n"))
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			got, err := newAgent(&lineConn{conn: client}).Execute(ctx, tt.command, nil)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				if tt.name == "error" {
+					var ae *AgentError
+					if !errors.As(err, &ae) || ae.Class != "CommandNotFound" {
+						t.Fatalf("err = %#v, want an *AgentError", err)
+					}
+				}
+				return
+			}
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("Execute = %s, %v; want %s", got, err, tt.want)
+			}
+		})
+	}
+}
