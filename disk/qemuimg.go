@@ -1,0 +1,93 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// QEMUImg is the Manager that runs qemu-img. It handles every format
+// qemu-img does, at the price of a process start (8-25 ms) per call. Reads
+// pass --force-share, so they work on the disk of a running machine.
+type QEMUImg struct {
+	// Binary is the qemu-img to run; "" means qemu-img on $PATH.
+	Binary string
+}
+
+// CreateOverlay implements Manager with `qemu-img create -b`. It creates
+// path itself first (0600, failing if it exists, as Native does), since
+// qemu-img would overwrite a file; on failure it removes it again.
+func (q QEMUImg) CreateOverlay(ctx context.Context, base, baseFormat, path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	f.Close()
+	if _, err := q.run(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat, "-b", base, path); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("create overlay with qemu-img: %w", err)
+	}
+	return nil
+}
+
+// info is the part of `qemu-img info --output=json` read here.
+type info struct {
+	VirtualSize   int64  `json:"virtual-size"`
+	BackingFormat string `json:"backing-filename-format"`
+}
+
+// VirtualSize implements Manager with `qemu-img info`.
+func (q QEMUImg) VirtualSize(ctx context.Context, path, format string) (int64, error) {
+	in, err := q.info(ctx, path, format)
+	if err != nil {
+		return 0, fmt.Errorf("read base image %s: %w", path, err)
+	}
+	return in.VirtualSize, nil
+}
+
+// OverlayBackingFormat implements Manager with `qemu-img info`.
+func (q QEMUImg) OverlayBackingFormat(ctx context.Context, path string) (string, error) {
+	in, err := q.info(ctx, path, "qcow2")
+	if err != nil {
+		return "", fmt.Errorf("read overlay %s: %w", path, err)
+	}
+	if in.BackingFormat == "" {
+		return "", fmt.Errorf("overlay %s: no backing format in its header", path)
+	}
+	return checkBackingFormat(path, in.BackingFormat)
+}
+
+func (q QEMUImg) info(ctx context.Context, path, format string) (info, error) {
+	out, err := q.run(ctx, "info", "--output=json", "--force-share", "-f", format, path)
+	if err != nil {
+		return info{}, err
+	}
+	var in info
+	if err := json.Unmarshal(out, &in); err != nil {
+		return info{}, fmt.Errorf("qemu-img info: %w", err)
+	}
+	return in, nil
+}
+
+// run runs qemu-img with args and returns its stdout; its error carries
+// qemu-img's own message.
+func (q QEMUImg) run(ctx context.Context, args ...string) ([]byte, error) {
+	bin := q.Binary
+	if bin == "" {
+		bin = "qemu-img"
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
