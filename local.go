@@ -226,7 +226,7 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 		}
 	}
 	if err := store.ValidateName("machine", name); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, apiError(err)
 	}
 	// The shared lock on machines/ tells a sweep (which needs it
 	// exclusively) that work is in progress, and keeps a model from being
@@ -334,7 +334,7 @@ func (l *Local) resolveImage(r *record, image Image) error {
 		return fmt.Errorf("%w: image: give a model or a spec", ErrInvalid)
 	}
 	if err := r.Image.Validate(); err != nil {
-		return fmt.Errorf("image spec: %w", err)
+		return apiError(fmt.Errorf("image spec: %w", err))
 	}
 	loc, err := filepath.Abs(r.Image.Location)
 	if err != nil {
@@ -528,11 +528,8 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 		return fmt.Errorf("%w: hardware: give a model or a spec, not both", ErrInvalid)
 	case hw.Model != "":
 		h, err := l.hardware.Get(hw.Model)
-		if errors.Is(err, model.ErrNotFound) {
-			return fmt.Errorf("%w: %w", ErrNotFound, err)
-		}
 		if err != nil {
-			return err
+			return apiError(err)
 		}
 		r.HardwareModel = hw.Model
 		base = h
@@ -548,15 +545,15 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 		}
 	}
 	if err := h.ValidateWith(l.cfg.NAT); err != nil {
-		return fmt.Errorf("hardware spec: %w", err)
+		return apiError(fmt.Errorf("hardware spec: %w", err))
 	}
 	if total, err := hostMemory("MemTotal"); err != nil {
 		l.log.Warn("host memory unknown; memory-size not checked against it", "err", err)
 	} else if h.MemorySize > total {
-		return fmt.Errorf("hardware spec: %w", &spec.ValidationError{Problems: []spec.FieldError{{
+		return apiError(fmt.Errorf("hardware spec: %w", &spec.ValidationError{Problems: []spec.FieldError{{
 			Field:   "memory-size",
 			Problem: fmt.Sprintf("%d MiB is more than the host's %d MiB (MemTotal)", h.MemorySize, total),
-		}}})
+		}}}))
 	}
 	r.Hardware = h
 	return nil
@@ -608,7 +605,7 @@ func (l *Local) machineNames() ([]string, error) {
 // FindMachine implements Server.
 func (l *Local) FindMachine(ctx context.Context, name string) (Machine, error) {
 	if err := store.ValidateName("machine", name); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, apiError(err)
 	}
 	if _, err := os.Stat(filepath.Join(l.home.MachinePath(name), store.MachineFile)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -638,10 +635,7 @@ func (l *Local) HardwareModels(ctx context.Context) ([]string, error) { return l
 // HardwareModel implements Server.
 func (l *Local) HardwareModel(ctx context.Context, name string) (spec.Hardware, error) {
 	h, err := l.hardware.Get(name)
-	if errors.Is(err, model.ErrNotFound) {
-		return spec.Hardware{}, fmt.Errorf("%w: %w", ErrNotFound, err)
-	}
-	return h, err
+	return h, apiError(err)
 }
 
 // checkDisk checks by content a disk that is not an installed model, as

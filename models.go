@@ -20,35 +20,18 @@ import (
 // error wrapping ErrExists; one named like a built-in shadows it.
 func (l *Local) AddHardwareModel(ctx context.Context, name string, h spec.Hardware) error {
 	err := l.hardware.Add(name, h, false)
-	switch {
-	case errors.Is(err, store.ErrInvalidName):
-		return tagged{err, ErrInvalid}
-	case errors.Is(err, model.ErrExists):
-		return tagged{fmt.Errorf("%w; remove it first with `vmfest hardware rm %s`", err, name), ErrExists}
+	if errors.Is(err, model.ErrExists) {
+		err = fmt.Errorf("%w; remove it first with `vmfest hardware rm %s`", err, name)
 	}
-	return err
+	return apiError(err)
 }
 
 // RemoveHardwareModel implements Server. Built-in models cannot be removed
 // (the error wraps ErrInvalid). Machines keep the hardware they were made
 // with, so removing a model in use is allowed.
 func (l *Local) RemoveHardwareModel(ctx context.Context, name string) error {
-	err := l.hardware.Remove(name)
-	switch {
-	case errors.Is(err, store.ErrInvalidName), errors.Is(err, model.ErrBuiltin):
-		return tagged{err, ErrInvalid}
-	case errors.Is(err, model.ErrNotFound):
-		return tagged{err, ErrNotFound}
-	}
-	return err
+	return apiError(l.hardware.Remove(name))
 }
-
-// tagged is err, worded as err, that also matches sentinel with errors.Is:
-// a lower layer's error given the API's sentinel without repeating it.
-type tagged struct{ err, sentinel error }
-
-func (t tagged) Error() string   { return t.err.Error() }
-func (t tagged) Unwrap() []error { return []error{t.err, t.sentinel} }
 
 // cacheDir is where partial downloads and staging directories live: under
 // the state directory, so installing is a rename.
@@ -201,20 +184,14 @@ func (l *Local) Models(ctx context.Context) ([]model.ImageModel, error) {
 // Model implements Server.
 func (l *Local) Model(ctx context.Context, id string) (model.ImageModel, error) {
 	m, err := l.images.Get(id)
-	switch {
-	case errors.Is(err, store.ErrInvalidName):
-		return m, tagged{err, ErrInvalid}
-	case errors.Is(err, model.ErrNotFound):
-		return m, tagged{err, ErrNotFound}
-	}
-	return m, err
+	return m, apiError(err)
 }
 
 // RemoveModel implements Server. It is refused (ErrWrongState) while any
 // machine's disk is backed by the model, and the error names them.
 func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	if err := store.ValidateName("image model", id); err != nil {
-		return tagged{err, ErrInvalid}
+		return apiError(err)
 	}
 	reg, err := l.images.Lock(ctx)
 	if err != nil {
@@ -227,10 +204,7 @@ func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	}
 	defer busy.Unlock()
 	if _, err := l.images.Get(id); err != nil {
-		if errors.Is(err, model.ErrNotFound) {
-			return tagged{err, ErrNotFound}
-		}
-		return err
+		return apiError(err)
 	}
 	users, err := l.modelUsers(id)
 	if err != nil {
@@ -239,11 +213,5 @@ func (l *Local) RemoveModel(ctx context.Context, id string) error {
 	if len(users) > 0 {
 		return fmt.Errorf("%w: image model %q is in use by machines %s; destroy them first", ErrWrongState, id, strings.Join(users, ", "))
 	}
-	if err := l.images.Remove(id); err != nil {
-		if errors.Is(err, model.ErrNotFound) {
-			return tagged{err, ErrNotFound}
-		}
-		return err
-	}
-	return nil
+	return apiError(l.images.Remove(id))
 }

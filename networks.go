@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -75,21 +74,6 @@ func (l *Local) networks() (*network.Manager, error) {
 	return network.NewManager(filepath.Join(l.home.Root(), store.NetworksDir))
 }
 
-// netErr maps the network package's errors onto the API's.
-func netErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, network.ErrNotFound):
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
-	case errors.Is(err, network.ErrExists):
-		return fmt.Errorf("%w: %w", ErrExists, err)
-	case errors.Is(err, network.ErrInUse):
-		return fmt.Errorf("%w: %w", ErrWrongState, err)
-	}
-	return err
-}
-
 // Networks implements Server.
 func (l *Local) Networks(ctx context.Context) ([]Network, error) {
 	nm, err := l.networks()
@@ -130,7 +114,7 @@ func (l *Local) CreateNetwork(ctx context.Context, s NetworkSpec) (Network, erro
 	}
 	n, err := nm.Create(ctx, network.Spec{Name: s.Name, Kind: s.Kind, Subnet: s.Subnet})
 	if err != nil {
-		return Network{}, netErr(err)
+		return Network{}, apiError(err)
 	}
 	return l.networkOf(nm, n), nil
 }
@@ -142,7 +126,7 @@ func (l *Local) RemoveNetwork(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return netErr(nm.Remove(ctx, name))
+	return apiError(nm.Remove(ctx, name))
 }
 
 // newInstanceID returns a random machine instance id.
@@ -189,12 +173,12 @@ func (l *Local) allocateNetworks(ctx context.Context, r *record, keys []string) 
 		}
 		if _, err := nm.Ensure(ctx, name, kind); err != nil {
 			l.releaseNetworks(ctx, *r)
-			return fmt.Errorf("network[%d]: %w", i, netErr(err))
+			return fmt.Errorf("network[%d]: %w", i, apiError(err))
 		}
 		a, err := nm.Allocate(ctx, name, network.Allocation{Owner: r.Net.ID, Machine: r.Name, Slot: i, MAC: n.MACAddress})
 		if err != nil {
 			l.releaseNetworks(ctx, *r)
-			return fmt.Errorf("network[%d]: %w", i, netErr(err))
+			return fmt.Errorf("network[%d]: %w", i, apiError(err))
 		}
 		r.Net.NICs[i] = nicRecord{Network: name, IP: a.IP}
 	}
@@ -390,11 +374,11 @@ func (m *localMachine) setUpNetworks(ctx context.Context, r *record) (s *netStar
 	for _, name := range names {
 		n, err := nm.Get(name)
 		if err != nil {
-			return nil, netErr(err)
+			return nil, apiError(err)
 		}
 		lk, err := nm.Lock(ctx, name)
 		if err != nil {
-			return nil, netErr(err)
+			return nil, apiError(err)
 		}
 		s.locks = append(s.locks, lk)
 		if err := nm.Up(ctx, n, m.l.alive(r.Net.ID)); err != nil {

@@ -313,7 +313,7 @@ func remaining(ctx context.Context, def time.Duration) string {
 
 func checkName(kind, name string) error {
 	if err := store.ValidateName(kind, name); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return apiError(err)
 	}
 	return nil
 }

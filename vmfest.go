@@ -16,8 +16,6 @@ package vmfest
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
@@ -38,46 +36,6 @@ const (
 	Stopping   = driver.Stopping
 	Aborted    = driver.Aborted
 )
-
-// Errors callers can test for with errors.Is.
-var (
-	// ErrNotFound: no machine or model of that name.
-	ErrNotFound = errors.New("not found")
-	// ErrExists: the name is taken.
-	ErrExists = errors.New("already exists")
-	// ErrWrongState: the machine is not in a state the operation accepts.
-	ErrWrongState = errors.New("wrong state")
-	// ErrTimeout: the operation did not finish in the time allowed.
-	ErrTimeout = errors.New("timed out")
-	// ErrInvalid: bad input (a spec, a name, an option).
-	ErrInvalid = spec.ErrInvalid
-	// ErrUnavailable: the host cannot do it now (memory or disk space
-	// short, a cap on concurrent work reached); the same call may work
-	// later.
-	ErrUnavailable = errors.New("unavailable")
-)
-
-// StateError reports an operation refused because of the machine's state.
-type StateError struct {
-	Machine string
-	Op      string
-	State   State
-	Needs   []State
-}
-
-func (e *StateError) Error() string {
-	needs := ""
-	for i, s := range e.Needs {
-		if i > 0 {
-			needs += " or "
-		}
-		needs += string(s)
-	}
-	return fmt.Sprintf("cannot %s machine %q: it is %s (%s needs %s)", e.Op, e.Machine, e.State, e.Op, needs)
-}
-
-// Unwrap makes errors.Is(err, ErrWrongState) true.
-func (e *StateError) Unwrap() error { return ErrWrongState }
 
 // Image chooses a machine's image: an installed image model by id, or a
 // full image spec.

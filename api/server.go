@@ -28,7 +28,6 @@ import (
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
 	"github.com/vmfest/vmfest/image"
-	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -270,10 +269,10 @@ func errorBody(err error) (int, wire.Error) {
 	case errors.Is(err, vmfest.ErrExists):
 		body.Code = wire.CodeExists
 		return http.StatusConflict, body
-	case errors.Is(err, vmfest.ErrNotFound), errors.Is(err, model.ErrNotFound):
+	case errors.Is(err, vmfest.ErrNotFound):
 		body.Code = wire.CodeNotFound
 		return http.StatusNotFound, body
-	case errors.Is(err, vmfest.ErrInvalid), errors.Is(err, store.ErrInvalidName):
+	case errors.Is(err, vmfest.ErrInvalid):
 		body.Code = wire.CodeInvalid
 		return http.StatusBadRequest, body
 	case isBadImage(err):

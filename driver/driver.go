@@ -32,8 +32,13 @@ import (
 )
 
 // ErrUnsupported is wrapped by an error for an operation the driver cannot
-// do (see Features).
-var ErrUnsupported = errors.New("not supported by this driver")
+// do (see Features). It matches errors.ErrUnsupported too.
+var ErrUnsupported error = unsupported{}
+
+type unsupported struct{}
+
+func (unsupported) Error() string        { return "not supported by this driver" }
+func (unsupported) Is(target error) bool { return target == errors.ErrUnsupported }
 
 // State is a machine's run state as its hypervisor reports it.
 type State string

@@ -57,7 +57,8 @@ var (
 	ErrExists   = errors.New("network already exists")
 	ErrInUse    = errors.New("network in use")
 	ErrFull     = errors.New("no free address")
-	ErrInvalid  = spec.ErrInvalid
+	// ErrInvalid: a bad network name, kind or subnet.
+	ErrInvalid = errors.New("invalid")
 	// ErrNeedRoot: creating bridges and taps needs root (CAP_NET_ADMIN).
 	ErrNeedRoot = errors.New("needs root")
 )

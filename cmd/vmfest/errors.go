@@ -12,6 +12,7 @@ import (
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
 	"github.com/vmfest/vmfest/model"
+	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -89,7 +90,7 @@ func errorCode(err error) string {
 		return wire.CodeExists
 	case errors.Is(err, vmfest.ErrNotFound), errors.Is(err, model.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		return wire.CodeNotFound
-	case errors.Is(err, vmfest.ErrInvalid), errors.Is(err, store.ErrInvalidName):
+	case errors.Is(err, vmfest.ErrInvalid), errors.Is(err, spec.ErrInvalid), errors.Is(err, store.ErrInvalidName):
 		return wire.CodeInvalid
 	case errors.Is(err, vmfest.ErrUnavailable):
 		return wire.CodeUnavailable
