@@ -9,6 +9,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/vmfest/vmfest/disk"
 )
 
 // The native inspector reads a disk's headers as the formats' own
@@ -182,75 +184,56 @@ func readExact(r io.ReaderAt, off, n, size int64, what string) ([]byte, error) {
 	return b, nil
 }
 
-// qcow2 incompatible feature bits (docs/interop/qcow2.txt).
-const (
-	qcow2Dirty         = 1 << 0
-	qcow2Corrupt       = 1 << 1
-	qcow2ExternalData  = 1 << 2
-	qcow2Compression   = 1 << 3
-	qcow2ExtendedL2    = 1 << 4
-	qcow2KnownIncompat = qcow2Dirty | qcow2Corrupt | qcow2ExternalData | qcow2Compression | qcow2ExtendedL2
-)
-
-// qcow2 header extension types.
-const (
-	qcow2ExtEnd          = 0x00000000
-	qcow2ExtBackingFmt   = 0xe2792aca
-	qcow2ExtFeatureNames = 0x6803f857
-	qcow2ExtBitmaps      = 0x23852875
-	qcow2ExtCrypto       = 0x0537be77
-	qcow2ExtDataFile     = 0x44415441
-)
-
+// inspectQCOW2 reads a qcow2 header through package disk, which holds
+// the layout (docs/interop/qcow2.txt) for all of vmfest.
 func inspectQCOW2(r io.ReaderAt, size int64) (Inspection, error) {
-	h, err := readExact(r, 0, 104, size, "the qcow2 header")
+	b, err := readExact(r, 0, disk.QCOW2HeaderV3Length, size, "the qcow2 header")
 	if err != nil {
 		return Inspection{}, err
 	}
-	be := binary.BigEndian
-	version := be.Uint32(h[4:])
-	if version != 2 && version != 3 {
-		return Inspection{}, fmt.Errorf("%w: qcow2 version %d: allowed are 2 and 3", ErrCorrupt, version)
+	h, err := disk.ParseQCOW2Header(b)
+	if err != nil {
+		return Inspection{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	backingOff, backingLen := be.Uint64(h[8:]), be.Uint32(h[16:])
-	clusterBits := be.Uint32(h[20:])
-	vsize := be.Uint64(h[24:])
-	crypt := be.Uint32(h[32:])
-	if clusterBits < 9 || clusterBits > 21 {
-		return Inspection{}, fmt.Errorf("%w: qcow2 cluster bits %d: allowed are 9 to 21", ErrCorrupt, clusterBits)
+	if h.Version != 2 && h.Version != 3 {
+		return Inspection{}, fmt.Errorf("%w: qcow2 version %d: allowed are 2 and 3", ErrCorrupt, h.Version)
 	}
-	if backingOff != 0 || backingLen != 0 {
+	if h.ClusterBits < 9 || h.ClusterBits > 21 {
+		return Inspection{}, fmt.Errorf("%w: qcow2 cluster bits %d: allowed are 9 to 21", ErrCorrupt, h.ClusterBits)
+	}
+	if h.BackingFileOffset != 0 || h.BackingFileSize != 0 {
 		return Inspection{}, notSelfContained("the qcow2 image names a backing file")
 	}
-	if crypt != 0 {
-		return Inspection{}, fmt.Errorf("%w: the qcow2 image is encrypted (method %d); vmfest takes only unencrypted images", ErrNotDiskImage, crypt)
+	if h.CryptMethod != 0 {
+		return Inspection{}, fmt.Errorf("%w: the qcow2 image is encrypted (method %d); vmfest takes only unencrypted images", ErrNotDiskImage, h.CryptMethod)
 	}
+	vsize := h.Size
 	if vsize > maxVirtualSize {
 		return Inspection{}, fmt.Errorf("%w: qcow2 virtual size %d is out of range", ErrCorrupt, vsize)
 	}
-	hdrLen := uint64(72)
-	if version == 3 {
-		incompat := be.Uint64(h[72:])
-		hdrLen = uint64(be.Uint32(h[100:]))
-		if incompat&qcow2ExternalData != 0 {
+	hdrLen := uint64(h.HeaderLength) // 72 for version 2
+	if h.Version == 3 {
+		incompat := h.IncompatibleFeatures
+		if incompat&disk.QCOW2IncompatExternalData != 0 {
 			return Inspection{}, notSelfContained("the qcow2 image keeps its data in an external file")
 		}
-		if incompat&qcow2Corrupt != 0 {
+		if incompat&disk.QCOW2IncompatCorrupt != 0 {
 			return Inspection{}, fmt.Errorf("%w: the qcow2 image is marked corrupt", ErrCorrupt)
 		}
-		if unknown := incompat &^ qcow2KnownIncompat; unknown != 0 {
+		if unknown := incompat &^ disk.QCOW2IncompatKnown; unknown != 0 {
 			return Inspection{}, fmt.Errorf("%w: the qcow2 image has unknown incompatible features %#x", ErrCorrupt, unknown)
 		}
-		if hdrLen < 104 || hdrLen%8 != 0 {
+		if hdrLen < disk.QCOW2HeaderV3Length || hdrLen%8 != 0 {
 			return Inspection{}, fmt.Errorf("%w: qcow2 header length %d: must be at least 104 and a multiple of 8", ErrCorrupt, hdrLen)
 		}
 	}
 	// Header extensions lie in the first cluster, after the header.
-	cluster := uint64(1) << clusterBits
+	cluster := uint64(1) << h.ClusterBits
 	if hdrLen >= cluster {
 		return Inspection{}, fmt.Errorf("%w: qcow2 header length %d does not fit in a %d-byte cluster", ErrCorrupt, hdrLen, cluster)
 	}
 	ext := readAtMost(r, int64(hdrLen), int64(cluster-hdrLen), size)
+	be := binary.BigEndian
 	for off := 0; ; {
 		if off+8 > len(ext) {
 			break // cut short: qemu stops here as well (the end marker is implied)
@@ -258,11 +241,11 @@ func inspectQCOW2(r io.ReaderAt, size int64) (Inspection, error) {
 		typ, n := be.Uint32(ext[off:]), uint64(be.Uint32(ext[off+4:]))
 		off += 8
 		switch typ {
-		case qcow2ExtEnd:
+		case disk.QCOW2ExtEnd:
 			return Inspection{VirtualSize: int64(vsize)}, nil
-		case qcow2ExtDataFile:
+		case disk.QCOW2ExtDataFile:
 			return Inspection{}, notSelfContained("the qcow2 image names an external data file")
-		case qcow2ExtCrypto:
+		case disk.QCOW2ExtCrypto:
 			return Inspection{}, fmt.Errorf("%w: the qcow2 image carries an encryption header; vmfest takes only unencrypted images", ErrNotDiskImage)
 		}
 		if n > uint64(len(ext)-off) {

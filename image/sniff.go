@@ -12,6 +12,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/vmfest/vmfest/disk"
 )
 
 // The compressions Prepare reads, told apart by their first bytes.
@@ -88,7 +90,7 @@ const (
 // a JSON document).
 func sniffFormat(head, tail []byte, size int64) string {
 	switch {
-	case bytes.HasPrefix(head, []byte("QFI\xfb")):
+	case bytes.HasPrefix(head, []byte(disk.QCOW2Magic)):
 		return FormatQCOW2
 	case len(head) >= 0x44 && binary.LittleEndian.Uint32(head[0x40:]) == 0xbeda107f:
 		return FormatVDI
