@@ -11,9 +11,6 @@ import (
 //go:embed openapi.json
 var openAPIDoc []byte
 
-// OpenAPI returns the OpenAPI document served at /v1/openapi.json.
-func OpenAPI() []byte { return append([]byte(nil), openAPIDoc...) }
-
 func (s *Server) openAPI(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/json")
 	_, err := w.Write(openAPIDoc)

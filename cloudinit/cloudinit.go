@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,37 +149,4 @@ func (s Seed) WriteISO(path string) error {
 		return fmt.Errorf("cloud-init seed: %w", err)
 	}
 	return nil
-}
-
-// ReadISO returns the files and the volume label of an ISO9660 image (for
-// tests and for inspecting a machine's seed).
-func ReadISO(r io.ReaderAt) (label string, files map[string][]byte, err error) {
-	img, err := iso9660.OpenImage(r)
-	if err != nil {
-		return "", nil, err
-	}
-	label, err = img.Label()
-	if err != nil {
-		return "", nil, err
-	}
-	root, err := img.RootDir()
-	if err != nil {
-		return "", nil, err
-	}
-	children, err := root.GetChildren()
-	if err != nil {
-		return "", nil, err
-	}
-	files = map[string][]byte{}
-	for _, c := range children {
-		if c.IsDir() {
-			continue
-		}
-		data, err := io.ReadAll(c.Reader())
-		if err != nil {
-			return "", nil, err
-		}
-		files[c.Name()] = data
-	}
-	return label, files, nil
 }

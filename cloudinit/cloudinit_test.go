@@ -1,11 +1,13 @@
 package cloudinit
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/kdomanski/iso9660"
 	"sigs.k8s.io/yaml"
 )
 
@@ -36,7 +38,7 @@ func TestSeedISO(t *testing.T) {
 			if st, err := f.Stat(); err != nil || st.Size() < MinISOSize {
 				t.Errorf("seed is %d bytes; label probes need at least %d (%v)", st.Size(), MinISOSize, err)
 			}
-			label, files, err := ReadISO(f)
+			label, files, err := readISO(f)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,4 +83,36 @@ func TestSeedISO(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readISO returns the volume label and the files of an ISO9660 image.
+func readISO(r io.ReaderAt) (label string, files map[string][]byte, err error) {
+	img, err := iso9660.OpenImage(r)
+	if err != nil {
+		return "", nil, err
+	}
+	label, err = img.Label()
+	if err != nil {
+		return "", nil, err
+	}
+	root, err := img.RootDir()
+	if err != nil {
+		return "", nil, err
+	}
+	children, err := root.GetChildren()
+	if err != nil {
+		return "", nil, err
+	}
+	files = map[string][]byte{}
+	for _, c := range children {
+		if c.IsDir() {
+			continue
+		}
+		data, err := io.ReadAll(c.Reader())
+		if err != nil {
+			return "", nil, err
+		}
+		files[c.Name()] = data
+	}
+	return label, files, nil
 }

@@ -424,3 +424,6 @@ func TestNATPolicy(t *testing.T) {
 		t.Fatalf("ValidateWith(0.0.0.0/0): %v", err)
 	}
 }
+
+// validate is Validate on a host with hostCPUs CPUs.
+func (h Hardware) validate(hostCPUs int) error { return h.validateWith(hostCPUs, NATPolicy{}) }

@@ -114,8 +114,6 @@ func (h Hardware) ValidateWith(nat NATPolicy) error {
 	return h.validateWith(runtime.NumCPU(), nat)
 }
 
-func (h Hardware) validate(hostCPUs int) error { return h.validateWith(hostCPUs, NATPolicy{}) }
-
 func (h Hardware) validateWith(hostCPUs int, nat NATPolicy) error {
 	var p problems
 	switch {
