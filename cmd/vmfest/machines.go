@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -174,7 +175,7 @@ func isSpecFile(path string) bool {
 	head := make([]byte, 512)
 	n, _ := io.ReadFull(f, head)
 	head = head[:n]
-	return n > 0 && !bytes.ContainsRune(head, 0) && !bytes.HasPrefix(head, []byte("QFI\xfb"))
+	return n > 0 && !bytes.ContainsRune(head, 0) && !bytes.HasPrefix(head, []byte(disk.QCOW2Magic))
 }
 
 func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int) (vmfest.Hardware, error) {
