@@ -70,7 +70,7 @@ func New(qemuImg string) Manager {
 //     QCOW2MaxBackingLen bytes (qemu-img then words the refusal);
 //   - CreateOverlay on an empty base (virtual size 0);
 //   - CreateOverlay on a base so large that its L1 table is not covered by
-//     the one refcount block Native writes (above 100 PiB, beyond what
+//     the one refcount block Native writes (about 128 PiB, beyond what
 //     the image package admits).
 //
 // OverlayBackingFormat never falls back: Native reads every overlay
