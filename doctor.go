@@ -158,3 +158,45 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 }
 
 func oneLineErr(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+// sweepAllocations releases the network allocations no machine owns any
+// more: a create or destroy killed half-way leaves them. The caller holds
+// machines/ exclusively, so no create or destroy is in flight. Nothing is
+// released while a machine record cannot be read (its owner id is
+// unknown).
+func (l *Local) sweepAllocations(fix bool) []Finding {
+	nm, err := l.networks()
+	if err != nil {
+		return nil
+	}
+	names, err := l.machineNames()
+	if err != nil {
+		return nil
+	}
+	owners := map[string]bool{}
+	for _, n := range names {
+		r, err := l.readRecord(n)
+		if err != nil {
+			return nil
+		}
+		owners[r.Net.ID] = true
+	}
+	orphans, err := nm.Orphans(owners)
+	if err != nil {
+		return nil
+	}
+	var out []Finding
+	for _, a := range orphans {
+		f := Finding{Kind: "orphan-allocation", Machine: a.Machine, Path: nm.Path(a.Network),
+			Detail: fmt.Sprintf("network %s holds %s for machine %s, which does not exist (an interrupted create or destroy)", a.Network, a.IP, a.Machine)}
+		if fix {
+			if err := l.releaseNetworks(context.Background(), record{Net: netRecord{ID: a.Owner}}); err != nil {
+				f.Detail += ": " + err.Error()
+			} else {
+				f.Fixed = true
+			}
+		}
+		out = append(out, f)
+	}
+	return out
+}

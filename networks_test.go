@@ -660,3 +660,13 @@ func TestHostOnlyChurn(t *testing.T) {
 	}
 	waitLinksGone(t, "the churn", func(name string) bool { return strings.HasPrefix(name, "vmt") || name == "churn0" })
 }
+
+// freeLoopbackPort returns a TCP port free on 127.0.0.1 now.
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}

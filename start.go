@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/vmfest/vmfest/cloudinit"
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
 )
 
 // Start implements Machine.
@@ -28,7 +32,8 @@ type starting struct {
 	r    record
 	drv  driver.Driver
 	disk driver.Disk
-	ns   *netStart // see networks.go
+	net  *network.Attachment
+	seed string // the cloud-init seed ISO, if any
 	undo []func()
 }
 
@@ -44,6 +49,7 @@ var startSteps = []step{
 	{"check what the driver can do", checkFeatures},
 	{"check the disk", checkStartDisk},
 	{"set up the networks", setUpNetworks},
+	{"write the cloud-init seed", writeSeed},
 	{"launch the machine", launch},
 	{"plug the NICs into their networks", plugNICs},
 }
@@ -55,7 +61,7 @@ func (m *localMachine) start(ctx context.Context, r record, after func(step stri
 	if s.drv, err = m.drv(r); err != nil {
 		return err
 	}
-	defer func() { s.ns.unlock() }()
+	defer func() { s.net.Unlock() }()
 	defer func() {
 		if err != nil {
 			for i := len(s.undo) - 1; i >= 0; i-- {
@@ -130,10 +136,47 @@ func checkStartDisk(ctx context.Context, s *starting) (err error) {
 }
 
 func setUpNetworks(ctx context.Context, s *starting) (err error) {
-	if s.ns, err = s.m.setUpNetworks(ctx, &s.r); err == nil {
-		s.undo = append(s.undo, s.ns.undo)
+	if s.net, err = s.m.attachNetworks(ctx, &s.r); err != nil {
+		return err
 	}
-	return err
+	s.undo = append(s.undo, func() {
+		s.net.Unlock()
+		s.m.settleNetworks(context.Background(), s.r)
+	})
+	return nil
+}
+
+// writeSeed writes the NoCloud seed of a cloud-init image: the host name,
+// vmfest's key and the user's keys, and each attached NIC by its MAC.
+func writeSeed(ctx context.Context, s *starting) error {
+	m, r := s.m, s.r
+	seed := filepath.Join(m.dir(), store.CIDataISO)
+	if !r.Image.CloudInit {
+		os.Remove(seed)
+		return nil
+	}
+	_, pub, err := m.l.SSHKey()
+	if err != nil {
+		return err
+	}
+	sd := cloudinit.Seed{
+		InstanceID:     r.Net.ID,
+		Hostname:       m.name,
+		User:           r.Image.Username,
+		Password:       r.Image.Password,
+		AuthorizedKeys: append([]string{pub}, r.Net.SSHKeys...),
+	}
+	for _, n := range r.Hardware.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue
+		}
+		sd.NICs = append(sd.NICs, cloudinit.NIC{MAC: n.MACAddress, DHCP: n.AttachmentType != spec.AttachInternal})
+	}
+	if err := sd.WriteISO(seed); err != nil {
+		return err
+	}
+	s.seed = seed
+	return nil
 }
 
 func launch(ctx context.Context, s *starting) error {
@@ -142,8 +185,8 @@ func launch(ctx context.Context, s *starting) error {
 		Machine:  m.ref(r),
 		Hardware: r.Hardware,
 		Disk:     s.disk,
-		NICs:     s.ns.backends,
-		Seed:     s.ns.cidata,
+		NICs:     nicBackends(s.net),
+		Seed:     s.seed,
 	})
 	if err != nil {
 		return memoryError(err, r.Hardware.MemorySize)
@@ -162,7 +205,16 @@ func launch(ctx context.Context, s *starting) error {
 	return nil
 }
 
-func plugNICs(ctx context.Context, s *starting) error { return s.ns.plug() }
+func plugNICs(ctx context.Context, s *starting) error { return s.net.Plug() }
+
+// nicBackends is what the driver is given of each NIC's host end.
+func nicBackends(a *network.Attachment) []driver.NIC {
+	out := make([]driver.NIC, len(a.NICs))
+	for i, b := range a.NICs {
+		out[i] = driver.NIC{Tap: b.Tap, SSHPort: b.SSHPort}
+	}
+	return out
+}
 
 // memoryError words a hypervisor's failure to allocate the guest's memory
 // as the host's limit (ErrUnavailable, naming memory-size); other errors
