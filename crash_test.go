@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/internal/netnstest"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -318,7 +319,7 @@ func TestCrashSetupModel(t *testing.T) {
 		}
 		for _, m := range models {
 			data, err := os.ReadFile(m.Spec.Location)
-			if err != nil || len(data) < 4 || string(data[:4]) != "QFI\xfb" {
+			if err != nil || len(data) < 4 || string(data[:4]) != disk.QCOW2Magic {
 				t.Fatalf("trial %d: model %s has no whole disk (%d bytes, %v)", trial, m.ID, len(data), err)
 			}
 		}
@@ -391,7 +392,7 @@ func checkWhole(t *testing.T, l *Local, trial int) {
 			t.Fatalf("trial %d: machine %s: %v", trial, m.Name(), err)
 		}
 		data, err := os.ReadFile(info.Disk)
-		if err != nil || len(data) < 4 || string(data[:4]) != "QFI\xfb" {
+		if err != nil || len(data) < 4 || string(data[:4]) != disk.QCOW2Magic {
 			t.Fatalf("trial %d: machine %s has no whole overlay (%d bytes, %v)", trial, m.Name(), len(data), err)
 		}
 	}
