@@ -8,9 +8,6 @@ import (
 	"github.com/vmfest/vmfest/driver/qemu"
 )
 
-// DriverNames are the drivers a Config may name.
-var DriverNames = []string{"qemu", "libvirt"}
-
 // drivers holds a Local's drivers: the one that runs new machines, and the
 // others machine records name, made on first use from the same Config.
 // This file is the one place the package names driver implementations.
@@ -46,7 +43,7 @@ func (d *drivers) make(name string) (driver.Driver, error) {
 		}
 		return q, nil
 	}
-	return nil, fmt.Errorf("%w: driver %q: allowed: %v", ErrInvalid, name, DriverNames)
+	return nil, fmt.Errorf("%w: driver %q (--driver, VMFEST_DRIVER): allowed: qemu, libvirt", ErrInvalid, name)
 }
 
 // get returns the named driver ("" is a record of an older vmfest: qemu).

@@ -31,6 +31,10 @@ type app struct {
 	// nat, when set (by serve's flags), is the NAT policy of the local
 	// server; else it is read from the environment (natPolicyFromEnv).
 	nat *spec.NATPolicy
+	// driver names the driver of machines this invocation creates
+	// (--driver, env VMFEST_DRIVER); others keep the one they were made
+	// with.
+	driver string
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
@@ -48,6 +52,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.json, "json", false, `print JSON: the resulting object(s) of a change, the API's objects; errors as {"error": ..., "code": ...} on stderr`)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
 	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
+	root.PersistentFlags().StringVar(&a.driver, "driver", os.Getenv("VMFEST_DRIVER"), "hypervisor driver of the machines this command creates (or, with serve, the server creates): qemu (default) or libvirt (env VMFEST_DRIVER); a machine keeps the driver it was made with")
 	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default, for a server on a loopback address only: --home's token file)")
 	root.AddCommand(
 		a.createCommand(),
@@ -94,6 +99,9 @@ func (a *app) server() (vmfest.Server, error) {
 		}
 		return l, nil
 	}
+	if a.driver != "" && os.Getenv("VMFEST_DRIVER") != a.driver {
+		return nil, usageError{fmt.Errorf("--driver chooses the driver of this host's machines; the server at %s creates machines with its own (vmfest serve --driver)", a.remote)}
+	}
 	return a.connect()
 }
 
@@ -117,6 +125,7 @@ func (a *app) local() (*vmfest.Local, error) {
 	cfg := vmfest.ConfigFromEnv()
 	cfg.Home = a.home
 	cfg.Logger = logger
+	cfg.DriverName = a.driver
 	if a.nat != nil {
 		cfg.NAT = *a.nat
 	} else {
