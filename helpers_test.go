@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -28,29 +29,18 @@ func newTestServer(t *testing.T) *Local {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		entries, _ := os.ReadDir(l.home.MachinesPath())
-		for _, e := range entries {
-			dir := filepath.Join(l.home.MachinesPath(), e.Name())
-			qemu.Kill(dir)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			qemu.WaitExit(ctx, dir)
-			cancel()
-		}
+		testutil.KillMachines(home)
 		downNetworks(l) // bridges and dnsmasq (networks_test.go)
 		os.RemoveAll(home)
 	})
 	return l
 }
 
-// blankImage writes a small immutable (read-only) qcow2-less raw disk with
-// no OS: enough for QEMU to run, not for a guest to boot.
+// blankImage writes a small immutable (read-only) raw disk with no OS:
+// enough for QEMU to run, not for a guest to boot.
 func blankImage(t *testing.T, dir string) spec.Image {
 	t.Helper()
-	path := filepath.Join(dir, "blank.raw")
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	return spec.Image{Location: path, Immutable: true}
+	return testutil.BlankImage(t, dir, "blank.raw")
 }
 
 // tinyImage returns the spec of the tiny guest built by `make image`
@@ -58,16 +48,10 @@ func blankImage(t *testing.T, dir string) spec.Image {
 // guest are skipped with -short and fail when the image is missing.
 func tinyImage(t *testing.T) spec.Image {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots a real guest; skipped with -short")
-	}
-	meta := os.Getenv("VMFEST_TEST_IMAGE")
-	if meta == "" {
-		meta = filepath.Join("build", "vmfest-tiny.meta")
-	}
+	meta := testutil.TinyImageMeta(t)
 	data, err := os.ReadFile(meta)
 	if err != nil {
-		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+		t.Fatal(err)
 	}
 	im, err := spec.ParseImage(data)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -97,7 +98,7 @@ func TestTokenFileTooOpen(t *testing.T) {
 // model's disk only as an immutable image.
 func TestForbiddenPaths(t *testing.T) {
 	e := newEnv(t)
-	outside := blankImage(t, t.TempDir(), "outside.raw")
+	outside := testutil.BlankImage(t, t.TempDir(), "outside.raw")
 	link := filepath.Join(e.allowed, "link.raw")
 	if err := os.Symlink(outside.Location, link); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest"
-	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -46,7 +46,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { // runs last
-		killAll(home)
+		testutil.KillMachines(home)
 		os.RemoveAll(home)
 	})
 	lcfg := vmfest.Config{Home: home, Accel: os.Getenv("VMFEST_ACCEL"), Logger: quiet()}
@@ -74,29 +74,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}
 	ts := httptest.NewServer(RequireToken(s.Handler(), tokenPath))
 	t.Cleanup(ts.Close)
-	return &env{home: home, local: l, api: s, http: ts, token: tok, allowed: allowed, blank: blankImage(t, allowed, "blank.raw")}
-}
-
-// killAll kills every QEMU under home's machines.
-func killAll(home string) {
-	entries, _ := os.ReadDir(filepath.Join(home, "machines"))
-	for _, e := range entries {
-		dir := filepath.Join(home, "machines", e.Name())
-		qemu.Kill(dir)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		qemu.WaitExit(ctx, dir)
-		cancel()
-	}
-}
-
-// blankImage writes a 1 MiB read-only raw disk with no OS.
-func blankImage(t testing.TB, dir, name string) spec.Image {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	return spec.Image{Location: path, Immutable: true}
+	return &env{home: home, local: l, api: s, http: ts, token: tok, allowed: allowed, blank: testutil.BlankImage(t, allowed, "blank.raw")}
 }
 
 // natOnly is hardware that needs no host network.

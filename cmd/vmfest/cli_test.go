@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // runCLI runs the CLI in-process as main does (same argument handling,
@@ -84,9 +86,7 @@ func TestExitStatus(t *testing.T) {
 func TestCLIArguments(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BlankDisk(t, disk, 0o444)
 	if code, _, errOut := runCLI(t, home, "create", "off", "--image", disk); code != 0 {
 		t.Fatalf("create: %s", errOut)
 	}
@@ -132,7 +132,7 @@ func TestCLIArguments(t *testing.T) {
 // the remote status, and pause, resume and stop twice over.
 func TestCLIMachineLifecycle(t *testing.T) {
 	meta := tinyImage(t)
-	home := t.TempDir()
+	home := machineHome(t)
 	// Both machines forward the same free loopback port: the second
 	// start fails in QEMU, and that failure must be printed (bug 1).
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -174,17 +174,14 @@ func TestCLIMachineLifecycle(t *testing.T) {
 
 // tinyImage skips a test that boots a real guest under -short and returns
 // the tiny guest's .meta (VMFEST_TEST_IMAGE, else the one make image built).
-func tinyImage(t *testing.T) string {
+func tinyImage(t *testing.T) string { return testutil.TinyImageMeta(t) }
+
+// machineHome returns a fresh state directory for a test that starts
+// machines: when the test ends, passed or failed, every QEMU started in it
+// is killed before the directory is removed.
+func machineHome(t *testing.T) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots a real guest; skipped with -short")
-	}
-	meta := os.Getenv("VMFEST_TEST_IMAGE")
-	if meta == "" {
-		meta = filepath.Join("..", "..", "build", "vmfest-tiny.meta")
-	}
-	if _, err := os.Stat(meta); err != nil {
-		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
-	}
-	return meta
+	home := t.TempDir()
+	t.Cleanup(func() { testutil.KillMachines(home) })
+	return home
 }

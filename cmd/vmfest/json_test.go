@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // jsonShape is what --json output must be: one object, or an array of n
@@ -78,9 +80,7 @@ func checkJSONError(t *testing.T, errOut, code string) {
 func TestCLIJSONShapes(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BlankDisk(t, disk, 0o444)
 	hw := filepath.Join(home, "tiny.yaml")
 	if err := os.WriteFile(hw, []byte("memory-size: 128\ncpu-count: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,9 +161,7 @@ func TestCLIJSONShapes(t *testing.T) {
 func TestCLIErrorWording(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BlankDisk(t, disk, 0o444)
 	text := filepath.Join(home, "passwd")
 	if err := os.WriteFile(text, []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -188,7 +186,7 @@ func TestCLIErrorWording(t *testing.T) {
 // machine's Info in the state they left it.
 func TestCLIJSONLifecycle(t *testing.T) {
 	meta := tinyImage(t)
-	home := t.TempDir()
+	home := machineHome(t)
 	hw := filepath.Join(home, "nat.yaml")
 	if err := os.WriteFile(hw, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {
 		t.Fatal(err)

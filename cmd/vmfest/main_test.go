@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // run executes the CLI in-process against home and returns its output.
@@ -21,9 +23,7 @@ func run(t *testing.T, home string, args ...string) (string, string, error) {
 func TestCLIMachineCommands(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BlankDisk(t, disk, 0o444)
 	spec := filepath.Join(home, "base.meta")
 	os.WriteFile(spec, []byte(`{"location": "base.raw", "immutable": true, "os-family": "linux"}`), 0o644)
 
@@ -76,7 +76,7 @@ func TestCLIMachineCommands(t *testing.T) {
 func TestCLIErrors(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o444)
+	testutil.BlankDisk(t, disk, 0o444)
 	badHW := filepath.Join(home, "hw.yaml")
 	os.WriteFile(badHW, []byte("memory-size: 512\ncpus: 2\n"), 0o644)
 	tests := []struct {
@@ -116,7 +116,7 @@ func TestCLIErrors(t *testing.T) {
 func TestCLIWarnsAboutMutableDisks(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "mine.raw")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	testutil.BlankDisk(t, disk, 0o644)
 	_, errOut, err := run(t, home, "create", "vm", "--image", disk)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // TestCLINetworks drives vmfest network, list/show addresses, --ssh-key
@@ -13,9 +15,7 @@ import (
 func TestCLINetworks(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BlankDisk(t, disk, 0o444)
 	key := filepath.Join(home, "me.pub")
 	os.WriteFile(key, []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB6hQm0Wb5mA9J5u3QmCkq4s1n6c0pT8W7n0Cq4X9a1b me@laptop\n"), 0o644)
 	notKey := filepath.Join(home, "id_ed25519")

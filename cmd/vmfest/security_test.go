@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // TestCLINATPolicy: nat-rules listen on loopback and ports from 1024 up
@@ -20,7 +22,7 @@ import (
 func TestCLINATPolicy(t *testing.T) {
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o444)
+	testutil.BlankDisk(t, disk, 0o444)
 	hw := func(name, hostIP, port string) string {
 		p := filepath.Join(home, name+".yaml")
 		doc := "memory-size: 128\nnetwork:\n  - attachment-type: nat\n    nat-rules: [{name: web, host-ip: " + hostIP + ", host-port: " + port + ", guest-port: 80}]\n"
@@ -184,7 +186,7 @@ func TestServePolicyFlags(t *testing.T) {
 	t.Setenv(envNATLowPorts, "")
 	home := t.TempDir()
 	disk := filepath.Join(home, "base.raw")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o444)
+	testutil.BlankDisk(t, disk, 0o444)
 	hw := filepath.Join(home, "wild.yaml")
 	os.WriteFile(hw, []byte("memory-size: 128\nnetwork:\n  - attachment-type: nat\n    nat-rules: [{name: web, host-ip: 0.0.0.0, host-port: 80, guest-port: 80}]\n"), 0o644)
 	for _, tc := range []struct {

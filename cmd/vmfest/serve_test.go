@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // TestCLIAgainstServer runs the machine commands through `vmfest serve` on
@@ -23,37 +21,8 @@ func TestCLIAgainstServer(t *testing.T) {
 	images := filepath.Join(home, "images")
 	os.Mkdir(images, 0o755)
 	disk := filepath.Join(images, "base.raw")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(home, "vmfest.sock")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	var serveErr bytes.Buffer
-	go func() {
-		cmd := newRootCommand(&bytes.Buffer{}, &serveErr)
-		cmd.SetArgs([]string{"--home", home, "serve", "--allow-path", images})
-		served <- cmd.ExecuteContext(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	for {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-served:
-			t.Fatalf("serve ended: %v\n%s", err, serveErr.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	remote := []string{"--server", "unix://" + sock}
+	testutil.BlankDisk(t, disk, 0o444)
+	remote := startServe(t, home, "--allow-path", images)
 
 	if out, _, err := run(t, home, append(remote, "create", "vm1", "--image", disk, "--memory", "128")...); err != nil || !strings.Contains(out, "created vm1") {
 		t.Fatalf("create: %q %v", out, err)
@@ -90,7 +59,7 @@ func TestCLIAgainstServer(t *testing.T) {
 		}
 	}
 	outside := filepath.Join(home, "outside.raw")
-	os.WriteFile(outside, make([]byte, 1<<20), 0o444)
+	testutil.BlankDisk(t, outside, 0o444)
 	if _, _, err := run(t, home, append(remote, "create", "vm2", "--image", outside)...); err == nil || !strings.Contains(err.Error(), "allow-path") {
 		t.Errorf("create from outside the allowed paths: %v", err)
 	}

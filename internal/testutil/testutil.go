@@ -1,0 +1,123 @@
+// Package testutil holds what vmfest's tests share: blank disks, file
+// checksums, the tiny guest image, and the cleanup that kills every QEMU a
+// test's state directory started. Only _test.go files import it.
+package testutil
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
+)
+
+// BlankSize is the size of a blank disk: enough for QEMU to run, not for a
+// guest to boot.
+const BlankSize = 1 << 20
+
+// BlankDisk writes a BlankSize raw disk of zeros with no OS at path with
+// permissions perm (0o444 for an immutable base, 0o644 for a mutable one)
+// and returns path.
+func BlankDisk(t testing.TB, path string, perm os.FileMode) string {
+	t.Helper()
+	if err := os.WriteFile(path, make([]byte, BlankSize), perm); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// BlankImage writes a read-only blank disk named name in dir and returns
+// its spec, immutable.
+func BlankImage(t testing.TB, dir, name string) spec.Image {
+	t.Helper()
+	return spec.Image{Location: BlankDisk(t, filepath.Join(dir, name), 0o444), Immutable: true}
+}
+
+// SumFile returns the hex SHA-256 of the file at path.
+func SumFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// MustSumFile is SumFile that fails t on error.
+func MustSumFile(t testing.TB, path string) string {
+	t.Helper()
+	sum, err := SumFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+// KillMachines kills the QEMU of every machine in the state directory home
+// and waits (at most 10 s each) until it has exited. Errors are ignored:
+// it is a cleanup, run whether the test passed or not.
+func KillMachines(home string) {
+	machines := filepath.Join(home, store.MachinesDir)
+	entries, _ := os.ReadDir(machines)
+	for _, e := range entries {
+		dir := filepath.Join(machines, e.Name())
+		qemu.Kill(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		qemu.WaitExit(ctx, dir)
+		cancel()
+	}
+}
+
+// TinyImageMeta returns the path of the tiny guest image's metadata
+// ($VMFEST_TEST_IMAGE, else build/vmfest-tiny.meta at the module's root).
+// It skips the test under -short, since the test boots a real guest, and
+// fails it when the image is missing.
+func TinyImageMeta(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a real guest; skipped with -short")
+	}
+	meta := os.Getenv("VMFEST_TEST_IMAGE")
+	if meta == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta = filepath.Join(root, "build", "vmfest-tiny.meta")
+	}
+	if _, err := os.Stat(meta); err != nil {
+		t.Fatalf("the tiny guest image is needed (run `make image`): %v", err)
+	}
+	return meta
+}
+
+// moduleRoot is the nearest directory at or above the working directory
+// (a test's package directory) that holds go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod in the working directory or above it")
+		}
+		dir = parent
+	}
+}
