@@ -43,6 +43,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperSetup())
 	case "nets":
 		os.Exit(helperNets())
+	case "start":
+		os.Exit(helperStart())
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv("VMFEST_HELPER"))
 		os.Exit(2)
@@ -149,6 +151,23 @@ func helperNets() int {
 	}
 }
 
+// helperStart starts the machine VMFEST_HELPER_MACHINE and kills itself
+// right after the start-up step VMFEST_HELPER_CRASH.
+func helperStart() int {
+	l, _ := helperServer()
+	point := os.Getenv("VMFEST_HELPER_CRASH")
+	m := &localMachine{l: l, name: os.Getenv("VMFEST_HELPER_MACHINE")}
+	err := m.locked(context.Background(), func(r record, st State) error {
+		return m.start(context.Background(), r, func(step string) {
+			if step == point {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		})
+	})
+	fmt.Fprintln(os.Stderr, "the start ended without reaching", point, err)
+	return 1
+}
+
 // helperCreate creates one machine named "same": exit 0 if it won, 3 if
 // the name was taken.
 func helperCreate() int {
@@ -242,6 +261,80 @@ func TestCrashPoints(t *testing.T) {
 			}
 			checkWhole(t, l2, round)
 		}
+	}
+}
+
+// TestStartCrashPoints kills a process starting a machine right after each
+// start-up step that leaves something on the host, then checks that Doctor
+// repairs what the kill left (a tap QEMU made and nobody plugged in) and
+// that the machine is usable: its guest gets its reserved address on the
+// host-only network.
+func TestStartCrashPoints(t *testing.T) {
+	image := tinyImage(t)
+	needRoot(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 6*time.Minute)
+	for i, c := range []struct {
+		step    string
+		state   State
+		finding string
+	}{
+		{"set up the networks", PoweredOff, ""},
+		{"launch the machine", Running, "unplugged-tap"},
+		{"plug the NICs into their networks", Running, ""},
+	} {
+		t.Run(c.step, func(t *testing.T) {
+			name := fmt.Sprintf("sc%d", i)
+			m, err := l.Instance(ctx, name, ImageSpec(image), HardwareModel("micro"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := helperCmd(t, "start", l.Home(), image.Location)
+			cmd.Env = append(cmd.Env, "VMFEST_HELPER_CRASH="+c.step, "VMFEST_HELPER_MACHINE="+name)
+			err = cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("helper ended without reaching the step: %v", err)
+			}
+			expectState(t, m, c.state)
+			found, err := l.Doctor(ctx, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kinds []string
+			for _, f := range found {
+				if f.Machine == name {
+					kinds = append(kinds, f.Kind)
+					if !f.Fixed {
+						t.Errorf("not fixed: %+v", f)
+					}
+				}
+			}
+			if want := c.finding; (want == "" && len(kinds) > 0) || (want != "" && (len(kinds) != 1 || kinds[0] != want)) {
+				t.Fatalf("doctor found %v, want %q", kinds, want)
+			}
+			if c.state == PoweredOff {
+				if err := m.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := m.WaitReady(ctx); err != nil {
+				log, _ := m.ConsoleLog(ctx)
+				t.Fatalf("%v\nconsole:\n%s", err, log)
+			}
+			ictx, cancel := context.WithTimeout(ctx, 90*time.Second)
+			defer cancel()
+			a, err := m.IP(ictx, 0)
+			if err != nil || a.Source != SourceLease {
+				t.Fatalf("address of the host-only NIC: %+v, %v", a, err)
+			}
+			if err := m.PowerDown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Destroy(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

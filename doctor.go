@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vmfest/vmfest/network"
+	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -153,6 +155,43 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 		if st.State == Aborted {
 			out = append(out, Finding{Kind: "aborted", Machine: name, Path: dir, Detail: "its hypervisor died without a clean power-off; start it again or power it down"})
 		}
+	}
+	if err == nil && runs(st.State) {
+		out = append(out, l.checkTaps(ctx, name, r, fix)...)
+	}
+	return out
+}
+
+// checkTaps finds the taps of a running machine that are in no bridge: a
+// start killed between launching the machine and plugging its taps in
+// leaves them so, and the guest is cut off from its network. Fixing plugs
+// them in.
+func (l *Local) checkTaps(ctx context.Context, name string, r record, fix bool) []Finding {
+	var out []Finding
+	for i, n := range r.Hardware.Network {
+		netName, _ := network.Of(n)
+		if netName == "" && n.AttachmentType != spec.AttachBridged {
+			continue
+		}
+		tap := network.TapName(r.Net.ID, i)
+		br, err := network.TapBridge(tap)
+		if err != nil || br != "" {
+			continue // no tap (another driver, or gone meanwhile), or plugged
+		}
+		f := Finding{Kind: "unplugged-tap", Machine: name, Path: tap,
+			Detail: fmt.Sprintf("network[%d]: tap %s is in no bridge (a start was interrupted); the guest is cut off from %s", i, tap, describeNIC(n))}
+		if fix {
+			nm, err := l.networks()
+			if err == nil {
+				err = nm.Replug(ctx, tap, netName, n.BridgedInterface)
+			}
+			if err != nil {
+				f.Detail += ": " + oneLineErr(err)
+			} else {
+				f.Fixed = true
+			}
+		}
+		out = append(out, f)
 	}
 	return out
 }

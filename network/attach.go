@@ -9,6 +9,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
@@ -315,4 +317,42 @@ func (m *Manager) Orphans(owners map[string]bool) ([]Orphan, error) {
 		}
 	}
 	return out, nil
+}
+
+// TapBridge returns the bridge the tap is plugged into, "" when it is in
+// none (a start interrupted between the hypervisor making the tap and
+// vmfest plugging it in leaves it so).
+func TapBridge(tap string) (string, error) {
+	link, err := netlink.LinkByName(tap)
+	if err != nil {
+		return "", linkErr("tap "+tap, err)
+	}
+	master := link.Attrs().MasterIndex
+	if master == 0 {
+		return "", nil
+	}
+	br, err := netlink.LinkByIndex(master)
+	if err != nil {
+		return "", linkErr("bridge of tap "+tap, err)
+	}
+	return br.Attrs().Name, nil
+}
+
+// Replug puts an unplugged tap of a running machine into its bridge: that
+// of the vmfest network name, or the host bridge bridged (name empty),
+// under the network's lock.
+func (m *Manager) Replug(ctx context.Context, tap, name, bridged string) error {
+	if name == "" {
+		return m.PlugTapBridged(tap, bridged)
+	}
+	n, err := m.Get(name)
+	if err != nil {
+		return err
+	}
+	lk, err := m.Lock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	return m.PlugTap(tap, n)
 }
