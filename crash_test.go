@@ -2,7 +2,6 @@ package vmfest
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/internal/netnstest"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
@@ -61,30 +61,17 @@ func checkBaseImageUnchanged(run func() int) int {
 		return run()
 	}
 	disk := strings.TrimSuffix(meta, ".meta") + ".qcow2"
-	before, err := sumFile(disk)
+	before, err := testutil.SumFile(disk)
 	if err != nil {
 		return run()
 	}
 	code := run()
-	after, err := sumFile(disk)
+	after, err := testutil.SumFile(disk)
 	if err != nil || after != before {
 		fmt.Fprintf(os.Stderr, "FAIL: the base image %s changed during the suite (%v)\n", disk, err)
 		return 1
 	}
 	return code
-}
-
-func sumFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
 func helperServer() (*Local, spec.Image) {

@@ -2,9 +2,7 @@ package vmfest
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,27 +11,12 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 )
 
 // These tests boot the real tiny guest (make image) under whatever
 // accelerator the host offers (TCG on the build machines).
-
-func fileSum(t *testing.T, path string) [32]byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum
-}
 
 func expectState(t *testing.T, m Machine, want State) {
 	t.Helper()
@@ -58,7 +41,7 @@ func TestTutorial(t *testing.T) {
 // and a hardware model, start it, wait for it, pause, resume, stop, start
 // again, power down and destroy. (Exported for the external test package.)
 func RunTutorial(t *testing.T, l Server, image spec.Image) {
-	base := fileSum(t, image.Location)
+	base := testutil.MustSumFile(t, image.Location)
 	ctx := ctxTimeout(t, 5*time.Minute)
 
 	begun := time.Now()
@@ -134,7 +117,7 @@ func RunTutorial(t *testing.T, l Server, image spec.Image) {
 	if _, err := os.Stat(disk); !os.IsNotExist(err) {
 		t.Fatalf("overlay survived destroy: %v", err)
 	}
-	if fileSum(t, image.Location) != base {
+	if testutil.MustSumFile(t, image.Location) != base {
 		t.Fatal("the base image changed")
 	}
 }

@@ -28,6 +28,8 @@ const (
 	QMPSocket    = "qmp.sock"
 	QGASocket    = "qga.sock"
 	SerialLog    = "serial.log"
+	SerialLogOld = "serial.log.1"
+	SerialLock   = "serial.lock"
 	PIDFile      = "qemu.pid"
 	QEMULog      = "qemu.log"
 	StoppingFile = "stopping"

@@ -10,15 +10,17 @@ import (
 
 	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
 )
 
-// File names QEMU uses inside a machine's directory.
+// File names QEMU uses inside a machine's directory (the machine
+// directory's layout is package store's).
 const (
-	QMPSocket = "qmp.sock"
-	QGASocket = "qga.sock"
-	SerialLog = "serial.log"
-	PIDFile   = "qemu.pid"
-	LogFile   = "qemu.log"
+	QMPSocket = store.QMPSocket
+	QGASocket = store.QGASocket
+	SerialLog = store.SerialLog
+	PIDFile   = store.PIDFile
+	LogFile   = store.QEMULog
 )
 
 // AgentPortName is the virtio-serial port name the QEMU guest agent uses.

@@ -30,9 +30,9 @@ const (
 	// ConsoleFileCap is the most SerialLog grows before it is rotated.
 	ConsoleFileCap = 2 << 20
 	// SerialLogOld is the previous, full SerialLog.
-	SerialLogOld = "serial.log.1"
+	SerialLogOld = store.SerialLogOld
 	// serialLock serialises drains and reads of the console files.
-	serialLock = "serial.lock"
+	serialLock = store.SerialLock
 	// consoleChardev is the id of the console's ringbuf chardev.
 	consoleChardev = "serial0"
 	drainChunk     = 256 << 10
