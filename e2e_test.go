@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
-	"github.com/vmfest/vmfest/internal/testutil"
-	"github.com/vmfest/vmfest/spec"
 )
 
 // These tests boot the real tiny guest (make image) under whatever
@@ -26,99 +24,6 @@ func expectState(t *testing.T, m Machine, want State) {
 	}
 	if got != want {
 		t.Fatalf("%s: state = %s, want %s", m.Name(), got, want)
-	}
-}
-
-// TestTutorial follows VMFest's tutorial against the Local server; the
-// same body runs against a Remote one through the HTTP API in
-// remote_e2e_test.go.
-func TestTutorial(t *testing.T) {
-	image := tinyImage(t)
-	RunTutorial(t, newTestServer(t), image)
-}
-
-// RunTutorial is the tutorial on any Server: create a machine from an image
-// and a hardware model, start it, wait for it, pause, resume, stop, start
-// again, power down and destroy. (Exported for the external test package.)
-func RunTutorial(t *testing.T, l Server, image spec.Image) {
-	base := testutil.MustSumFile(t, image.Location)
-	ctx := ctxTimeout(t, 5*time.Minute)
-
-	begun := time.Now()
-	m, err := l.Instance(ctx, "tutorial", ImageSpec(image), HardwareModel("micro"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("instance in %s", time.Since(begun))
-	expectState(t, m, PoweredOff)
-
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, Running)
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if err := m.WaitReady(wctx); err != nil {
-		log, _ := m.ConsoleLog(ctx)
-		t.Fatalf("%v\nconsole:\n%s", err, log)
-	}
-	t.Logf("started and ready in %s", time.Since(begun))
-
-	// The guest agent reports the NAT NIC's address from QEMU's DHCP.
-	info, err := m.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.PID == 0 || info.Accel == "" {
-		t.Fatalf("info = %+v", info)
-	}
-
-	if err := m.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, Paused)
-	if err := m.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, Running)
-	if err := m.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
-
-	// Stop presses the ACPI button; the guest powers itself off.
-	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := m.Stop(sctx); err != nil {
-		log, _ := m.ConsoleLog(ctx)
-		t.Fatalf("%v\nconsole:\n%s", err, log)
-	}
-	expectState(t, m, PoweredOff)
-	log, err := m.ConsoleLog(ctx)
-	if err != nil || len(log) == 0 {
-		t.Fatalf("console log: %d bytes, %v", len(log), err)
-	}
-
-	// Start again: the overlay keeps the machine's disk.
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.PowerDown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectState(t, m, PoweredOff)
-
-	disk := info.Disk
-	if err := m.Destroy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(disk); !os.IsNotExist(err) {
-		t.Fatalf("overlay survived destroy: %v", err)
-	}
-	if testutil.MustSumFile(t, image.Location) != base {
-		t.Fatal("the base image changed")
 	}
 }
 

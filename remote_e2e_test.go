@@ -20,6 +20,7 @@ import (
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api"
 	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/internal/lifecycletest"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -67,7 +68,7 @@ func TestTutorialRemote(t *testing.T) {
 	image := vmfest.TinyImage(t)
 	l := vmfest.NewTestServer(t)
 	r := serve(t, l, filepath.Dir(image.Location))
-	vmfest.RunTutorial(t, r, image)
+	lifecycletest.Tutorial(t, r, image, vmfest.HardwareModel("micro"), nil)
 }
 
 // natOnly is hardware that needs no host network (micro has a host-only NIC).
@@ -350,4 +351,14 @@ func TestConnectURLs(t *testing.T) {
 			t.Errorf("Connect(%q): %v does not wrap ErrInvalid", tc.url, err)
 		}
 	}
+}
+
+// TestTutorial is the lifecycle suite on the QEMU driver, in process.
+func TestTutorial(t *testing.T) {
+	image := vmfest.TinyImage(t)
+	lifecycletest.Tutorial(t, vmfest.NewTestServer(t), image, vmfest.HardwareModel("micro"), func(info vmfest.Info) {
+		if info.Driver != "qemu" || info.PID == 0 {
+			t.Errorf("info = %+v", info)
+		}
+	})
 }
