@@ -100,7 +100,7 @@ func helperChurn() int {
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("m%d", i%4)
 		if m, err := l.FindMachine(ctx, name); err == nil {
-			m.(*localMachine).destroy(ctx, at)
+			m.(*localMachine).destroy(ctx, destroyOptions{}, at)
 			continue
 		}
 		l.instance(ctx, name, ImageSpec(img), HardwareModel("micro"), at)

@@ -131,11 +131,11 @@ func TestFakeWrongStateChangesNothing(t *testing.T) {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	check(Running, []call{{"start", m.Start}, {"resume", m.Resume}, {"destroy", m.Destroy}})
+	check(Running, []call{{"start", m.Start}, {"resume", m.Resume}, {"destroy", func(ctx context.Context) error { return m.Destroy(ctx) }}})
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	check(Paused, []call{{"start", m.Start}, {"pause", m.Pause}, {"stop", m.Stop}, {"destroy", m.Destroy}, {"wait for", m.WaitReady}})
+	check(Paused, []call{{"start", m.Start}, {"pause", m.Pause}, {"stop", m.Stop}, {"destroy", func(ctx context.Context) error { return m.Destroy(ctx) }}, {"wait for", m.WaitReady}})
 }
 
 func TestFakeStop(t *testing.T) {

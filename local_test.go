@@ -127,6 +127,31 @@ func TestMutableImageGoesWithItsMachine(t *testing.T) {
 	}
 }
 
+// TestDestroyKeepDisk: KeepDisk keeps a mutable image's disk file, and the
+// file can be a new machine's disk at once.
+func TestDestroyKeepDisk(t *testing.T) {
+	l := newTestServer(t)
+	ctx := context.Background()
+	disk := filepath.Join(l.Home(), "keep.raw")
+	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	m, err := l.Instance(ctx, "keep", ImageSpec(spec.Image{Location: disk}), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Destroy(ctx, KeepDisk()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("KeepDisk lost the disk: %v", err)
+	}
+	if _, err := l.FindMachine(ctx, "keep"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the machine survived destroy: %v", err)
+	}
+	if _, err := l.Instance(ctx, "again", ImageSpec(spec.Image{Location: disk}), natHardware()); err != nil {
+		t.Fatalf("the kept disk as a new machine's: %v", err)
+	}
+}
+
 func TestConcurrentCreatesOneWins(t *testing.T) {
 	l := newTestServer(t)
 	img := blankImage(t, l.Home())
@@ -189,7 +214,7 @@ func TestWrongStateChangesNothing(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		fn   func(context.Context) error
-	}{{"start", m.Start}, {"resume", m.Resume}, {"destroy", m.Destroy}} {
+	}{{"start", m.Start}, {"resume", m.Resume}, {"destroy", func(ctx context.Context) error { return m.Destroy(ctx) }}} {
 		if err := c.fn(ctx); !errors.Is(err, ErrWrongState) {
 			t.Fatalf("%s on a running machine: %v", c.name, err)
 		}

@@ -227,11 +227,13 @@ func (m *localMachine) PowerDown(ctx context.Context) error {
 }
 
 // Destroy implements Machine.
-func (m *localMachine) Destroy(ctx context.Context) error { return m.destroy(ctx, nil) }
+func (m *localMachine) Destroy(ctx context.Context, opts ...DestroyOption) error {
+	return m.destroy(ctx, destroyOpts(opts), nil)
+}
 
 // destroy is Destroy; at, when set (by crash tests), is called at each
 // named point where a crash leaves a distinct state.
-func (m *localMachine) destroy(ctx context.Context, at func(point string)) error {
+func (m *localMachine) destroy(ctx context.Context, o destroyOptions, at func(point string)) error {
 	point := func(p string) {
 		if at != nil {
 			at(p)
@@ -261,7 +263,7 @@ func (m *localMachine) destroy(ctx context.Context, at func(point string)) error
 		}
 		point("destroy:moved")
 		var errs []error
-		if !r.Overlay {
+		if !r.Overlay && !o.keepDisk {
 			if err := m.l.removeMutableDisk(ctx, m.name, r.Image.Location); err != nil {
 				errs = append(errs, err)
 			}

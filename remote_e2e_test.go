@@ -362,3 +362,32 @@ func TestTutorial(t *testing.T) {
 		}
 	})
 }
+
+// TestRemoteDestroyKeepDisk: KeepDisk travels through the API.
+func TestRemoteDestroyKeepDisk(t *testing.T) {
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, keep := range []bool{true, false} {
+		disk := filepath.Join(dir, "own.raw")
+		if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m, err := r.Instance(ctx, "own", vmfest.ImageSpec(spec.Image{Location: disk}), natOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var opts []vmfest.DestroyOption
+		if keep {
+			opts = append(opts, vmfest.KeepDisk())
+		}
+		if err := m.Destroy(ctx, opts...); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(disk); (err == nil) != keep {
+			t.Fatalf("keep-disk %v: the disk's stat says %v", keep, err)
+		}
+	}
+}

@@ -59,8 +59,12 @@ func (m *remoteMachine) WaitReady(ctx context.Context) error {
 }
 
 // Destroy implements Machine.
-func (m *remoteMachine) Destroy(ctx context.Context) error {
-	return m.r.call(ctx, http.MethodDelete, m.path(""), nil, nil)
+func (m *remoteMachine) Destroy(ctx context.Context, opts ...DestroyOption) error {
+	path := m.path("")
+	if destroyOpts(opts).keepDisk {
+		path += "?keep-disk=true"
+	}
+	return m.r.call(ctx, http.MethodDelete, path, nil, nil)
 }
 
 // State implements Machine.

@@ -199,9 +199,10 @@ type Machine interface {
 	// PowerDown pulls the plug: QEMU ends at once, the guest gets no
 	// chance to shut down.
 	PowerDown(ctx context.Context) error
-	// Destroy removes a powered-off or aborted machine and its overlay (and
-	// its disk when the image is not immutable).
-	Destroy(ctx context.Context) error
+	// Destroy removes a powered-off or aborted machine and its overlay, and
+	// its disk when the image is not immutable (unless KeepDisk is given or
+	// another machine uses the file).
+	Destroy(ctx context.Context, opts ...DestroyOption) error
 	// State reports the run state, read from the pidfile and QMP.
 	State(ctx context.Context) (State, error)
 	// Info reports the machine's description and state.
@@ -213,6 +214,23 @@ type Machine interface {
 	// IP returns the address of the NIC in slot, waiting for it until ctx
 	// is done; the error on timeout names every source tried.
 	IP(ctx context.Context, slot int) (Address, error)
+}
+
+// DestroyOption tunes Destroy.
+type DestroyOption func(*destroyOptions)
+
+type destroyOptions struct{ keepDisk bool }
+
+// KeepDisk makes Destroy keep a mutable image's disk file (the machine's
+// own disk, which goes with it by default, as in VMFest).
+func KeepDisk() DestroyOption { return func(o *destroyOptions) { o.keepDisk = true } }
+
+func destroyOpts(opts []DestroyOption) destroyOptions {
+	var o destroyOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
 }
 
 // DefaultStopTimeout bounds Stop when its context has no deadline.

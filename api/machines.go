@@ -144,7 +144,15 @@ func (s *Server) destroyMachine(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := m.Destroy(r.Context()); err != nil {
+	var opts []vmfest.DestroyOption
+	switch r.URL.Query().Get("keep-disk") {
+	case "", "false":
+	case "true":
+		opts = append(opts, vmfest.KeepDisk())
+	default:
+		return badRequest("keep-disk: %q: allowed: true, false", r.URL.Query().Get("keep-disk"))
+	}
+	if err := m.Destroy(r.Context(), opts...); err != nil {
 		return err
 	}
 	s.events.machine(m.Name(), "destroyed")
