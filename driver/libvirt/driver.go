@@ -204,7 +204,7 @@ func exists(path string) bool {
 }
 
 // Start implements driver.Lifecycle: it defines the domain afresh from the
-// spec (DomainDefineXMLFlags with validation), starts it paused when a nat
+// spec (DomainDefineXMLFlags), starts it paused when a nat
 // NIC has forwards to add, adds them, and resumes it. A failure after the
 // domain started destroys it again.
 func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started, error) {
@@ -249,7 +249,10 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	if note != "" {
 		d.opts.Logger.Warn(note, "machine", s.Name)
 	}
-	dom, err := c.DomainDefineXMLFlags(doc, golibvirt.DomainDefineValidate)
+	// Not DomainDefineValidate: libvirt 9.0 compiles its RelaxNG schema for
+	// each validation, 10 s on this project's machines. It still parses
+	// the XML and refuses what it cannot run.
+	dom, err := c.DomainDefineXMLFlags(doc, 0)
 	if err != nil {
 		return driver.Started{}, c.wrap(fmt.Errorf("libvirt: define domain %s: %w", name, err))
 	}

@@ -188,7 +188,11 @@ func privateLibvirt() error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+		if dir == "/run" {
+			flags = unix.MS_NOSUID // holds the test's /dev/kvm node
+		}
+		if err := unix.Mount("tmpfs", dir, "tmpfs", flags, "mode=0755"); err != nil {
 			return fmt.Errorf("mount a tmpfs on %s: %w", dir, err)
 		}
 	}
@@ -222,12 +226,42 @@ func privateLibvirt() error {
 			return fmt.Errorf("bind-mount the test's %s: %w", f.path, err)
 		}
 	}
+	if err := kvmForQEMUUser(); err != nil {
+		return err
+	}
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
 		err = netlink.LinkSetUp(lo)
 	}
 	if err != nil {
 		return fmt.Errorf("bring lo up in the test's network namespace: %w", err)
+	}
+	return nil
+}
+
+// kvmForQEMUUser gives the namespace a /dev/kvm that libvirt's QEMU user
+// may open, as Debian's udev rule does on a real host (0660 root:kvm,
+// libvirt-qemu in group kvm). Where only root may open the host's /dev/kvm
+// (as on this project's machines), libvirt 9.0 decides at every define
+// and start that KVM is "no longer usable" for the QEMU user, throws its
+// cached QEMU capabilities away and probes QEMU again: 10 s each time.
+func kvmForQEMUUser() error {
+	var st unix.Stat_t
+	if err := unix.Stat("/dev/kvm", &st); err != nil || st.Mode&0o006 == 0o006 {
+		return nil // no KVM device, or open to all
+	}
+	node := "/run/kvm"
+	if err := unix.Mknod(node, unix.S_IFCHR|0o660, int(st.Rdev)); err != nil {
+		return fmt.Errorf("make the test's /dev/kvm: %w", err)
+	}
+	if err := os.Chown(node, 0, 64055); err != nil {
+		return err
+	}
+	if err := os.Chmod(node, 0o660); err != nil { // mknod applied the umask
+		return err
+	}
+	if err := unix.Mount(node, "/dev/kvm", "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount the test's /dev/kvm: %w", err)
 	}
 	return nil
 }
