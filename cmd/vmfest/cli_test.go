@@ -109,9 +109,13 @@ func TestCLIArguments(t *testing.T) {
 		{args: []string{"--server", "unix:///nonexistent/vmfest.sock", "doctor"}, code: 1, stderr: "doctor checks only the local state directory"},
 		{args: []string{"doctor", "--help"}, stdout: "local state directory"},
 		// 5: a mistyped subcommand is an error with suggestions.
-		{args: []string{"network", "craete", "foo"}, code: 1, stderr: `unknown command "craete" for "vmfest network"; did you mean "create"?`},
-		{args: []string{"hardware", "delete", "x"}, code: 1, stderr: `unknown command "delete" for "vmfest hardware"; did you mean "rm"?`},
-		{args: []string{"model", "lst"}, code: 1, stderr: `unknown command "lst" for "vmfest model"; did you mean "list"?`},
+		// Suggestions print as lines of their own, never folded into "; ;".
+		{args: []string{"network", "craete", "foo"}, code: 1, stderr: "vmfest: unknown command \"craete\" for \"vmfest network\"\n  did you mean \"create\"?\n", notStderr: ";"},
+		{args: []string{"hardware", "delete", "x"}, code: 1, stderr: "vmfest: unknown command \"delete\" for \"vmfest hardware\"\n  did you mean \"rm\"?\n", notStderr: ";"},
+		{args: []string{"model", "lst"}, code: 1, stderr: "unknown command \"lst\" for \"vmfest model\"\n  did you mean \"list\"?\n  see 'vmfest model --help'\n", notStderr: ";"},
+		{args: []string{"strat", "vm"}, code: 1, stderr: "vmfest: unknown command \"strat\" for \"vmfest\"\n  did you mean \"start\"?\n  see 'vmfest --help'\n", notStderr: ";"},
+		{args: []string{"frobnicate"}, code: 1, stderr: "vmfest: unknown command \"frobnicate\" for \"vmfest\"\n  see 'vmfest --help'\n"},
+		{args: []string{}, stdout: "Available Commands:"},
 		{args: []string{"network"}, stdout: "Available Commands:"},
 		// 6: stop and power-down of a powered-off machine are done already.
 		{args: []string{"stop", "off"}, stdout: "off is already powered-off"},

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -109,15 +111,69 @@ func errorCode(err error) string {
 	return wire.CodeInternal
 }
 
+// failures is the error of a command given several names when some of
+// them failed: it names each with its cause. It wraps every cause, so
+// errors.Is and errorCode see them.
+type failures struct {
+	what  string // "machines", "networks", ...
+	total int
+	names []string
+	errs  []error
+}
+
+func (f failures) head() string {
+	return fmt.Sprintf("%d of %d %s failed", len(f.errs), f.total, f.what)
+}
+
+// causes are "NAME: message", one a failed name.
+func (f failures) causes() []string {
+	out := make([]string, len(f.errs))
+	for i, err := range f.errs {
+		out[i] = f.names[i] + ": " + oneLine(err.Error())
+	}
+	return out
+}
+
+func (f failures) Error() string   { return f.head() + ": " + strings.Join(f.causes(), "; ") }
+func (f failures) Unwrap() []error { return f.errs }
+
 // printError prints err on w: "vmfest: message", or with asJSON the
-// API's error body on one line.
+// API's error body on one line. Two errors print as several lines: a
+// mistyped command's suggestions follow it, and failures print one line
+// a failed name with its cause (under --json, one error body each, then
+// the summary naming them).
 func printError(w io.Writer, err error, asJSON bool) {
+	var f failures
+	isFailures := errors.As(err, &f)
 	if !asJSON {
-		io.WriteString(w, "vmfest: "+oneLine(err.Error())+"\n")
+		var unknown unknownCommandError
+		switch {
+		case isFailures:
+			lines := []string{"vmfest: " + f.head() + ":"}
+			for _, c := range f.causes() {
+				lines = append(lines, "  "+c)
+			}
+			io.WriteString(w, strings.Join(lines, "\n")+"\n")
+		case errors.As(err, &unknown):
+			io.WriteString(w, "vmfest: "+strings.Join(unknown.lines(), "\n  ")+"\n")
+		default:
+			io.WriteString(w, "vmfest: "+oneLine(err.Error())+"\n")
+		}
 		return
 	}
-	data, merr := json.Marshal(errorBody(err))
-	if merr != nil {
+	if !isFailures {
+		writeJSONLine(w, errorBody(err))
+		return
+	}
+	for _, e := range f.errs {
+		writeJSONLine(w, errorBody(e))
+	}
+	writeJSONLine(w, wire.Error{Error: f.head() + ": " + strings.Join(f.names, ", "), Code: errorCode(err)})
+}
+
+func writeJSONLine(w io.Writer, body wire.Error) {
+	data, err := json.Marshal(body)
+	if err != nil {
 		data = []byte(`{"error":"encode the error","code":"internal"}`)
 	}
 	w.Write(append(data, '\n'))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -53,6 +54,14 @@ hardware spec file. --memory and --cpus override it.`,
 			}
 			if img.SSHKeys, err = sshKeys(keyFiles); err != nil {
 				return err
+			}
+			// 0 is "not given" to hardwareChoice: given, it is as
+			// wrong as -5.
+			if cmd.Flags().Changed("memory") && memory <= 0 {
+				return usageError{fmt.Errorf("--memory %d: must be a positive number of MiB", memory)}
+			}
+			if cmd.Flags().Changed("cpus") && cpus <= 0 {
+				return usageError{fmt.Errorf("--cpus %d: must be at least 1", cpus)}
 			}
 			hw, err := hardwareChoice(ctx, srv, hardware, memory, cpus)
 			if err != nil {
@@ -178,6 +187,8 @@ func isSpecFile(path string) bool {
 	return n > 0 && !bytes.ContainsRune(head, 0) && !bytes.HasPrefix(head, []byte(disk.QCOW2Magic))
 }
 
+// hardwareChoice reads --hardware, with --memory and --cpus laid over it
+// when they are not 0 (create refuses values below 1 first).
 func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int) (vmfest.Hardware, error) {
 	var base spec.Hardware
 	fromFile := false
@@ -203,12 +214,6 @@ func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, 
 			return vmfest.HardwareSpec(base), nil
 		}
 		return vmfest.HardwareModel(arg), nil
-	}
-	if memory < 0 {
-		return vmfest.Hardware{}, usageError{fmt.Errorf("--memory %d: must be a positive number of MiB", memory)}
-	}
-	if cpus < 0 {
-		return vmfest.Hardware{}, usageError{fmt.Errorf("--cpus %d: must be at least 1", cpus)}
 	}
 	if !fromFile {
 		h, err := srv.HardwareModel(ctx, arg)
@@ -263,27 +268,37 @@ func (a *app) eachMachine(cmd *cobra.Command, names []string, verb string, fn fu
 	})
 }
 
-// eachNamed runs fn on every name, as eachMachine does for machines: a
-// failure with one name is the error; with several, each is printed (JSON
-// under --json) and the summary names every one that failed. Under --json
-// it prints what fn returned, an object for one name and an array for
-// several.
+// eachNamed runs fn on every name, all at once (start a b c boots the
+// three together, as VMFest's tutorial pmap-starts them), and waits for
+// all. A failure with one name is the error; with several, the error is a
+// failures that names each one that failed with its cause (printError
+// prints each cause once). Under --json it prints what fn returned, an
+// object for one name and an array, in the order given, for several.
+// fn must be safe to run concurrently; a.out and a.errOut are.
 func eachNamed[T any](a *app, names []string, what string, fn func(name string) (T, error)) error {
-	var failed []string
-	var last error
+	vals := make([]T, len(names))
+	errs := make([]error, len(names))
+	if len(names) == 1 {
+		vals[0], errs[0] = fn(names[0])
+		if errs[0] != nil {
+			return errs[0]
+		}
+	} else {
+		var wg sync.WaitGroup
+		for i, n := range names {
+			wg.Go(func() { vals[i], errs[i] = fn(n) })
+		}
+		wg.Wait()
+	}
+	f := failures{what: what, total: len(names)}
 	done := []T{}
-	for _, n := range names {
-		v, err := fn(n)
-		if err != nil {
-			if len(names) == 1 {
-				return err
-			}
-			printError(a.errOut, err, a.json)
-			failed = append(failed, n)
-			last = err
+	for i, n := range names {
+		if errs[i] != nil {
+			f.names = append(f.names, n)
+			f.errs = append(f.errs, errs[i])
 			continue
 		}
-		done = append(done, v)
+		done = append(done, vals[i])
 	}
 	if a.json {
 		var err error
@@ -296,8 +311,8 @@ func eachNamed[T any](a *app, names []string, what string, fn func(name string) 
 			return err
 		}
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d %s failed (%s): %w", len(failed), len(names), what, strings.Join(failed, ", "), last)
+	if len(f.errs) > 0 {
+		return f
 	}
 	return nil
 }
@@ -362,7 +377,7 @@ duration right after --wait is its value, never a machine name).`,
 				ctx, cancel := context.WithTimeout(cmd.Context(), wait)
 				defer cancel()
 				if err := m.WaitReady(ctx); err != nil {
-					return nil, err
+					return nil, waitReadyError(cmd.Context(), m.Name(), wait, err)
 				}
 				if !a.json {
 					fmt.Fprintf(a.out, "%s ready in %s\n", m.Name(), time.Since(begun).Round(10*time.Millisecond))
@@ -374,6 +389,19 @@ duration right after --wait is its value, never a machine name).`,
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the guest agent answers, at most this long (--wait 30s or --wait=30s; 2m when given without a value)")
 	cmd.Flags().Lookup("wait").NoOptDefVal = "2m"
 	return cmd
+}
+
+// waitReadyError words the failure of start --wait: on Ctrl-C (parent
+// canceled) the machine keeps booting, which "timed out" would hide; on
+// --wait's deadline, how long that was.
+func waitReadyError(parent context.Context, name string, wait time.Duration, err error) error {
+	if errors.Is(parent.Err(), context.Canceled) {
+		return fmt.Errorf("machine %s: %w: interrupted while waiting for its guest agent; the machine keeps booting ('vmfest stop %s' stops it)", name, context.Canceled, name)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, vmfest.ErrTimeout) {
+		return fmt.Errorf("%w (--wait %s); the machine keeps booting", err, wait)
+	}
+	return err
 }
 
 func (a *app) stopCommand() *cobra.Command {
@@ -390,7 +418,16 @@ it, exits 0 (as docker stop does), so scripts can "make it so".`,
 			return a.eachMachine(cmd, args, "stopped", func(m vmfest.Machine) (*vmfest.Info, error) {
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
-				return nil, a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
+				begun := time.Now()
+				err := a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
+				if errors.Is(err, context.DeadlineExceeded) {
+					// The deadline ran out in a step before the wait
+					// for the guest, whose own timeout error says how
+					// long it waited: say it here.
+					err = fmt.Errorf("stop machine %s: %w after %s (--timeout %s), before the guest powered off; it may still be running (power-down forces it off): %w",
+						m.Name(), vmfest.ErrTimeout, time.Since(begun).Round(time.Millisecond), timeout, err)
+				}
+				return nil, err
 			})
 		},
 	}

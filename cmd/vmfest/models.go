@@ -87,13 +87,20 @@ An interrupted download resumes when the command is run again.`,
 				return err
 			}
 			bar := a.progress()
-			opts.Progress = bar.report
+			fetched := isURL(args[0])
+			opts.Progress = func(p vmfest.Progress) {
+				if !fetched && p.Phase == image.PhaseDownload {
+					p.Phase = "read" // a file is read, not downloaded
+				}
+				bar.report(p)
+			}
 			begun := time.Now()
 			m, err := srv.SetupModel(cmd.Context(), args[0], opts)
-			bar.finish()
 			if err != nil {
+				bar.abandon() // as far as it got: no jump to 100 %
 				return err
 			}
+			bar.finish()
 			if a.json {
 				return a.printJSON(m)
 			}
@@ -135,10 +142,23 @@ func via(m model.ImageModel) string {
 	return " from " + strings.Join(parts, " ")
 }
 
+// isURL reports a source fetched over the network (http, https), as
+// opposed to a file (a path or a file:// URL).
+func isURL(source string) bool {
+	l := strings.ToLower(source)
+	return strings.HasPrefix(l, "http://") || strings.HasPrefix(l, "https://")
+}
+
+// modelListCommand is "model list" (alias "model ls") or the top-level
+// "models", which has no alias: a top-level "ls" is list's (machines).
 func (a *app) modelListCommand(use string) *cobra.Command {
+	var aliases []string
+	if use == "list" {
+		aliases = []string{"ls"}
+	}
 	return &cobra.Command{
 		Use:     use,
-		Aliases: []string{"ls"},
+		Aliases: aliases,
 		Short:   "List installed image models",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -225,17 +245,14 @@ func (a *app) modelRemoveCommand() *cobra.Command {
 	}
 }
 
-// sizeText prints a byte count in binary units.
+// sizeText prints a byte count in MiB, the one unit of the CLI's sizes
+// (--memory, hardware list and show are in MiB too): whole when it is,
+// else to a tenth.
 func sizeText(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
 	}
-	return fmt.Sprintf("%d B", n)
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
 // progressDisplay shows setup progress: a bar per phase (bytes, rate and
@@ -250,7 +267,7 @@ type progressDisplay struct {
 
 func (a *app) progress() *progressDisplay {
 	d := &progressDisplay{w: a.errOut, quiet: a.json}
-	if f, ok := a.errOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if f, ok := a.termErr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		d.tty = true
 	}
 	return d
@@ -275,6 +292,7 @@ func (d *progressDisplay) report(p vmfest.Progress) {
 			progressbar.OptionSetWriter(d.w),
 			progressbar.OptionSetDescription(fmt.Sprintf("%-8s", p.Phase)),
 			progressbar.OptionShowBytes(true),
+			progressbar.OptionUseIECUnits(true), // KiB, MiB: as the rest of the CLI
 			progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true),
 			progressbar.OptionSetWidth(30),
@@ -289,6 +307,14 @@ func (d *progressDisplay) report(p vmfest.Progress) {
 		d.bar.ChangeMax64(p.Total)
 	}
 	d.bar.Set64(p.Done)
+}
+
+// abandon ends the bar where it is, for a failed or interrupted setup.
+func (d *progressDisplay) abandon() {
+	if d.bar != nil {
+		d.bar.Exit()
+		d.bar = nil
+	}
 }
 
 func (d *progressDisplay) finish() {

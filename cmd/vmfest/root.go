@@ -25,12 +25,18 @@ type app struct {
 	verbose bool
 	out     io.Writer
 	errOut  io.Writer
+	// termOut and termErr are out and errOut as given, to tell a
+	// terminal (ssh, the progress bar).
+	termOut, termErr io.Writer
 	// remote and token choose a remote server (--server, --token).
 	remote string
 	token  string
 	// nat, when set (by serve's flags), is the NAT policy of the local
 	// server; else it is read from the environment (natPolicyFromEnv).
 	nat *spec.NATPolicy
+	// warnings prints the Local's log records as "warning: ..." lines,
+	// each message once per command.
+	warnings *warningHandler
 	// driver names the driver of machines this invocation creates
 	// (--driver, env VMFEST_DRIVER); others keep the one they were made
 	// with.
@@ -38,16 +44,24 @@ type app struct {
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
-	a := &app{out: out, errOut: errOut}
+	a := &app{out: &lockedWriter{w: out}, errOut: &lockedWriter{w: errOut}, termOut: out, termErr: errOut}
 	root := &cobra.Command{
-		Use:           "vmfest",
-		Short:         "Lightweight QEMU virtual machines from data",
-		Long:          "vmfest creates QEMU virtual machines in milliseconds as copy-on-write overlays of immutable base images, and drives their lifecycle.",
+		Use:   "vmfest",
+		Short: "Lightweight QEMU virtual machines from data",
+		Long:  "vmfest creates QEMU virtual machines in milliseconds as copy-on-write overlays of immutable base images, and drives their lifecycle.",
+		// Runnable, so that a mistyped command is reported as the
+		// groups' are (unknownSubcommand), its suggestions on lines.
+		Args:          cobra.ArbitraryArgs,
+		RunE:          unknownSubcommand,
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetOut(out)
-	root.SetErr(errOut)
+	// --version prints what the version command prints.
+	root.SetVersionTemplate("vmfest {{.Version}}\n")
+	a.warnings = newWarningHandler(a.errOut)
+	root.SetOut(a.out)
+	root.SetErr(a.errOut)
 	root.PersistentFlags().StringVar(&a.home, "home", store.DefaultRoot(), "state directory (env VMFEST_HOME)")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, `print JSON: the resulting object(s) of a change, the API's objects; errors as {"error": ..., "code": ...} on stderr`)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
@@ -117,11 +131,12 @@ func (a *app) findMachine(ctx context.Context, name string) (vmfest.Machine, err
 // local opens the local server over --home, with the operator's NAT
 // policy (serve's flags, else VMFEST_NAT_ALLOW and VMFEST_NAT_LOW_PORTS).
 func (a *app) local() (*vmfest.Local, error) {
-	level := slog.LevelWarn
+	var logger *slog.Logger
 	if a.verbose {
-		level = slog.LevelDebug
+		logger = slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else {
+		logger = slog.New(a.warnings)
 	}
-	logger := slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: level}))
 	cfg := vmfest.ConfigFromEnv()
 	cfg.Home = a.home
 	cfg.Logger = logger
@@ -182,22 +197,63 @@ func isDuration(s string) bool {
 }
 
 // unknownSubcommand is the RunE of a command that only groups others
-// (network, hardware, model): alone it prints its help; with an argument,
-// that argument is a mistyped subcommand, and an error, with cobra's
-// suggestions.
+// (the root, network, hardware, model): alone it prints its help; with an
+// argument, that argument is a mistyped subcommand, and an error, with
+// cobra's suggestions.
 func unknownSubcommand(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return cmd.Help()
 	}
-	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
 	if cmd.SuggestionsMinimumDistance <= 0 {
 		cmd.SuggestionsMinimumDistance = 2 // cobra's own default for the root
 	}
-	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-		for i := range s {
-			s[i] = strconv.Quote(s[i])
-		}
-		msg += "; did you mean " + strings.Join(s, " or ") + "?"
+	return usageError{unknownCommandError{
+		arg:         args[0],
+		path:        cmd.CommandPath(),
+		suggestions: cmd.SuggestionsFor(args[0]),
+	}}
+}
+
+// unknownCommandError is a mistyped subcommand and what cobra suggests
+// instead. Its message is one line (under --json); printError prints the
+// suggestions as lines of their own.
+type unknownCommandError struct {
+	arg, path   string
+	suggestions []string
+}
+
+func (e unknownCommandError) head() string {
+	return fmt.Sprintf("unknown command %q for %q", e.arg, e.path)
+}
+
+func (e unknownCommandError) didYouMean() string {
+	if len(e.suggestions) == 0 {
+		return ""
 	}
-	return usageError{fmt.Errorf("%s (see '%s --help')", msg, cmd.CommandPath())}
+	q := make([]string, len(e.suggestions))
+	for i, s := range e.suggestions {
+		q[i] = strconv.Quote(s)
+	}
+	return "did you mean " + strings.Join(q, " or ") + "?"
+}
+
+func (e unknownCommandError) seeHelp() string {
+	return fmt.Sprintf("see '%s --help'", e.path)
+}
+
+func (e unknownCommandError) Error() string {
+	msg := e.head()
+	if d := e.didYouMean(); d != "" {
+		msg += "; " + d
+	}
+	return msg + " (" + e.seeHelp() + ")"
+}
+
+// lines is the message as printError prints it without --json.
+func (e unknownCommandError) lines() []string {
+	out := []string{e.head()}
+	if d := e.didYouMean(); d != "" {
+		out = append(out, d)
+	}
+	return append(out, e.seeHelp())
 }

@@ -29,7 +29,10 @@ func (a *app) sshCommand() *cobra.Command {
 run COMMAND there and exit with its status. The connection goes through the
 machine's NAT SSH forward on 127.0.0.1 when it has one, else to its
 host-only address. --wait bounds the wait for the address and the SSH
-server.
+server. A machine that is not running (paused, say) is refused at once.
+
+On a terminal the session gets a pseudo-terminal, for COMMAND too (as
+ssh -t), so Ctrl-C interrupts the remote command.
 
 Flags are vmfest's, before or after NAME, until "--": everything after it
 is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
@@ -51,8 +54,22 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 			if err != nil {
 				return err
 			}
+			// Made on first use, even when the machine cannot answer.
 			signer, _, err := vmfest.LoadSSHKey(a.home)
 			if err != nil {
+				return err
+			}
+			// Only a running machine answers: a paused one is said so
+			// at once (as ip does), not after the whole --wait.
+			st, err := m.State(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if st != vmfest.Running {
+				err := error(&vmfest.StateError{Machine: m.Name(), Op: "ssh to", State: st, Needs: []vmfest.State{vmfest.Running}})
+				if st == vmfest.Paused {
+					err = fmt.Errorf("%w; 'vmfest resume %s' continues it", err, m.Name())
+				}
 				return err
 			}
 			command := args[1:] // Args allows only NAME before "--"
@@ -63,8 +80,12 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 				ctx, cancel = context.WithTimeout(ctx, wait)
 				defer cancel()
 			}
+			// A terminal gets a pseudo-terminal, for a shell and for
+			// a command too (as ssh -t): Ctrl-C then reaches the
+			// remote command as its own interrupt, instead of ending
+			// vmfest and leaving the command running.
 			fd := int(os.Stdin.Fd())
-			if len(opts.Command) == 0 && term.IsTerminal(fd) {
+			if term.IsTerminal(fd) && (len(opts.Command) == 0 || isTerminal(a.termOut)) {
 				opts.TTY = true
 				opts.Width, opts.Height, _ = term.GetSize(fd)
 				old, err := term.MakeRaw(fd)
@@ -88,6 +109,11 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the machine's address and SSH server")
 	cmd.Flags().StringVarP(&user, "user", "l", "", "log in as this user (default: the image's username, else root)")
 	return cmd
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // sshKeys reads --ssh-key files (OpenSSH public keys, one or more a file).
