@@ -306,20 +306,24 @@ func console(t *testing.T, d *Driver, m driver.Machine) string {
 func TestRefusesForeignDomain(t *testing.T) {
 	needLibvirtd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel) // after the connection's cleanups
 	dir := t.TempDir()
 	m := driver.Machine{Name: "foreign", Dir: dir, ID: "fedcba9876543210"}
 	c, err := dial(ctx, endpoint{socket: DefaultSocket, name: "qemu:///system"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
+	t.Cleanup(c.close) // after the undefine below (cleanups run last first)
 	foreign := `<domain type='qemu'><name>` + DomainName(m) + `</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>`
 	dom, err := c.DomainDefineXMLFlags(foreign, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.DomainUndefineFlags(dom, 0) })
+	t.Cleanup(func() {
+		if err := c.DomainUndefineFlags(dom, 0); err != nil {
+			t.Errorf("undefine the foreign domain: %v", err)
+		}
+	})
 	d, err := New(Options{Accel: "tcg"})
 	if err != nil {
 		t.Fatal(err)
