@@ -4,6 +4,9 @@
 set -euo pipefail
 # bubblewrap boxes every qemu-img run on an untrusted image (image/box.go); without it setup-model fails closed.
 pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates bubblewrap)
+# libvirtd (with virtlogd) and its QEMU driver, for driver/libvirt; its tests start a libvirtd of their own.
+# Not libvirt-daemon-system: it pulls in and upgrades systemd; scripts/libvirtd.sh starts libvirtd without it.
+pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
