@@ -100,6 +100,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	)
 	root.AddCommand(a.modelCommands()...)
 	markErrors(root)
+	a.addCompletions(root)
 	return root
 }
 
