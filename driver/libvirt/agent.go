@@ -19,6 +19,10 @@ import (
 // own agent timeout.
 const agentTimeoutDefault = -1
 
+// agentNoWait is VIR_DOMAIN_QEMU_AGENT_COMMAND_NOWAIT: send, do not wait
+// for a reply.
+const agentNoWait = 0
+
 // Agent reaches a machine's guest agent through libvirt
 // (QEMUDomainAgentCommand): libvirtd holds the agent's virtio-serial
 // socket and synchronises with the agent itself. It is safe for concurrent
@@ -73,6 +77,9 @@ func (a *Agent) Execute(ctx context.Context, command string, args any) (json.Raw
 	timeout := int32(agentTimeoutDefault)
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = int32(max(1, min(math.Ceil(time.Until(dl).Seconds()), 3600)))
+	}
+	if command == "guest-shutdown" {
+		timeout = agentNoWait // the agent sends no reply; the guest goes down
 	}
 	var out golibvirt.OptString
 	err = a.d.do(ctx, a.m, "guest agent "+command+" on", func(c *conn, dom golibvirt.Domain) error {

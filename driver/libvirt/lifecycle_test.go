@@ -24,7 +24,7 @@ import (
 )
 
 // tinyDisk returns the tiny guest's base image.
-func tinyDisk(t *testing.T) string {
+func tinyDisk(t testing.TB) string {
 	meta := testutil.TinyImageMeta(t)
 	b, err := os.ReadFile(meta)
 	if err != nil {
@@ -43,7 +43,7 @@ func tinyDisk(t *testing.T) string {
 }
 
 // freePort returns a TCP port free on 127.0.0.1 now.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +125,6 @@ func TestLifecycle(t *testing.T) {
 
 	m := driver.Machine{Name: "lc", Dir: dir, ID: "0123456789abcdef"}
 	hw := spec.BuiltinHardware()["micro"]
-	hw.MemorySize = 256
 	hw.Network = []spec.NIC{
 		{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterVirtio, MACAddress: "52:54:00:4c:56:01"},
 		{AttachmentType: spec.AttachHostOnly, AdapterType: spec.AdapterE1000, MACAddress: "52:54:00:4c:56:02", HostOnlyInterface: "vmfestnet0"},
