@@ -138,7 +138,10 @@ func (d *Driver) lookup(c *conn, m driver.Machine) (golibvirt.Domain, error) {
 	if err != nil {
 		return dom, fmt.Errorf("libvirt domain %s: vmfest metadata unreadable (%w): vmfest leaves it alone", name, err)
 	}
-	if filepath.Clean(mk.Dir) != filepath.Clean(m.Dir) || mk.ID != m.ID {
+	// The instance id is unique among every machine vmfest made; the
+	// directory may differ when the state directory moved (Start then
+	// records the new one).
+	if mk.ID != m.ID || (m.ID == "" && filepath.Clean(mk.Dir) != filepath.Clean(m.Dir)) {
 		return dom, fmt.Errorf("libvirt domain %s belongs to another vmfest machine (directory %s, id %s), not to %s: vmfest leaves it alone", name, mk.Dir, mk.ID, m.Dir)
 	}
 	return dom, nil
@@ -260,17 +263,22 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	for i := 1; i <= 3; i++ {
 		os.Remove(filepath.Join(s.Dir, SerialLog+"."+strconv.Itoa(i)))
 	}
-	if err := os.WriteFile(runPath(s.Machine), []byte(name+"\n"), 0o600); err != nil {
-		return driver.Started{}, fmt.Errorf("libvirt: record the run: %w", err)
-	}
 	fwds := hostfwds(s)
 	var flags uint32
 	if len(fwds) > 0 {
 		flags = uint32(golibvirt.DomainStartPaused)
 	}
 	if _, err := c.DomainCreateWithFlags(dom, flags); err != nil {
-		os.Remove(runPath(s.Machine))
 		return driver.Started{}, c.wrap(fmt.Errorf("libvirt: start domain %s: %w", name, err))
+	}
+	// Written once the domain runs, so a Status meanwhile does not read
+	// the last run's end as this one's abort; its time is Status.Since.
+	if err := os.WriteFile(runPath(s.Machine), []byte(name+"\n"), 0o600); err != nil {
+		err = fmt.Errorf("libvirt: record the run: %w", err)
+		if derr := c.DomainDestroyFlags(dom, golibvirt.DomainDestroyDefault); derr != nil {
+			err = errors.Join(err, fmt.Errorf("libvirt: destroy domain %s after the failed start: %w", name, derr))
+		}
+		return driver.Started{}, c.wrap(err)
 	}
 	undo := func(cause error) error {
 		// A fresh context: the start's may be what ended.

@@ -347,6 +347,30 @@ func TestRefusesForeignDomain(t *testing.T) {
 	if err != nil || strings.Contains(x, Namespace) {
 		t.Errorf("the foreign domain was redefined: %v\n%s", err, x)
 	}
+
+	// Another vmfest machine's domain under the same name (ids sharing
+	// their first 8 characters) is left alone too.
+	other := driver.Machine{Name: "foreign", Dir: t.TempDir(), ID: "fedcba98ffffffff"}
+	def, err := DomainXML(driver.StartSpec{Machine: other, Hardware: hw, Disk: s.Disk}, domainParams{Accel: "tcg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := def.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DomainUndefineFlags(dom, 0); err != nil {
+		t.Fatal(err)
+	}
+	if dom, err = c.DomainDefineXMLFlags(doc, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Start(ctx, s); err == nil || !strings.Contains(err.Error(), "belongs to another vmfest machine") {
+		t.Errorf("Start over another vmfest machine's domain: %v, want a refusal", err)
+	}
+	if err := d.Forget(ctx, m); err == nil {
+		t.Error("Forget removed another vmfest machine's domain")
+	}
 }
 
 // TestUnreachable: with no libvirtd at the socket, the error says where it
