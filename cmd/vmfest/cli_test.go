@@ -129,11 +129,13 @@ func TestCLIArguments(t *testing.T) {
 	}
 }
 
-// TestCLIMachineLifecycle boots the tiny guest on a NAT-only NIC (its SSH
-// forward is on 127.0.0.1) and holds bugs 1, 2, 3 and 6 on a running
-// machine: a second machine whose forward clashes fails to start with
-// QEMU's message printed, start --wait DUR, ssh with flags after NAME and
-// the remote status, and pause, resume and stop twice over.
+// TestCLIMachineLifecycle boots the tiny guest on NAT-only NICs (their
+// SSH forwards are on 127.0.0.1) and holds bugs 1, 2, 3 and 6 on a running
+// machine: two machines started at once and waited for, a machine whose
+// forward clashes fails to start with QEMU's message printed, start --wait
+// DUR, ssh with flags after NAME and the remote status, ssh to a paused
+// machine refused at once, stop --timeout saying the time, and pause,
+// resume and stop twice over.
 func TestCLIMachineLifecycle(t *testing.T) {
 	meta := tinyImage(t)
 	home := machineHome(t)
@@ -149,24 +151,38 @@ func TestCLIMachineLifecycle(t *testing.T) {
 	if err := os.WriteFile(hw, []byte(fmt.Sprintf("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n    nat-rules:\n      - {name: web, host-ip: 127.0.0.1, host-port: %d, guest-port: 80}\n", port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"vm", "vm2"} {
-		if code, _, errOut := runCLI(t, home, "create", name, "--image", meta, "--hardware", hw); code != 0 {
-			t.Fatalf("create %s: %s", name, errOut)
+	// vm3 has a NAT NIC without forwards: it boots beside vm.
+	hw3 := filepath.Join(home, "nat3.yaml")
+	if err := os.WriteFile(hw3, []byte("memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n    adapter-type: virtio\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []struct{ name, hw string }{{"vm", hw}, {"vm2", hw}, {"vm3", hw3}} {
+		if code, _, errOut := runCLI(t, home, "create", m.name, "--image", meta, "--hardware", m.hw); code != 0 {
+			t.Fatalf("create %s: %s", m.name, errOut)
 		}
-		t.Cleanup(func() { runCLI(t, home, "destroy", "--force", name) })
+		t.Cleanup(func() { runCLI(t, home, "destroy", "--force", m.name) })
 	}
 	begun := time.Now()
+	// Several names start at once, and --wait waits for all.
+	code, out, errOut := runCLI(t, home, "start", "vm", "vm3", "--wait", "90s")
+	if code != 0 || !strings.Contains(out, "vm ready in") || !strings.Contains(out, "vm3 ready in") {
+		t.Fatalf("start vm vm3 --wait 90s: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	t.Logf("two machines ready in %s", time.Since(begun).Round(time.Millisecond))
 	steps := []cliCase{
-		{args: []string{"start", "vm", "--wait", "90s"}, stdout: "vm ready in"},
 		{args: []string{"start", "vm", "--wait"}, code: 1, stderr: `cannot start machine "vm": it is running`},
 		{args: []string{"ssh", "vm", "--wait", "60s", "-l", "root", "--json", "--", "echo", "hi", "--wait"}, stdout: "hi --wait\n"},
 		{args: []string{"ssh", "vm", "--", "sh", "-c", "exit 7"}, code: 7},
 		{args: []string{"start", "vm2"}, code: 1, stderr: fmt.Sprintf("127.0.0.1:%d", port)},
 		{args: []string{"pause", "vm"}, stdout: "paused vm"},
 		{args: []string{"pause", "vm"}, stdout: "vm is already paused"},
+		// ssh to a paused machine says so at once, not after --wait.
+		{args: []string{"ssh", "vm", "--wait", "90s", "--", "true"}, code: 1, stderr: `cannot ssh to machine "vm": it is paused`},
 		{args: []string{"resume", "vm"}, stdout: "resumed vm"},
 		{args: []string{"resume", "vm"}, stdout: "vm is already running"},
-		{args: []string{"power-down", "vm"}, stdout: "powered down vm"},
+		// --timeout too short for any guest: the error says the time.
+		{args: []string{"stop", "vm3", "--timeout", "50ms"}, code: 1, stderr: "--timeout 50ms ran out after "},
+		{args: []string{"power-down", "vm", "vm3"}, stdout: "powered down vm"},
 		{args: []string{"power-down", "vm"}, stdout: "vm is already powered-off"},
 		{args: []string{"stop", "vm"}, stdout: "vm is already powered-off"},
 	}

@@ -420,12 +420,18 @@ it, exits 0 (as docker stop does), so scripts can "make it so".`,
 				defer cancel()
 				begun := time.Now()
 				err := a.makeItSo(ctx, m, vmfest.PoweredOff, func() error { return m.Stop(ctx) })
-				if errors.Is(err, context.DeadlineExceeded) {
+				used := time.Since(begun).Round(time.Millisecond)
+				switch {
+				case errors.Is(err, context.DeadlineExceeded):
 					// The deadline ran out in a step before the wait
-					// for the guest, whose own timeout error says how
-					// long it waited: say it here.
+					// for the guest, or on the client's side of a
+					// --server: nothing said how long it was.
 					err = fmt.Errorf("stop machine %s: %w after %s (--timeout %s), before the guest powered off; it may still be running (power-down forces it off): %w",
-						m.Name(), vmfest.ErrTimeout, time.Since(begun).Round(time.Millisecond), timeout, err)
+						m.Name(), vmfest.ErrTimeout, used, timeout, err)
+				case errors.Is(err, vmfest.ErrTimeout) && ctx.Err() != nil:
+					// The guest did not power off in time; the root's
+					// message rounds the time to 100ms.
+					err = fmt.Errorf("%w; --timeout %s ran out after %s", err, timeout, used)
 				}
 				return nil, err
 			})

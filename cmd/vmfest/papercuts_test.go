@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/internal/testutil"
 )
 
@@ -160,5 +164,62 @@ func TestSizeText(t *testing.T) {
 		if got := sizeText(tt.n); got != tt.want {
 			t.Errorf("sizeText(%d) = %q, want %q", tt.n, got, tt.want)
 		}
+	}
+}
+
+// TestWaitReadyError: Ctrl-C during start --wait says the machine keeps
+// booting, never "timed out"; --wait's own timeout names the --wait.
+func TestWaitReadyError(t *testing.T) {
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	root := fmt.Errorf("machine vm: %w: the guest agent did not answer: %w", vmfest.ErrTimeout, context.Canceled)
+	tests := []struct {
+		name   string
+		parent context.Context
+		err    error
+		want   string
+		code   string
+	}{
+		{"ctrl-c", canceled, root, "machine vm: context canceled: interrupted while waiting for its guest agent; the machine keeps booting ('vmfest stop vm' stops it)", "canceled"},
+		{"--wait ran out", context.Background(), fmt.Errorf("machine vm: %w: the guest agent did not answer: %w", vmfest.ErrTimeout, context.DeadlineExceeded),
+			"machine vm: timed out: the guest agent did not answer: context deadline exceeded (--wait 30s); the machine keeps booting", "timeout"},
+		{"other", context.Background(), errors.New("agent: broken pipe"), "agent: broken pipe", "internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := waitReadyError(tt.parent, "vm", 30*time.Second, tt.err)
+			if err.Error() != tt.want || strings.Contains(tt.name, "ctrl") && strings.Contains(err.Error(), "timed out") {
+				t.Fatalf("got %q\nwant %q", err, tt.want)
+			}
+			if code := errorCode(ranError{err}); code != tt.code {
+				t.Fatalf("code %q, want %q", code, tt.code)
+			}
+		})
+	}
+}
+
+// TestProgressInterrupted: a setup that fails or is interrupted leaves
+// the bar where it was; only a finished one shows 100 %.
+func TestProgressInterrupted(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		finished bool
+	}{{"interrupted", false}, {"finished", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			d := &progressDisplay{w: &buf, tty: true}
+			d.report(vmfest.Progress{Phase: "download", Done: 10 << 20, Total: 100 << 20})
+			if tt.finished {
+				d.finish()
+			} else {
+				d.abandon()
+			}
+			if got := strings.Contains(buf.String(), "100%"); got != tt.finished {
+				t.Fatalf("100%% shown: %v, want %v: %q", got, tt.finished, buf.String())
+			}
+			if !strings.Contains(buf.String(), "MiB") {
+				t.Fatalf("sizes not in MiB: %q", buf.String())
+			}
+		})
 	}
 }
