@@ -347,7 +347,8 @@ func placeDisk(disk *libvirtxml.DomainDisk, bus, kind string, ctl uint, slot int
 	u := func(v int) *uint { x := uint(v); return &x }
 	switch bus {
 	case spec.BusIDE:
-		disk.Target = &libvirtxml.DomainDiskTarget{Dev: names.next("hd"), Bus: "ide"}
+		// hda-hdd by slot, as libvirt names IDE disks itself.
+		disk.Target = &libvirtxml.DomainDiskTarget{Dev: fmt.Sprintf("hd%c", 'a'+slot), Bus: "ide"}
 		disk.Address = &libvirtxml.DomainAddress{Drive: &libvirtxml.DomainAddressDrive{Controller: u(0), Bus: u(slot / 2), Target: u(0), Unit: u(slot % 2)}}
 	case spec.BusSATA:
 		disk.Target = &libvirtxml.DomainDiskTarget{Dev: names.next("sd"), Bus: "sata"}

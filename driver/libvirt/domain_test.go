@@ -82,7 +82,7 @@ func xmlCases() []xmlCase {
 			// The seed in the DVD at slot 2 (bus 1, unit 0).
 			`<disk type="file" device="cdrom">`,
 			`<source file="` + testDir + `/cidata.iso"></source>`,
-			`<target dev="hdb" bus="ide"></target>`,
+			`<target dev="hdc" bus="ide"></target>`,
 			`<readonly></readonly>`,
 			`<address type="drive" controller="0" bus="1" target="0" unit="0"></address>`,
 			`<controller type="usb" model="none"></controller>`,
