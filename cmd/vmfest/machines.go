@@ -361,9 +361,13 @@ func (a *app) startCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "start NAME... [--wait [DUR]]",
 		Short: "Start machines; with --wait, until their guest agents answer",
-		Long: `Start machines. With --wait, wait until their guest agents answer, at
-most 2m, or DUR: --wait 30s and --wait=30s both give the duration (a
-duration right after --wait is its value, never a machine name).`,
+		Long: `Start machines, all at once. With --wait, wait until every one's guest
+agent answers, at most 2m, or DUR: --wait 30s and --wait=30s both give the
+duration (a duration right after --wait is its value, never a machine name).
+Ctrl-C during --wait stops the waiting, not the machines: they keep booting.
+
+With several names, each failure is printed once, in a summary that names
+every machine that failed and why; the exit status is then 1.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.eachMachine(cmd, args, "started", func(m vmfest.Machine) (*vmfest.Info, error) {
