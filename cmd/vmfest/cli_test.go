@@ -169,6 +169,19 @@ func TestCLIMachineLifecycle(t *testing.T) {
 		t.Fatalf("start vm vm3 --wait 90s: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
 	t.Logf("two machines ready in %s", time.Since(begun).Round(time.Millisecond))
+	// Warnings (TCG's, for one) are "warning: ..." lines, each said
+	// once for both machines, never slog's text.
+	seen := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(errOut), "\n") {
+		if l == "" {
+			continue
+		}
+		if !strings.HasPrefix(l, "warning: ") || seen[l] {
+			t.Fatalf("stderr of start vm vm3: line %q is not a first warning:\n%s", l, errOut)
+		}
+		seen[l] = true
+	}
+	t.Logf("warnings: %q", errOut)
 	steps := []cliCase{
 		{args: []string{"start", "vm", "--wait"}, code: 1, stderr: `cannot start machine "vm": it is running`},
 		{args: []string{"ssh", "vm", "--wait", "60s", "-l", "root", "--json", "--", "echo", "hi", "--wait"}, stdout: "hi --wait\n"},
