@@ -268,18 +268,6 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	if len(fwds) > 0 {
 		flags = uint32(golibvirt.DomainStartPaused)
 	}
-	if _, err := c.DomainCreateWithFlags(dom, flags); err != nil {
-		return driver.Started{}, c.wrap(fmt.Errorf("libvirt: start domain %s: %w", name, err))
-	}
-	// Written once the domain runs, so a Status meanwhile does not read
-	// the last run's end as this one's abort; its time is Status.Since.
-	if err := os.WriteFile(runPath(s.Machine), []byte(name+"\n"), 0o600); err != nil {
-		err = fmt.Errorf("libvirt: record the run: %w", err)
-		if derr := c.DomainDestroyFlags(dom, golibvirt.DomainDestroyDefault); derr != nil {
-			err = errors.Join(err, fmt.Errorf("libvirt: destroy domain %s after the failed start: %w", name, derr))
-		}
-		return driver.Started{}, c.wrap(err)
-	}
 	undo := func(cause error) error {
 		// A fresh context: the start's may be what ended.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -294,6 +282,16 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		}
 		os.Remove(runPath(s.Machine))
 		return cause
+	}
+	if _, err := c.DomainCreateWithFlags(dom, flags); err != nil {
+		// libvirtd goes on with a start whose caller left (ctx ended):
+		// destroy whatever it started.
+		return driver.Started{}, undo(c.wrap(fmt.Errorf("libvirt: start domain %s: %w", name, err)))
+	}
+	// Written once the domain runs, so a Status meanwhile does not read
+	// the last run's end as this one's abort; its time is Status.Since.
+	if err := os.WriteFile(runPath(s.Machine), []byte(name+"\n"), 0o600); err != nil {
+		return driver.Started{}, undo(fmt.Errorf("libvirt: record the run: %w", err))
 	}
 	for _, f := range fwds {
 		out, err := c.QEMUDomainMonitorCommand(dom, "hostfwd_add "+f.Netdev+" "+f.Rule, hmp)

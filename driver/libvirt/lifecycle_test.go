@@ -385,3 +385,46 @@ func TestUnreachable(t *testing.T) {
 		t.Errorf("error %v", err)
 	}
 }
+
+// TestStartPortInUse: a nat-rule whose host port is taken fails the start
+// with an error naming the rule, and leaves no domain running.
+func TestStartPortInUse(t *testing.T) {
+	needLibvirtd(t)
+	base := tinyDisk(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := l.Addr().(*net.TCPAddr).Port
+	dir := t.TempDir()
+	overlay := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, overlay).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+	m := driver.Machine{Name: "clash", Dir: dir, ID: "c1a5c1a5c1a5"}
+	hw := spec.BuiltinHardware()["micro"]
+	hw.Network = []spec.NIC{{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterVirtio, MACAddress: "52:54:00:4c:56:21",
+		NATRules: []spec.NATRule{{Name: "web", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: taken, GuestPort: 80}}}}
+	s := driver.StartSpec{Machine: m, Hardware: hw, NICs: []driver.NIC{{SSHPort: freePort(t)}},
+		Disk: driver.Disk{Path: overlay, Format: "qcow2", BackingPath: base, BackingFormat: "qcow2"}}
+	d, err := New(Options{Accel: "tcg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	t.Cleanup(func() {
+		if err := d.Forget(ctx, m); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	_, err = d.Start(ctx, s)
+	if err == nil || !strings.Contains(err.Error(), `nat-rules "web"`) {
+		t.Fatalf("Start with a taken host port: %v, want an error naming the rule", err)
+	}
+	t.Log(err)
+	if st, err := d.Status(ctx, m); err != nil || st.State != driver.PoweredOff {
+		t.Errorf("after the failed start: %+v, %v; want powered-off", st, err)
+	}
+}
