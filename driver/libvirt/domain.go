@@ -90,7 +90,7 @@ type domainParams struct {
 	OVMF string
 }
 
-// DomainXML returns the libvirt domain definition of a machine.
+// domainXML returns the libvirt domain definition of a machine.
 //
 // Mapping, the same as driver/qemu's command line:
 //   - memory-size MiB and cpu-count; domain type kvm (with the host's CPU)
@@ -120,7 +120,7 @@ type domainParams struct {
 //     labelling would relabel the files). AppArmor keeps libvirt's default:
 //     it writes a per-domain profile naming the files and relabels nothing.
 //   - <metadata> marks the domain as vmfest's (Namespace).
-func DomainXML(s driver.StartSpec, p domainParams) (*libvirtxml.Domain, error) {
+func domainXML(s driver.StartSpec, p domainParams) (*libvirtxml.Domain, error) {
 	h := s.Hardware
 	if s.Dir == "" || !strings.HasPrefix(s.Dir, "/") {
 		return nil, fmt.Errorf("machine directory %q: must be an absolute path", s.Dir)

@@ -219,7 +219,7 @@ var betweenTags = regexp.MustCompile(`>\s+<`)
 func TestDomainXML(t *testing.T) {
 	for _, tc := range xmlCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			def, err := DomainXML(tc.spec(), tc.params)
+			def, err := domainXML(tc.spec(), tc.params)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("error %v, want one containing %q", err, tc.err)
@@ -346,7 +346,7 @@ func TestDefineXMLCases(t *testing.T) {
 		if tc.err != "" {
 			continue
 		}
-		def, err := DomainXML(tc.spec(), tc.params)
+		def, err := domainXML(tc.spec(), tc.params)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,9 +8,9 @@
 // The driver speaks libvirt's RPC protocol itself
 // (github.com/digitalocean/go-libvirt, pure Go, no cgo), one connection per
 // call to the local libvirtd's Unix socket, bounded by the call's context.
-// It acts only on domains marked as vmfest's (DomainXML's <metadata>) for
-// the machine's directory and instance id, and refuses any other domain of
-// the same name.
+// It acts only on domains marked as vmfest's (a <metadata> element in
+// Namespace) for the machine's instance id, and refuses any other domain
+// of the same name.
 //
 // Files in the machine directory: SerialLog (the console, written by
 // virtlogd) and RunFile (present from a Start until a clean power-off or
@@ -224,7 +224,7 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	if err != nil {
 		return driver.Started{}, err
 	}
-	def, err := DomainXML(s, domainParams{Accel: accel, SecModels: models})
+	def, err := domainXML(s, domainParams{Accel: accel, SecModels: models})
 	if err != nil {
 		return driver.Started{}, err
 	}

@@ -351,7 +351,7 @@ func TestRefusesForeignDomain(t *testing.T) {
 	// Another vmfest machine's domain under the same name (ids sharing
 	// their first 8 characters) is left alone too.
 	other := driver.Machine{Name: "foreign", Dir: t.TempDir(), ID: "fedcba98ffffffff"}
-	def, err := DomainXML(driver.StartSpec{Machine: other, Hardware: hw, Disk: s.Disk}, domainParams{Accel: "tcg"})
+	def, err := domainXML(driver.StartSpec{Machine: other, Hardware: hw, Disk: s.Disk}, domainParams{Accel: "tcg"})
 	if err != nil {
 		t.Fatal(err)
 	}
