@@ -92,7 +92,7 @@ func (m *localMachine) IP(ctx context.Context, slot int) (Address, error) {
 		select {
 		case <-ctx.Done():
 			return Address{}, fmt.Errorf("machine %s: %w: no address for network[%d] (%s) after %s; tried %s",
-				m.name, ErrTimeout, slot, describeNIC(nic), time.Since(begun).Round(100*time.Millisecond), strings.Join(said, "; "))
+				m.name, ErrTimeout, slot, describeNIC(nic), roundDuration(time.Since(begun)), strings.Join(said, "; "))
 		case <-time.After(250 * time.Millisecond):
 		}
 		if st, err := m.State(ctx); err == nil && st != Running {

@@ -177,7 +177,7 @@ func (m *localMachine) Stop(ctx context.Context) error {
 		clearStopping(m.dir())
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("stop machine %s: %w: the guest did not power off after the ACPI power button within %s; it is still running (power-down forces it off)",
-				m.name, ErrTimeout, time.Since(begun).Round(100*time.Millisecond))
+				m.name, ErrTimeout, roundDuration(time.Since(begun)))
 		}
 		return fmt.Errorf("stop machine %s: %w", m.name, err)
 	}
@@ -384,4 +384,13 @@ func (m *localMachine) ConsoleLog(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("console of machine %s: %w", m.name, err)
 	}
 	return data, nil
+}
+
+// roundDuration rounds a duration for a message: to the millisecond below
+// a second, else to 100 ms.
+func roundDuration(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(100 * time.Millisecond)
 }

@@ -180,6 +180,13 @@ func TestNetworking(t *testing.T) {
 	if err != nil || code != 3 {
 		t.Fatalf("exit status = %d, %v; want 3", code, err)
 	}
+	// A login the guest refuses fails at once, not after the wait.
+	refusedAt := time.Now()
+	if _, err := SSH(ctx, ms["m1"], signer, SSHOptions{Command: []string{"true"}, User: "stranger", ConnectTimeout: time.Minute}); err == nil || !strings.Contains(err.Error(), "the guest refused the login") {
+		t.Fatalf("ssh as a user the guest does not have: %v", err)
+	} else if d := time.Since(refusedAt); d > 30*time.Second {
+		t.Errorf("a refused login took %s to fail", d)
+	}
 	// The host reaches the guest at its host-only address directly too.
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort(addr1.IP, "22"), 10*time.Second)
 	if err != nil {

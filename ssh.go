@@ -104,6 +104,10 @@ type SSHOptions struct {
 	Width, Height int
 	// User overrides the image's username (default root).
 	User string
+	// ConnectTimeout bounds finding the machine's address and connecting
+	// (retried while the guest's SSH server does not answer yet); 0: ctx
+	// alone bounds it. ctx bounds the whole session.
+	ConnectTimeout time.Duration
 }
 
 // SSHEndpoint returns where to reach a running machine's SSH server: its
@@ -138,15 +142,24 @@ func SSHEndpoint(ctx context.Context, m Machine) (string, error) {
 // SSH runs opts.Command (or a shell) on machine m as its image's user
 // (root when the image names none), authenticated with signer (and the
 // image's password, if it has one), and returns the remote exit status.
-// It retries the connection until the guest's SSH server answers or ctx
-// is done. Host keys are not checked: the endpoint is a loopback forward
-// or a host-only address that only this host reaches.
+// It retries the connection until the guest's SSH server answers, or
+// opts.ConnectTimeout or ctx ends; a guest that refuses the key fails at
+// once. When ctx ends during the session, the remote command is sent
+// SIGINT (SIGTERM on a deadline) and given 2 s to end. Host keys are not
+// checked: the endpoint is a loopback forward or a host-only address that
+// only this host reaches.
 func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (int, error) {
-	info, err := m.Info(ctx)
+	cctx := ctx
+	if opts.ConnectTimeout > 0 {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, opts.ConnectTimeout)
+		defer cancel()
+	}
+	info, err := m.Info(cctx)
 	if err != nil {
 		return -1, err
 	}
-	addr, err := SSHEndpoint(ctx, m)
+	addr, err := SSHEndpoint(cctx, m)
 	if err != nil {
 		return -1, err
 	}
@@ -164,15 +177,28 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	cfg := &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second}
 	var client *ssh.Client
 	var last error
+	refused := 0
 	for {
-		client, last = dialSSH(ctx, addr, cfg)
+		client, last = dialSSH(cctx, addr, cfg)
 		if last == nil {
 			break
 		}
+		// x/crypto has no typed client-side error for a refused key. A
+		// second try a moment later covers a guest whose sshd answers
+		// before cloud-init has written the key.
+		if strings.Contains(last.Error(), "ssh: unable to authenticate") {
+			if refused++; refused > 1 {
+				tried := "vmfest's key"
+				if info.ImageSpec.Password != "" {
+					tried += " and the image's password"
+				}
+				return -1, fmt.Errorf("ssh to machine %s at %s as %s: the guest refused the login (tried %s): %w", m.Name(), addr, user, tried, last)
+			}
+		}
 		select {
-		case <-ctx.Done():
+		case <-cctx.Done():
 			return -1, fmt.Errorf("ssh to machine %s at %s: %w: %w", m.Name(), addr, ErrTimeout, last)
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(time.Duration(300*(1+2*refused)) * time.Millisecond):
 		}
 	}
 	defer client.Close()
@@ -205,6 +231,15 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	}()
 	select {
 	case <-ctx.Done():
+		sig := ssh.SIGINT
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			sig = ssh.SIGTERM
+		}
+		sess.Signal(sig)
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+		}
 		client.Close()
 		return -1, fmt.Errorf("ssh to machine %s: %w", m.Name(), ctx.Err())
 	case err = <-done:

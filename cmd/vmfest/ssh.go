@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -73,13 +72,10 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 				return err
 			}
 			command := args[1:] // Args allows only NAME before "--"
-			opts := vmfest.SSHOptions{Command: command, Stdin: os.Stdin, Stdout: a.out, Stderr: a.errOut, User: user}
+			// --wait bounds finding the machine and connecting, never
+			// the session: a long command runs to its end.
+			opts := vmfest.SSHOptions{Command: command, Stdin: os.Stdin, Stdout: a.out, Stderr: a.errOut, User: user, ConnectTimeout: wait}
 			ctx := cmd.Context()
-			if wait > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, wait)
-				defer cancel()
-			}
 			// A terminal gets a pseudo-terminal, for a shell and for
 			// a command too (as ssh -t): Ctrl-C then reaches the
 			// remote command as its own interrupt, instead of ending
@@ -93,8 +89,6 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 					return err
 				}
 				defer term.Restore(fd, old)
-				// The wait bounds the connection, not the session.
-				ctx = cmd.Context()
 			}
 			code, err := vmfest.SSH(ctx, m, signer, opts)
 			if err != nil {
