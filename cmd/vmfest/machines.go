@@ -155,7 +155,7 @@ func mutableWarning(im spec.Image) string {
 	if im.Immutable {
 		return ""
 	}
-	return fmt.Sprintf("image %s is not immutable: the machine writes to it directly and destroying the machine deletes it (make it read-only, or set immutable: true, to share it through overlays)", im.Location)
+	return fmt.Sprintf("image %s is not immutable: the machine writes to it directly and destroying the machine deletes it, unless destroy --keep-disk (make it read-only, or set immutable: true, to share it through overlays)", im.Location)
 }
 
 // isSpecName reports a name that ends as a spec file's does.
@@ -446,11 +446,11 @@ it, exits 0 (as docker stop does), so scripts can "make it so".`,
 }
 
 func (a *app) destroyCommand() *cobra.Command {
-	var force bool
+	var force, keepDisk bool
 	cmd := &cobra.Command{
-		Use:   "destroy NAME... [--force]",
+		Use:   "destroy NAME... [--force] [--keep-disk]",
 		Short: "Remove machines and their overlays",
-		Long:  "Remove powered-off machines and their overlays. A machine whose image is not immutable takes its disk with it. --force powers a running machine down first.",
+		Long:  "Remove powered-off machines and their overlays. A machine whose image is not immutable takes its disk with it (vmfest says which file), unless --keep-disk. --force powers a running machine down first.",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.eachMachine(cmd, args, "destroyed", func(m vmfest.Machine) (*vmfest.Info, error) {
@@ -467,24 +467,36 @@ func (a *app) destroyCommand() *cobra.Command {
 					}
 				}
 				// The machine as it was just before it went: what
-				// --json prints of it.
-				var info *vmfest.Info
-				if a.json {
-					i, err := m.Info(ctx)
-					if err != nil {
-						return nil, err
-					}
-					info = &i
+				// --json prints of it, and whose disk goes with it.
+				i, err := m.Info(ctx)
+				if err != nil {
+					return nil, err
 				}
-				err := m.Destroy(ctx)
+				var opts []vmfest.DestroyOption
+				if keepDisk {
+					opts = append(opts, vmfest.KeepDisk())
+				}
+				err = m.Destroy(ctx, opts...)
 				if errors.Is(err, vmfest.ErrWrongState) && !force {
 					return nil, fmt.Errorf("%w; use --force to power it down first", err)
 				}
-				return info, err
+				if err == nil && i.BaseImage == "" && !a.json {
+					// Its disk is the image itself, not an overlay.
+					if keepDisk {
+						fmt.Fprintf(a.out, "kept %s's disk %s\n", m.Name(), i.Disk)
+					} else {
+						fmt.Fprintf(a.out, "deleted %s's disk %s with it (its image is not immutable; --keep-disk keeps it)\n", m.Name(), i.Disk)
+					}
+				}
+				if !a.json {
+					return nil, err
+				}
+				return &i, err
 			})
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "power running machines down first")
+	cmd.Flags().BoolVar(&keepDisk, "keep-disk", false, "keep the disk of a machine whose image is not immutable (it is deleted with the machine by default)")
 	return cmd
 }
 

@@ -124,6 +124,24 @@ func TestCLIWarnsAboutMutableDisks(t *testing.T) {
 	if !strings.Contains(errOut, "not immutable") || !strings.Contains(errOut, "deletes it") {
 		t.Fatalf("no warning: %q", errOut)
 	}
+	// destroy says which file goes with the machine; --keep-disk keeps it.
+	out, _, err := run(t, home, "destroy", "vm", "--keep-disk")
+	if err != nil || !strings.Contains(out, "kept vm's disk "+disk) {
+		t.Fatalf("destroy --keep-disk: %q, %v", out, err)
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("--keep-disk lost the disk: %v", err)
+	}
+	if _, _, err := run(t, home, "create", "vm", "--image", disk); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = run(t, home, "destroy", "vm")
+	if err != nil || !strings.Contains(out, "deleted vm's disk "+disk) {
+		t.Fatalf("destroy: %q, %v", out, err)
+	}
+	if _, err := os.Stat(disk); !os.IsNotExist(err) {
+		t.Fatalf("the disk survived destroy: %v", err)
+	}
 }
 
 func TestCLIHardwareAndVersion(t *testing.T) {
