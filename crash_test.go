@@ -216,7 +216,7 @@ func TestCrashConsistency(t *testing.T) {
 // does: whatever the point, the machine is wholly there or wholly absent.
 func TestCrashPoints(t *testing.T) {
 	points := []string{"create:mkdir", "create:allocated", "create:overlay", "create:record", "create:renamed",
-		"destroy:trash", "destroy:moved", "destroy:disk", "destroy:removed"}
+		"destroy:forgotten", "destroy:trash", "destroy:moved", "destroy:disk", "destroy:removed"}
 	l := newTestServer(t)
 	img := blankImage(t, l.Home())
 	ctx := context.Background()

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/driver/libvirt"
 	"github.com/vmfest/vmfest/driver/qemu"
 )
 
@@ -42,6 +43,12 @@ func (d *drivers) make(name string) (driver.Driver, error) {
 			return nil, fmt.Errorf("%w: VMFEST_ACCEL: %w", ErrInvalid, err)
 		}
 		return q, nil
+	case "libvirt":
+		lv, err := libvirt.New(libvirt.Options{URI: d.cfg.LibvirtURI, Accel: d.cfg.Accel, Logger: d.cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("%w: driver libvirt: %w", ErrInvalid, err)
+		}
+		return lv, nil
 	}
 	return nil, fmt.Errorf("%w: driver %q (--driver, VMFEST_DRIVER): allowed: qemu, libvirt", ErrInvalid, name)
 }

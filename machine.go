@@ -243,6 +243,17 @@ func (m *localMachine) destroy(ctx context.Context, o destroyOptions, at func(po
 		if err := m.need("destroy", st, PoweredOff, Aborted); err != nil {
 			return err
 		}
+		// What the driver keeps outside the directory (a libvirt domain)
+		// goes first: a crash after this leaves a whole machine, whose
+		// next start defines it again.
+		d, err := m.drv(r)
+		if err != nil {
+			return err
+		}
+		if err := d.Forget(ctx, m.ref(r)); err != nil {
+			return fmt.Errorf("destroy machine %s: %w", m.name, err)
+		}
+		point("destroy:forgotten")
 		// Move the directory out of the way first: from here on the machine
 		// is gone for every reader, and a crash leaves only a hidden
 		// directory for the sweep, never half a machine.
