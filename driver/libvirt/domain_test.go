@@ -316,7 +316,10 @@ func TestVMState(t *testing.T) {
 		want   driver.State
 	}{
 		{golibvirt.DomainRunning, 1, true, driver.Running},
-		{golibvirt.DomainPaused, 2, true, driver.Paused},
+		{golibvirt.DomainPaused, int32(golibvirt.DomainPausedUser), true, driver.Paused},
+		{golibvirt.DomainPaused, int32(golibvirt.DomainPausedStartingUp), true, driver.Paused},
+		{golibvirt.DomainPaused, int32(golibvirt.DomainPausedIoerror), true, driver.Aborted},
+		{golibvirt.DomainPaused, int32(golibvirt.DomainPausedCrashed), true, driver.Aborted},
 		{golibvirt.DomainShutdown, 1, true, driver.Stopping},
 		{golibvirt.DomainCrashed, 0, true, driver.Aborted},
 		{golibvirt.DomainShutoff, shutdown, true, driver.PoweredOff},

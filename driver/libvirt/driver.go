@@ -183,7 +183,14 @@ func vmState(st golibvirt.DomainState, reason int32, run bool) driver.State {
 	switch st {
 	case golibvirt.DomainRunning, golibvirt.DomainBlocked:
 		return driver.Running
-	case golibvirt.DomainPaused, golibvirt.DomainPmsuspended:
+	case golibvirt.DomainPaused:
+		switch golibvirt.DomainPausedReason(reason) {
+		case golibvirt.DomainPausedIoerror, golibvirt.DomainPausedCrashed, golibvirt.DomainPausedAPIError:
+			// As driver/qemu reads QEMU's io-error and guest-panicked.
+			return driver.Aborted
+		}
+		return driver.Paused
+	case golibvirt.DomainPmsuspended:
 		return driver.Paused
 	case golibvirt.DomainShutdown:
 		return driver.Stopping
