@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/qemu"
 )
 
@@ -40,7 +41,7 @@ func TestGuestAgentNetwork(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ifs, err := a.Interfaces(ctx)
+		ifs, err := driver.Interfaces(ctx, a)
 		a.Close()
 		if err != nil {
 			t.Fatal(err)

@@ -135,6 +135,44 @@ type Device struct {
 	DeviceType string `json:"device-type"`
 }
 
+// Slot is one used slot of a storage controller.
+type Slot struct {
+	// Index is the slot's number on its controller.
+	Index int
+	// Kind is hard-disk or dvd.
+	Kind string
+	// Boot: the slot is the boot mount point (the machine's disk).
+	Boot bool
+}
+
+// Slots lists the used slots of controller c in h, in order: those holding
+// a device, and the boot mount point (a hard disk, even past the devices
+// the controller lists). Needs a boot mount point (see WithDefaults).
+func (h Hardware) Slots(c Controller) []Slot {
+	bp := h.BootMountPoint
+	n := len(c.Devices)
+	if bp != nil && c.Name == bp.Controller && bp.Slot >= n {
+		n = bp.Slot + 1
+	}
+	var out []Slot
+	for i := 0; i < n; i++ {
+		var dev *Device
+		if i < len(c.Devices) {
+			dev = c.Devices[i]
+		}
+		boot := bp != nil && c.Name == bp.Controller && i == bp.Slot
+		if !boot && dev == nil {
+			continue
+		}
+		kind := DeviceHardDisk
+		if dev != nil {
+			kind = dev.DeviceType
+		}
+		out = append(out, Slot{Index: i, Kind: kind, Boot: boot})
+	}
+	return out
+}
+
 // MountPoint is a controller name and a slot, written as a two-element list
 // ([IDE Controller, 0]) as VMFest did.
 type MountPoint struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -427,3 +428,29 @@ func TestNATPolicy(t *testing.T) {
 
 // validate is Validate on a host with hostCPUs CPUs.
 func (h Hardware) validate(hostCPUs int) error { return h.validateWith(hostCPUs, NATPolicy{}) }
+
+func TestSlots(t *testing.T) {
+	dvd := &Device{DeviceType: DeviceDVD}
+	disk := &Device{DeviceType: DeviceHardDisk}
+	for _, c := range []struct {
+		name string
+		ctl  Controller
+		boot *MountPoint
+		want []Slot
+	}{
+		{"default ide", Controller{Name: "ide", Devices: []*Device{nil, nil, dvd, nil}}, &MountPoint{"ide", 0},
+			[]Slot{{Index: 0, Kind: DeviceHardDisk, Boot: true}, {Index: 2, Kind: DeviceDVD}}},
+		{"boot past the devices", Controller{Name: "sata", Devices: []*Device{dvd}}, &MountPoint{"sata", 3},
+			[]Slot{{Index: 0, Kind: DeviceDVD}, {Index: 3, Kind: DeviceHardDisk, Boot: true}}},
+		{"other controller boots", Controller{Name: "scsi", Devices: []*Device{nil, disk}}, &MountPoint{"ide", 0},
+			[]Slot{{Index: 1, Kind: DeviceHardDisk}}},
+		{"empty", Controller{Name: "x"}, &MountPoint{"ide", 0}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := Hardware{BootMountPoint: c.boot}.Slots(c.ctl)
+			if !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("Slots = %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}

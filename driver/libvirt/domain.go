@@ -250,26 +250,12 @@ func addStorage(d *libvirtxml.Domain, s driver.StartSpec) error {
 		default:
 			return fmt.Errorf("storage[%d].bus %q: not supported", ci, ctl.Bus)
 		}
-		slots := len(ctl.Devices)
-		if ctl.Name == bp.Controller && bp.Slot >= slots {
-			slots = bp.Slot + 1
+		slots := h.Slots(ctl)
+		if n := len(slots); ctl.Bus == spec.BusIDE && n > 0 && slots[n-1].Index > 3 {
+			return fmt.Errorf("storage %q: an IDE controller has 4 slots (0-3), not %d", ctl.Name, slots[n-1].Index+1)
 		}
-		if ctl.Bus == spec.BusIDE && slots > 4 {
-			return fmt.Errorf("storage %q: an IDE controller has 4 slots (0-3), not %d", ctl.Name, slots)
-		}
-		for slot := 0; slot < slots; slot++ {
-			var dev *spec.Device
-			if slot < len(ctl.Devices) {
-				dev = ctl.Devices[slot]
-			}
-			boot := ctl.Name == bp.Controller && slot == bp.Slot
-			if !boot && dev == nil {
-				continue
-			}
-			kind := spec.DeviceHardDisk
-			if dev != nil {
-				kind = dev.DeviceType
-			}
+		for _, sl := range slots {
+			slot, kind, boot := sl.Index, sl.Kind, sl.Boot
 			var disk libvirtxml.DomainDisk
 			switch {
 			case boot:

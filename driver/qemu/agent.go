@@ -111,27 +111,3 @@ func (a *Agent) Execute(ctx context.Context, command string, args any) (json.Raw
 
 // Close ends the connection.
 func (a *Agent) Close() error { return a.c.Close() }
-
-// Interface is one guest network interface as the agent reports it.
-type Interface struct {
-	Name        string `json:"name"`
-	HWAddress   string `json:"hardware-address"`
-	IPAddresses []struct {
-		Type    string `json:"ip-address-type"`
-		Address string `json:"ip-address"`
-		Prefix  int    `json:"prefix"`
-	} `json:"ip-addresses"`
-}
-
-// Interfaces runs guest-network-get-interfaces.
-func (a *Agent) Interfaces(ctx context.Context) ([]Interface, error) {
-	raw, err := a.Execute(ctx, "guest-network-get-interfaces", nil)
-	if err != nil {
-		return nil, err
-	}
-	var ifs []Interface
-	if err := json.Unmarshal(raw, &ifs); err != nil {
-		return nil, fmt.Errorf("guest agent guest-network-get-interfaces: %w", err)
-	}
-	return ifs, nil
-}

@@ -248,24 +248,9 @@ func (c Config) storageArgs() ([]string, error) {
 		default:
 			return nil, fmt.Errorf("storage[%d].bus %q: not supported", ci, ctl.Bus)
 		}
-		slots := len(ctl.Devices)
-		if ctl.Name == bp.Controller && bp.Slot >= slots {
-			slots = bp.Slot + 1
-		}
-		for slot := 0; slot < slots; slot++ {
-			var dev *spec.Device
-			if slot < len(ctl.Devices) {
-				dev = ctl.Devices[slot]
-			}
-			boot := ctl.Name == bp.Controller && slot == bp.Slot
-			if !boot && dev == nil {
-				continue
-			}
+		for _, sl := range h.Slots(ctl) {
+			slot, kind, boot := sl.Index, sl.Kind, sl.Boot
 			driveID := fmt.Sprintf("%s-%d", ctlID, slot)
-			kind := spec.DeviceHardDisk
-			if dev != nil {
-				kind = dev.DeviceType
-			}
 			var drive string
 			switch {
 			case boot:

@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/vmfest/vmfest/driver"
 )
 
 // FuzzQMPReply feeds arbitrary bytes to the QMP client as a server's
@@ -66,7 +68,7 @@ func FuzzAgentReply(f *testing.F) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		a := newAgent(&lineConn{conn: client})
-		a.Interfaces(ctx)
+		driver.Interfaces(ctx, a)
 		client.Close()
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmfest/vmfest/driver"
 )
 
 // fakeQMP serves QMP on a Unix socket with scripted behaviour: the fake sits
@@ -175,7 +177,7 @@ func TestAgentSyncAfterDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	ifs, err := a.Interfaces(ctx)
+	ifs, err := driver.Interfaces(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
