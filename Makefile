@@ -54,7 +54,7 @@ bench: deps build image
 # Each fuzz test for FUZZTIME, a duration or a count such as 2000x (CI runs
 # a count: see .ci/run; run longer on demand).
 FUZZTIME ?= 10s
-FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply ./image:FuzzParseMeta ./image:FuzzInspect ./image:FuzzHostileInstall
+FUZZ := ./spec:FuzzParseHardware ./spec:FuzzParseImage ./store:FuzzValidateName ./driver/qemu:FuzzQMPReply ./driver/qemu:FuzzAgentReply ./image:FuzzParseMeta ./image:FuzzInspect ./image:FuzzHostileInstall ./disk:FuzzParseQCOW2Header
 fuzz:
 	@for f in $(FUZZ); do pkg=$${f%%:*}; fn=$${f##*:}; echo "fuzz $$fn ($$pkg) for $(FUZZTIME)"; go test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 
