@@ -181,3 +181,30 @@ func TestRemoteReusesConnections(t *testing.T) {
 		t.Errorf("%d connections for 17 sequential calls, want 1", n)
 	}
 }
+
+// countingTransport counts the requests it carries.
+type countingTransport struct {
+	n    atomic.Int32
+	next http.RoundTripper
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.RoundTrip(r)
+}
+
+// TestRemoteWithHTTPClient: a caller's HTTP client carries every request.
+func TestRemoteWithHTTPClient(t *testing.T) {
+	e := newEnv(t)
+	tr := &countingTransport{next: e.http.Client().Transport}
+	r, err := vmfest.Connect(e.http.URL, vmfest.WithToken(e.token), vmfest.WithHTTPClient(&http.Client{Transport: tr}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Machines(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if tr.n.Load() == 0 {
+		t.Fatal("the caller's HTTP client carried no request")
+	}
+}

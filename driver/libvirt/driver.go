@@ -208,11 +208,6 @@ func vmState(st golibvirt.DomainState, reason int32, run bool) driver.State {
 
 func runPath(m driver.Machine) string { return filepath.Join(m.Dir, RunFile) }
 
-func exists(path string) bool {
-	_, err := os.Lstat(path)
-	return err == nil
-}
-
 // Start implements driver.Lifecycle: it defines the domain afresh from the
 // spec (DomainDefineXMLFlags), starts it paused when a nat
 // NIC has forwards to add, adds them, and resumes it. A failure after the
