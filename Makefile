@@ -50,6 +50,9 @@ bench: deps build image
 	go run ./bench -image $(META) -out docs/BENCHMARKS.md
 	go test -run '^$$' -bench . -benchtime 100x . | tee -a docs/BENCHMARKS.md.gobench
 	@{ echo; echo '## Go benchmarks (`go test -run "^$$" -bench . -benchtime 100x .`)'; echo; echo '```'; grep -E '^(Benchmark|goos|goarch|cpu)' docs/BENCHMARKS.md.gobench; echo '```'; } >> docs/BENCHMARKS.md; rm -f docs/BENCHMARKS.md.gobench
+	go test -run '^$$' -bench Instance -benchtime 100x ./driver/libvirt/ | tee docs/BENCHMARKS.md.libvirt
+	go test -run '^$$' -bench StartToReady -benchtime 5x ./driver/libvirt/ | tee -a docs/BENCHMARKS.md.libvirt
+	@{ echo; echo '## The libvirt driver beside the QEMU driver (`go test -run "^$$" -bench Instance -benchtime 100x ./driver/libvirt/`, then `-bench StartToReady -benchtime 5x`; as root, with a libvirtd of the test'"'"'s own)'; echo; echo 'Both drivers side by side in one run: `Instance` on a Local whose driver is libvirt or QEMU (creating a machine does not involve its driver), and `Start` (define and launch; `start-s`) until the guest agent answers (`ready-s`) on one overlay of the tiny image with one NAT NIC.'; echo; echo '```'; grep -E '^(Benchmark|goos|goarch|cpu)' docs/BENCHMARKS.md.libvirt; echo '```'; } >> docs/BENCHMARKS.md; rm -f docs/BENCHMARKS.md.libvirt
 
 # Each fuzz test for FUZZTIME, a duration or a count such as 2000x (CI runs
 # a count: see .ci/run; run longer on demand).

@@ -23,7 +23,7 @@ func bootRaw(ctx context.Context, info vmfest.Info, accel, dir string) (time.Dur
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", info.BaseImage, disk).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("qemu-img: %v: %s", err, out)
 	}
-	cfg := qemu.Config{Name: "raw", Dir: dir, Hardware: info.HardwareSpec, Disk: qemu.Disk{Path: disk, Format: "qcow2"}, Accel: accel}
+	cfg := qemu.Config{Name: "raw", Dir: dir, Hardware: info.HardwareSpec, Disk: qemu.Disk{Path: disk, Format: "qcow2", BackingPath: info.BaseImage, BackingFormat: "qcow2"}, Accel: accel}
 	args, err := cfg.Args()
 	if err != nil {
 		return 0, err
