@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -89,7 +90,10 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 		}
 	}()
 	if r.Overlay {
-		if err := l.createOverlay(ctx, r.Image.Location, r.BaseFormat, filepath.Join(tmp, store.DiskFile)); err != nil {
+		if err := l.createOverlay(ctx, r.Image.Location, r.BaseFormat, filepath.Join(tmp, store.DiskFile), int64(r.Hardware.DiskSize)); err != nil {
+			if errors.Is(err, disk.ErrTooSmall) {
+				return nil, diskSizeError(r.Hardware.DiskSize, "is smaller than the image; a disk only grows (leave disk-size out for the image's size)")
+			}
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
 		point("create:overlay")
@@ -190,6 +194,9 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 			Problem: fmt.Sprintf("%d MiB is more than the host's %d MiB (MemTotal)", h.MemorySize, total),
 		}}}))
 	}
+	if h.DiskSize != 0 && !r.Overlay {
+		return diskSizeError(h.DiskSize, "cannot be given: the image is not immutable, so the machine's disk is the file itself, which vmfest does not resize")
+	}
 	r.Hardware = h
 	return nil
 }
@@ -220,4 +227,11 @@ func randomMAC() string {
 	var b [3]byte
 	rand.Read(b[:])
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
+// diskSizeError is a refused disk-size, naming the field.
+func diskSizeError(size spec.Size, problem string) error {
+	return apiError(fmt.Errorf("hardware spec: %w", &spec.ValidationError{Problems: []spec.FieldError{{
+		Field: "disk-size", Problem: fmt.Sprintf("%s %s", size, problem),
+	}}}))
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/disk"
+	"github.com/vmfest/vmfest/driver/fake"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -284,5 +286,52 @@ func TestHardwareModels(t *testing.T) {
 	info, _ := m.Info(ctx)
 	if info.HardwareSpec.MemorySize != 256 || info.Hardware != "small" {
 		t.Fatalf("info = %+v", info)
+	}
+}
+
+// TestDiskSize: disk-size makes the overlay that large; smaller than the
+// image, or on a mutable image, is refused naming the field, and nothing
+// is left behind.
+func TestDiskSize(t *testing.T) {
+	l, _ := newFakeServer(t, fake.Options{})
+	ctx := context.Background()
+	img := blankImage(t, t.TempDir()) // 1 MiB raw
+	hw := natHardware()
+	hw.Spec.DiskSize = 64 << 20
+	m, err := l.Instance(ctx, "big", ImageSpec(img), hw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := m.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, err := disk.Native{}.VirtualSize(ctx, info.Disk, "qcow2")
+	if err != nil || size != 64<<20 || info.HardwareSpec.DiskSize != 64<<20 {
+		t.Fatalf("overlay of %d bytes (%v), spec disk-size %s; want 64M", size, err, info.HardwareSpec.DiskSize)
+	}
+	mutable := filepath.Join(t.TempDir(), "own.raw")
+	os.WriteFile(mutable, make([]byte, 1<<20), 0o644)
+	for _, c := range []struct {
+		name string
+		img  spec.Image
+		size spec.Size
+		says string
+	}{
+		{"smaller", img, 512 << 10, "disk-size: 512K is smaller than the image"},
+		{"mutable", spec.Image{Location: mutable}, 8 << 20, "disk-size: 8M cannot be given: the image is not immutable"},
+	} {
+		hw := natHardware()
+		hw.Spec.DiskSize = c.size
+		_, err := l.Instance(ctx, c.name, ImageSpec(c.img), hw)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: %v, want ErrInvalid saying %q", c.name, err, c.says)
+		}
+		if _, err := l.FindMachine(ctx, c.name); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: a refused create left a machine: %v", c.name, err)
+		}
+	}
+	if hidden := hiddenEntries(l.home.MachinesPath()); len(hidden) > 0 {
+		t.Errorf("left behind: %v", hidden)
 	}
 }

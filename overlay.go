@@ -13,8 +13,8 @@ var errNotEmpty = syscall.ENOTEMPTY
 // package disk: natively in one write and one fsync, with qemu-img
 // (l.cfg.QEMUImg) only for what the native writer does not cover
 // (disk.Fallback lists it). The base is only read.
-func (l *Local) createOverlay(ctx context.Context, base, baseFormat, path string) error {
-	return disk.New(l.cfg.QEMUImg).CreateOverlay(ctx, base, baseFormat, path)
+func (l *Local) createOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
+	return disk.New(l.cfg.QEMUImg).CreateOverlay(ctx, base, baseFormat, path, size)
 }
 
 // overlayBackingFormat reads the backing format that vmfest wrote into the

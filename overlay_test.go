@@ -39,11 +39,11 @@ func TestLocalCreateOverlay(t *testing.T) {
 			base := filepath.Join(dir, "base."+tt.format)
 			run(t, "qemu-img", "create", "-q", "-f", tt.format, base, "16M")
 			ov := filepath.Join(t.TempDir(), "disk.qcow2")
-			native := disk.Native{}.CreateOverlay(ctx, base, tt.format, filepath.Join(t.TempDir(), "native.qcow2"))
+			native := disk.Native{}.CreateOverlay(ctx, base, tt.format, filepath.Join(t.TempDir(), "native.qcow2"), 0)
 			if (native == nil) != tt.native {
 				t.Fatalf("native writer: %v", native)
 			}
-			if err := l.createOverlay(ctx, base, tt.format, ov); err != nil {
+			if err := l.createOverlay(ctx, base, tt.format, ov, 0); err != nil {
 				t.Fatal(err)
 			}
 			run(t, "qemu-img", "check", "-q", ov)
@@ -81,7 +81,7 @@ func writeOverlay(path, backing, backingFormat string, size int64) error {
 }
 
 func (l *Local) qemuImgOverlay(ctx context.Context, base, baseFormat, path string) error {
-	return disk.QEMUImg{Binary: l.cfg.QEMUImg}.CreateOverlay(ctx, base, baseFormat, path)
+	return disk.QEMUImg{Binary: l.cfg.QEMUImg}.CreateOverlay(ctx, base, baseFormat, path, 0)
 }
 
 func run(t *testing.T, name string, args ...string) []byte {

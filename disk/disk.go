@@ -32,10 +32,11 @@ import (
 type Manager interface {
 	// CreateOverlay creates a qcow2 file at path, which must not exist,
 	// backed by base read as baseFormat (spec.DiskFormatRaw or
-	// spec.DiskFormatQCOW2), of base's virtual size and with nothing
-	// allocated. The header names base and baseFormat (the backing format
-	// extension). base is only read.
-	CreateOverlay(ctx context.Context, base, baseFormat, path string) error
+	// spec.DiskFormatQCOW2), with nothing allocated, of virtual size size
+	// (0: base's; a size below base's is an error wrapping ErrTooSmall).
+	// The header names base and baseFormat (the backing format extension).
+	// base is only read.
+	CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error
 	// VirtualSize returns the guest-visible size in bytes of the disk at
 	// path, read as format.
 	VirtualSize(ctx context.Context, path, format string) (int64, error)
@@ -44,6 +45,10 @@ type Manager interface {
 	// error.
 	OverlayBackingFormat(ctx context.Context, path string) (string, error)
 }
+
+// ErrTooSmall: an overlay asked to be smaller than its base (a disk only
+// grows).
+var ErrTooSmall = errors.New("smaller than its base image")
 
 // ErrUnsupported: the Manager does not handle this case; another one may
 // (Fallback tries its Secondary). A Manager returns it before changing
@@ -80,10 +85,10 @@ type Fallback struct {
 }
 
 // CreateOverlay implements Manager.
-func (f Fallback) CreateOverlay(ctx context.Context, base, baseFormat, path string) error {
-	err := f.Primary.CreateOverlay(ctx, base, baseFormat, path)
+func (f Fallback) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
+	err := f.Primary.CreateOverlay(ctx, base, baseFormat, path, size)
 	if errors.Is(err, ErrUnsupported) {
-		return f.Secondary.CreateOverlay(ctx, base, baseFormat, path)
+		return f.Secondary.CreateOverlay(ctx, base, baseFormat, path, size)
 	}
 	return err
 }

@@ -97,7 +97,7 @@ func TestCreateOverlay(t *testing.T) {
 					t.Fatalf("VirtualSize = %d, qemu-img says %d", size, want)
 				}
 				ov := filepath.Join(t.TempDir(), "disk.qcow2")
-				if err := mt.m.CreateOverlay(ctx, b, bt.format, ov); err != nil {
+				if err := mt.m.CreateOverlay(ctx, b, bt.format, ov, 0); err != nil {
 					t.Fatal(err)
 				}
 				run(t, "qemu-img", "check", "-q", ov)
@@ -118,7 +118,7 @@ func TestCreateOverlay(t *testing.T) {
 				if st, err := os.Stat(ov); err != nil || st.Size() > 1<<20 {
 					t.Fatalf("overlay: %v, %v", st.Size(), err)
 				}
-				if err := mt.m.CreateOverlay(ctx, b, bt.format, ov); err == nil {
+				if err := mt.m.CreateOverlay(ctx, b, bt.format, ov, 0); err == nil {
 					t.Fatal("CreateOverlay over an existing overlay succeeded")
 				}
 			})
@@ -154,13 +154,13 @@ func TestNativeUnsupported(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := t.Context()
 			ov := filepath.Join(t.TempDir(), "disk.qcow2")
-			if err := (disk.Native{}).CreateOverlay(ctx, tt.base, tt.format, ov); !errors.Is(err, disk.ErrUnsupported) {
+			if err := (disk.Native{}).CreateOverlay(ctx, tt.base, tt.format, ov, 0); !errors.Is(err, disk.ErrUnsupported) {
 				t.Fatalf("Native.CreateOverlay: %v, want ErrUnsupported", err)
 			}
 			if _, err := os.Stat(ov); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("Native left %s behind: %v", ov, err)
 			}
-			err := disk.New("").CreateOverlay(ctx, tt.base, tt.format, ov)
+			err := disk.New("").CreateOverlay(ctx, tt.base, tt.format, ov, 0)
 			if tt.fallbackErr {
 				if err == nil || errors.Is(err, disk.ErrUnsupported) || !strings.Contains(err.Error(), "qemu-img") {
 					t.Fatalf("fallback: %v, want qemu-img's error", err)
@@ -188,7 +188,7 @@ type recorder struct {
 	calls *int
 }
 
-func (r recorder) CreateOverlay(context.Context, string, string, string) error {
+func (r recorder) CreateOverlay(context.Context, string, string, string, int64) error {
 	*r.calls++
 	return r.err
 }
@@ -219,7 +219,7 @@ func TestFallback(t *testing.T) {
 		{"primary fails", broken, 0, broken},
 	}
 	methods := map[string]func(disk.Manager) error{
-		"CreateOverlay": func(m disk.Manager) error { return m.CreateOverlay(t.Context(), "b", "raw", "o") },
+		"CreateOverlay": func(m disk.Manager) error { return m.CreateOverlay(t.Context(), "b", "raw", "o", 0) },
 		"VirtualSize": func(m disk.Manager) error {
 			_, err := m.VirtualSize(t.Context(), "b", "raw")
 			return err
@@ -280,5 +280,33 @@ func TestOverlayBackingFormatRefuses(t *testing.T) {
 	// qemu-img reads the same refusal.
 	if _, err := (disk.QEMUImg{}).OverlayBackingFormat(t.Context(), vmdkBacked); err == nil || !strings.Contains(err.Error(), "allowed: raw, qcow2") {
 		t.Fatalf("QEMUImg.OverlayBackingFormat: %v", err)
+	}
+}
+
+// TestCreateOverlaySize: an overlay may be larger than its base, never
+// smaller, with either implementation.
+func TestCreateOverlaySize(t *testing.T) {
+	ctx := t.Context()
+	base := filepath.Join(t.TempDir(), "base.raw")
+	if err := os.WriteFile(base, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]disk.Manager{"native": disk.Native{}, "qemu-img": disk.QEMUImg{}} {
+		t.Run(name, func(t *testing.T) {
+			ov := filepath.Join(t.TempDir(), "ov.qcow2")
+			if err := m.CreateOverlay(ctx, base, "raw", ov, 64<<20); err != nil {
+				t.Fatal(err)
+			}
+			if size, err := (disk.QEMUImg{}).VirtualSize(ctx, ov, "qcow2"); err != nil || size != 64<<20 {
+				t.Fatalf("virtual size %d, %v; want 64 MiB", size, err)
+			}
+			small := filepath.Join(t.TempDir(), "small.qcow2")
+			if err := m.CreateOverlay(ctx, base, "raw", small, 512<<10); !errors.Is(err, disk.ErrTooSmall) {
+				t.Fatalf("smaller than the base: %v", err)
+			}
+			if _, err := os.Stat(small); !os.IsNotExist(err) {
+				t.Fatalf("a refused overlay was left: %v", err)
+			}
+		})
 	}
 }

@@ -30,10 +30,16 @@ const (
 )
 
 // CreateOverlay implements Manager.
-func (n Native) CreateOverlay(ctx context.Context, base, baseFormat, path string) error {
-	size, err := n.VirtualSize(ctx, base, baseFormat)
+func (n Native) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
+	baseSize, err := n.VirtualSize(ctx, base, baseFormat)
 	if err != nil {
 		return err
+	}
+	switch {
+	case size == 0:
+		size = baseSize
+	case size < baseSize:
+		return fmt.Errorf("%w: %d bytes asked, base %s has %d", ErrTooSmall, size, base, baseSize)
 	}
 	return n.WriteOverlay(path, base, baseFormat, size)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -21,13 +22,24 @@ type QEMUImg struct {
 // CreateOverlay implements Manager with `qemu-img create -b`. It creates
 // path itself first (0600, failing if it exists, as Native does), since
 // qemu-img would overwrite a file; on failure it removes it again.
-func (q QEMUImg) CreateOverlay(ctx context.Context, base, baseFormat, path string) error {
+func (q QEMUImg) CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error {
+	args := []string{"create", "-q", "-f", "qcow2", "-F", baseFormat, "-b", base, path}
+	if size != 0 {
+		baseSize, err := q.VirtualSize(ctx, base, baseFormat)
+		if err != nil {
+			return err
+		}
+		if size < baseSize {
+			return fmt.Errorf("%w: %d bytes asked, base %s has %d", ErrTooSmall, size, base, baseSize)
+		}
+		args = append(args, strconv.FormatInt(size, 10))
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("create overlay: %w", err)
 	}
 	f.Close()
-	if _, err := q.run(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat, "-b", base, path); err != nil {
+	if _, err := q.run(ctx, args...); err != nil {
 		os.Remove(path)
 		return fmt.Errorf("create overlay with qemu-img: %w", err)
 	}

@@ -66,6 +66,10 @@ type Hardware struct {
 	IOAPICEnabled *bool `json:"io-apic-enabled,omitempty"`
 	// Firmware is "bios" or "efi".
 	Firmware string `json:"firmware,omitempty"`
+	// DiskSize is the virtual size of the machine's disk: its overlay is
+	// made this large (never smaller than the image; cloud-init's growpart
+	// grows the root file system on first boot). 0: the image's size.
+	DiskSize Size `json:"disk-size,omitempty"`
 }
 
 // NIC is one network adapter.
@@ -348,6 +352,9 @@ func Merge(base Hardware, override *Hardware) Hardware {
 	}
 	if o.Firmware != "" {
 		out.Firmware = o.Firmware
+	}
+	if o.DiskSize != 0 {
+		out.DiskSize = o.DiskSize
 	}
 	return out
 }

@@ -454,3 +454,34 @@ func TestSlots(t *testing.T) {
 		})
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Size
+		bad  bool
+	}{
+		{"512M", 512 << 20, false}, {"20G", 20 << 30, false}, {"1T", 1 << 40, false}, {"4096", 4096, false},
+		{"20GiB", 20 << 30, false}, {"8gb", 8 << 30, false}, {" 2G ", 2 << 30, false},
+		{"", 0, true}, {"-1G", 0, true}, {"1.5G", 0, true}, {"G", 0, true}, {"20X", 0, true}, {"99999999T", 0, true},
+	} {
+		got, err := ParseSize(c.in)
+		if (err != nil) != c.bad || got != c.want {
+			t.Errorf("ParseSize(%q) = %d, %v", c.in, got, err)
+		}
+	}
+	var h struct {
+		S Size `json:"s"`
+	}
+	for in, want := range map[string]Size{`{"s":"8G"}`: 8 << 30, `{"s":1024}`: 1024} {
+		if err := json.Unmarshal([]byte(in), &h); err != nil || h.S != want {
+			t.Errorf("unmarshal %s = %d, %v", in, h.S, err)
+		}
+	}
+	if err := json.Unmarshal([]byte(`{"s":"big"}`), &h); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unmarshal a bad size: %v", err)
+	}
+	if out, _ := json.Marshal(Size(20 << 30)); string(out) != `"20G"` {
+		t.Errorf("marshal = %s", out)
+	}
+}

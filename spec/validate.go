@@ -81,6 +81,9 @@ func SlotCount(bus string) int {
 // MaxMemorySize is the largest memory-size accepted, in MiB (1 TiB).
 const MaxMemorySize = 1 << 20
 
+// MaxDiskSize is the largest disk-size a hardware spec may ask for.
+const MaxDiskSize Size = 64 << 40
+
 // NATPolicy is the operator's word on what NAT rules may bind on the host.
 // The zero value is the default: host-ip on loopback (127.0.0.0/8) only,
 // host ports from 1024 up, so a spec (from an API caller or an image's
@@ -127,6 +130,9 @@ func (h Hardware) validateWith(hostCPUs int, nat NATPolicy) error {
 		p.add("cpu-count", "must be at least 1, got %d", h.CPUCount)
 	case h.CPUCount > hostCPUs:
 		p.add("cpu-count", "%d is more than the host's %d CPUs", h.CPUCount, hostCPUs)
+	}
+	if h.DiskSize < 0 || h.DiskSize > MaxDiskSize {
+		p.add("disk-size", "%s is more than the %s allowed", h.DiskSize, MaxDiskSize)
 	}
 	macs := map[string]int{}
 	forwards := map[string]string{}

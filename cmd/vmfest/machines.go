@@ -22,7 +22,7 @@ import (
 )
 
 func (a *app) createCommand() *cobra.Command {
-	var image, hardware string
+	var image, hardware, diskSize string
 	var memory, cpus int
 	var keyFiles []string
 	cmd := &cobra.Command{
@@ -37,7 +37,9 @@ is immutable when the file is read-only: the machine gets a copy-on-write
 overlay. A writable disk is used directly and deleted with the machine.
 
 --hardware is a hardware model name (see 'vmfest hardware list') or a
-hardware spec file. --memory and --cpus override it.`,
+hardware spec file. --memory, --cpus and --disk-size override it.
+--disk-size (512M, 20G, 1T) makes the machine's overlay larger than the
+image; cloud-init's growpart grows the root file system on first boot.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srv, err := a.server()
@@ -63,7 +65,16 @@ hardware spec file. --memory and --cpus override it.`,
 			if cmd.Flags().Changed("cpus") && cpus <= 0 {
 				return usageError{fmt.Errorf("--cpus %d: must be at least 1", cpus)}
 			}
-			hw, err := hardwareChoice(ctx, srv, hardware, memory, cpus)
+			var size spec.Size
+			if diskSize != "" {
+				if size, err = spec.ParseSize(diskSize); err != nil || size == 0 {
+					if err == nil {
+						err = errors.New("must be more than 0")
+					}
+					return usageError{fmt.Errorf("--disk-size %s: %w", diskSize, err)}
+				}
+			}
+			hw, err := hardwareChoice(ctx, srv, hardware, memory, cpus, size)
 			if err != nil {
 				return err
 			}
@@ -91,6 +102,7 @@ hardware spec file. --memory and --cpus override it.`,
 	cmd.Flags().StringVar(&hardware, "hardware", "micro", "hardware model name or hardware spec file")
 	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (overrides the hardware)")
 	cmd.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (overrides the hardware)")
+	cmd.Flags().StringVar(&diskSize, "disk-size", "", "virtual size of the machine's disk, larger than the image's: 512M, 20G, 1T (overrides the hardware)")
 	cmd.Flags().StringArrayVar(&keyFiles, "ssh-key", nil, "OpenSSH public key file whose keys may log in (cloud-init images; repeatable)")
 	return cmd
 }
@@ -187,9 +199,9 @@ func isSpecFile(path string) bool {
 	return n > 0 && !bytes.ContainsRune(head, 0) && !bytes.HasPrefix(head, []byte(disk.QCOW2Magic))
 }
 
-// hardwareChoice reads --hardware, with --memory and --cpus laid over it
-// when they are not 0 (create refuses values below 1 first).
-func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int) (vmfest.Hardware, error) {
+// hardwareChoice reads --hardware, with --memory, --cpus and --disk-size
+// laid over it when they are not 0 (create refuses values below 1 first).
+func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, cpus int, diskSize spec.Size) (vmfest.Hardware, error) {
 	var base spec.Hardware
 	fromFile := false
 	st, err := os.Stat(arg)
@@ -209,7 +221,7 @@ func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, 
 		}
 		fromFile = true
 	}
-	if memory == 0 && cpus == 0 {
+	if memory == 0 && cpus == 0 && diskSize == 0 {
 		if fromFile {
 			return vmfest.HardwareSpec(base), nil
 		}
@@ -227,6 +239,9 @@ func hardwareChoice(ctx context.Context, srv vmfest.Server, arg string, memory, 
 	}
 	if cpus > 0 {
 		base.CPUCount = cpus
+	}
+	if diskSize > 0 {
+		base.DiskSize = diskSize
 	}
 	return vmfest.HardwareSpec(base), nil
 }

@@ -166,3 +166,31 @@ func TestCLIHardwareAndVersion(t *testing.T) {
 		t.Fatalf("doctor: %q %v", out, err)
 	}
 }
+
+func TestCLIDiskSize(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	testutil.BlankDisk(t, disk, 0o444)
+	out, _, err := run(t, home, "--json", "create", "big", "--image", disk, "--hardware", "micro", "--disk-size", "64M")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		HardwareSpec struct {
+			DiskSize string `json:"disk-size"`
+		} `json:"hardware-spec"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.HardwareSpec.DiskSize != "64M" {
+		t.Fatalf("create --disk-size 64M --json: %s (%v)", out, err)
+	}
+	for _, c := range []struct{ size, says string }{
+		{"5Q", `--disk-size 5Q: "5Q" is not a size`},
+		{"0", "--disk-size 0: must be more than 0"},
+		{"512K", "disk-size: 512K is smaller than the image"},
+	} {
+		_, errOut, err := run(t, home, "create", "small", "--image", disk, "--disk-size", c.size)
+		if err == nil || !strings.Contains(errOut+err.Error(), c.says) {
+			t.Errorf("--disk-size %s: %q, %v; want %q", c.size, errOut, err, c.says)
+		}
+	}
+}
