@@ -37,6 +37,12 @@ type Seed struct {
 	AuthorizedKeys []string
 	// NICs are the adapters to configure, matched by MAC.
 	NICs []NIC
+	// UserData, when set, is the user's own user-data (checked with
+	// CheckUserData), passed to cloud-init whole: the seed's user-data is
+	// then a MIME multipart of it and vmfest's #cloud-config, which
+	// cloud-init merges into the user's without replacing what the user
+	// set.
+	UserData []byte
 }
 
 // NIC is one adapter of network-config.
@@ -101,9 +107,19 @@ func (s Seed) Files() (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	own := append(append([]byte("#cloud-config\n"), ud...), '\n')
+	if s.UserData != nil {
+		mimeType, err := CheckUserData(s.UserData)
+		if err != nil {
+			return nil, err
+		}
+		if own, err = combine(s.UserData, mimeType, own); err != nil {
+			return nil, err
+		}
+	}
 	return map[string][]byte{
 		"meta-data":      meta,
-		"user-data":      append(append([]byte("#cloud-config\n"), ud...), '\n'),
+		"user-data":      own,
 		"network-config": nc,
 	}, nil
 }
