@@ -32,8 +32,9 @@ const (
 	ClassCommandNotFound = "CommandNotFound"
 )
 
-// maxRequest bounds the size of a single request.
-const maxRequest = 1 << 20
+// maxRequest bounds the size of a single request. It leaves room for
+// guest-exec's input-data: standard input up to 6 MiB, base64-encoded.
+const maxRequest = 8 << 20
 
 // Request is one command sent by the host.
 type Request struct {
@@ -106,8 +107,12 @@ type Agent struct {
 	Now func() time.Time
 	// Logf, if set, receives diagnostics.
 	Logf func(format string, a ...any)
+	// ExecOutputLimit bounds what guest-exec captures of each output
+	// stream of a process; 0 means MaxExecOutput.
+	ExecOutputLimit int
 
-	mu sync.Mutex // serialises writes
+	mu    sync.Mutex // serialises writes
+	execs execTable  // processes started by guest-exec
 }
 
 type handler func(a *Agent, args json.RawMessage) (any, error)
@@ -133,6 +138,8 @@ func init() {
 		"guest-get-osinfo":             {(*Agent).osinfo, true},
 		"guest-get-host-name":          {(*Agent).hostname, true},
 		"guest-get-time":               {(*Agent).time, true},
+		"guest-exec":                   {(*Agent).exec, true},
+		"guest-exec-status":            {(*Agent).execStatus, true},
 	}
 }
 
@@ -157,6 +164,9 @@ func (a *Agent) logf(format string, args ...any) {
 // The boolean reports whether a 0xFF delimiter must precede the reply, and
 // after is a function to run once the reply has been written (may be nil).
 func (a *Agent) Handle(raw []byte) (reply []byte, delimited bool, after func()) {
+	if bytes.Equal(raw, tooLarge) {
+		return a.marshal(Response{Error: Errorf("Request too large: over %d bytes", maxRequest)}), false, nil
+	}
 	var req Request
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
@@ -393,18 +403,34 @@ func ParseOSRelease(s string) map[string]string {
 // streamer: it tracks brace/bracket depth and strings, emits each complete
 // top-level value, discards 0xFF bytes (and any partial request before them),
 // and emits stray non-JSON text at a newline so it can be answered with an
-// error.
+// error. A request longer than maxRequest is read to its end without being
+// kept and emitted as tooLarge, so it gets one error reply and nothing of
+// it is taken for a further request.
 type Splitter struct {
 	buf      []byte
+	n        int // bytes of the current request, kept or not
 	depth    int
 	inString bool
 	escape   bool
 }
 
+// tooLarge is what Feed emits for a request longer than maxRequest.
+var tooLarge = []byte("<request too large>")
+
 // Reset discards any partial request.
 func (s *Splitter) Reset() {
+	if s.n > maxRequest {
+		s.buf = nil // do not hold on to a large buffer
+	}
 	s.buf = s.buf[:0]
-	s.depth, s.inString, s.escape = 0, false, false
+	s.n, s.depth, s.inString, s.escape = 0, 0, false, false
+}
+
+func (s *Splitter) add(c byte) {
+	s.n++
+	if s.n <= maxRequest {
+		s.buf = append(s.buf, c)
+	}
 }
 
 // Feed consumes one byte and returns a complete request, or nil.
@@ -413,19 +439,15 @@ func (s *Splitter) Feed(c byte) []byte {
 		s.Reset()
 		return nil
 	}
-	if len(s.buf) >= maxRequest {
-		s.Reset()
-		return []byte("<request too large>")
-	}
 	if s.depth == 0 {
 		switch c {
 		case ' ', '\t', '\r':
-			if len(s.buf) > 0 {
-				s.buf = append(s.buf, c)
+			if s.n > 0 {
+				s.add(c)
 			}
 			return nil
 		case '\n':
-			if len(s.buf) == 0 {
+			if s.n == 0 {
 				return nil
 			}
 			return s.take()
@@ -433,14 +455,14 @@ func (s *Splitter) Feed(c byte) []byte {
 			// Stray text before a value stays in the buffer and makes
 			// the request fail to parse (reported as GenericError).
 			s.depth = 1
-			s.buf = append(s.buf, c)
+			s.add(c)
 			return nil
 		default:
-			s.buf = append(s.buf, c)
+			s.add(c)
 			return nil
 		}
 	}
-	s.buf = append(s.buf, c)
+	s.add(c)
 	switch {
 	case s.inString:
 		switch {
@@ -465,7 +487,10 @@ func (s *Splitter) Feed(c byte) []byte {
 }
 
 func (s *Splitter) take() []byte {
-	out := append([]byte(nil), s.buf...)
+	out := tooLarge
+	if s.n <= maxRequest {
+		out = append([]byte(nil), s.buf...)
+	}
 	s.Reset()
 	return out
 }

@@ -196,20 +196,31 @@ func TestShutdownErrorLogged(t *testing.T) {
 	}
 }
 
+// TestSplitterTooLarge: a request over maxRequest gets one error reply, is
+// read to its end without being kept, and the next request is answered.
 func TestSplitterTooLarge(t *testing.T) {
-	var s Splitter
-	s.Feed('{')
-	var got []byte
-	for i := 0; i < maxRequest+10 && got == nil; i++ {
-		got = s.Feed('x')
-	}
-	if got == nil {
-		t.Fatal("no error for oversized request")
-	}
+	big := `{"execute":"guest-exec","arguments":{"path":"cat","input-data":"` + strings.Repeat("QUFB", maxRequest/4+10) + `"}}`
+	in := big + `{"execute":"guest-ping"}` + "\n"
+	var out bytes.Buffer
 	a := &Agent{}
-	reply, _, _ := a.Handle(got)
-	if !bytes.Contains(reply, []byte("GenericError")) {
-		t.Errorf("reply %q", reply)
+	if err := a.Serve(strings.NewReader(in), &out); err != io.EOF {
+		t.Fatalf("Serve returned %v, want io.EOF", err)
+	}
+	want := `{"error":{"class":"GenericError","desc":"Request too large: over 8388608 bytes"}}` + "\n" + `{"return":{}}` + "\n"
+	if got := out.String(); got != want {
+		t.Errorf("output:\n got %q\nwant %q", got, want)
+	}
+	var s Splitter
+	for i := 0; i < maxRequest+10; i++ {
+		if got := s.Feed('x'); got != nil {
+			t.Fatalf("stray text emitted before its newline: %.20q", got)
+		}
+	}
+	if got := s.Feed('\n'); !bytes.Equal(got, tooLarge) {
+		t.Errorf("oversized stray text: got %.20q", got)
+	}
+	if len(s.buf) != 0 || cap(s.buf) > maxRequest {
+		t.Errorf("buffer kept after an oversized request: len %d cap %d", len(s.buf), cap(s.buf))
 	}
 }
 
