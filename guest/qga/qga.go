@@ -164,7 +164,7 @@ func (a *Agent) logf(format string, args ...any) {
 // The boolean reports whether a 0xFF delimiter must precede the reply, and
 // after is a function to run once the reply has been written (may be nil).
 func (a *Agent) Handle(raw []byte) (reply []byte, delimited bool, after func()) {
-	if bytes.Equal(raw, tooLarge) {
+	if string(raw) == tooLarge {
 		return a.marshal(Response{Error: Errorf("Request too large: over %d bytes", maxRequest)}), false, nil
 	}
 	var req Request
@@ -415,7 +415,7 @@ type Splitter struct {
 }
 
 // tooLarge is what Feed emits for a request longer than maxRequest.
-var tooLarge = []byte("<request too large>")
+const tooLarge = "<request too large>"
 
 // Reset discards any partial request.
 func (s *Splitter) Reset() {
@@ -487,7 +487,7 @@ func (s *Splitter) Feed(c byte) []byte {
 }
 
 func (s *Splitter) take() []byte {
-	out := tooLarge
+	out := []byte(tooLarge)
 	if s.n <= maxRequest {
 		out = append([]byte(nil), s.buf...)
 	}

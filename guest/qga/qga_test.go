@@ -216,7 +216,7 @@ func TestSplitterTooLarge(t *testing.T) {
 			t.Fatalf("stray text emitted before its newline: %.20q", got)
 		}
 	}
-	if got := s.Feed('\n'); !bytes.Equal(got, tooLarge) {
+	if got := s.Feed('\n'); string(got) != tooLarge {
 		t.Errorf("oversized stray text: got %.20q", got)
 	}
 	if len(s.buf) != 0 || cap(s.buf) > maxRequest {
