@@ -9,6 +9,7 @@ META    := $(BUILD)/vmfest-tiny.meta
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: all deps build image demo test test-short test-race vet fuzz bench clean
+.PHONY: cloud-image test-cloud
 
 all: build
 
@@ -40,6 +41,16 @@ test: deps image vet
 
 test-race:
 	go test -race -short -count=1 -timeout 15m ./...
+
+# A real Debian 12 cloud image (cloud-init, qemu-guest-agent, OpenSSH) from
+# Debian's packages with debootstrap; as root. Skipped when up to date.
+CLOUD_META := $(BUILD)/debian-cloud.meta
+cloud-image:
+	bash scripts/build-cloud-image.sh $(BUILD)
+
+# The cloud-init suite: boots the real cloud image (about a minute under TCG).
+test-cloud: cloud-image
+	VMFEST_CLOUD_IMAGE=$(abspath $(CLOUD_META)) go test -count=1 -v -timeout 10m ./test/cloud/
 
 # Unit tests only: no guest is booted.
 test-short: vet
