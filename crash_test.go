@@ -103,7 +103,7 @@ func helperChurn() int {
 			m.(*localMachine).destroy(ctx, destroyOptions{}, at)
 			continue
 		}
-		l.instance(ctx, name, ImageSpec(img), HardwareModel("micro"), at)
+		l.instance(ctx, name, ImageSpec(img), HardwareModel("micro"), instanceOptions{}, at)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmfest/vmfest/cloudinit"
 	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/model"
 	"github.com/vmfest/vmfest/spec"
@@ -18,13 +19,13 @@ import (
 )
 
 // Instance implements Server.
-func (l *Local) Instance(ctx context.Context, name string, image Image, hardware Hardware) (Machine, error) {
-	return l.instance(ctx, name, image, hardware, nil)
+func (l *Local) Instance(ctx context.Context, name string, image Image, hardware Hardware, opts ...InstanceOption) (Machine, error) {
+	return l.instance(ctx, name, image, hardware, instanceOpts(opts), nil)
 }
 
 // instance is Instance; at, when set (by crash tests), is called at each
 // named point where a crash leaves a distinct state.
-func (l *Local) instance(ctx context.Context, name string, image Image, hardware Hardware, at func(point string)) (Machine, error) {
+func (l *Local) instance(ctx context.Context, name string, image Image, hardware Hardware, o instanceOptions, at func(point string)) (Machine, error) {
 	point := func(p string) {
 		if at != nil {
 			at(p)
@@ -48,6 +49,21 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 	}
 	if err := l.resolveHardware(&r, hardware); err != nil {
 		return nil, err
+	}
+	if err := CheckLabels(o.labels); err != nil {
+		return nil, err
+	}
+	if len(o.labels) > 0 {
+		r.Labels = o.labels
+	}
+	if o.userData != nil {
+		if !r.Image.CloudInit {
+			return nil, fmt.Errorf("%w: user-data: the image %s has no cloud-init (cloud-init: false in its metadata), so nothing in the guest would read it", ErrInvalid, r.Image.Location)
+		}
+		if _, err := cloudinit.CheckUserData(o.userData); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		r.UserData = true
 	}
 	final := l.home.MachinePath(name)
 	if _, err := os.Stat(final); err == nil {
@@ -97,6 +113,11 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
 		point("create:overlay")
+	}
+	if r.UserData {
+		if err := store.WriteFileAtomic(filepath.Join(tmp, store.UserDataFile), o.userData, 0o600); err != nil {
+			return nil, fmt.Errorf("create machine %s: %w", name, err)
+		}
 	}
 	if err := writeRecord(tmp, r); err != nil {
 		return nil, fmt.Errorf("create machine %s: %w", name, err)

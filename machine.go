@@ -292,6 +292,8 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 		SerialLog:    filepath.Join(m.dir(), store.SerialLog),
 		HardwareSpec: r.Hardware,
 		ImageSpec:    r.Image,
+		Labels:       r.Labels,
+		UserData:     r.UserData,
 	}
 	if info.Image == "" {
 		info.Image = r.Image.Location

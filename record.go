@@ -39,6 +39,11 @@ type record struct {
 	Driver string `json:"driver,omitempty"`
 	// Accel is the accelerator of the last start.
 	Accel string `json:"accel,omitempty"`
+	// Labels are the user's labels.
+	Labels map[string]string `json:"labels,omitempty"`
+	// UserData: the user's user-data is the file store.UserDataFile in the
+	// machine directory.
+	UserData bool `json:"user-data,omitempty"`
 	// Net is the machine's networking: instance id, network allocations,
 	// SSH forwards (see networks.go).
 	Net netRecord `json:"net"`

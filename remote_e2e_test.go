@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -389,5 +391,55 @@ func TestRemoteDestroyKeepDisk(t *testing.T) {
 		if _, err := os.Stat(disk); (err == nil) != keep {
 			t.Fatalf("keep-disk %v: the disk's stat says %v", keep, err)
 		}
+	}
+}
+
+// TestRemoteLabelsAndUserData: labels, relabelling, the list filter and a
+// user-data travel through the API.
+func TestRemoteLabelsAndUserData(t *testing.T) {
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	blank := vmfest.BlankImage(t, dir)
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ci := blank
+	ci.CloudInit = true
+	m, err := r.Instance(ctx, "web", vmfest.ImageSpec(ci), natOnly(), vmfest.WithLabels(map[string]string{"role": "web"}), vmfest.WithUserData([]byte("#!/bin/sh\necho hi\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Instance(ctx, "db", vmfest.ImageSpec(blank), natOnly(), vmfest.WithLabels(map[string]string{"role": "db"})); err != nil {
+		t.Fatal(err)
+	}
+	info, err := m.Info(ctx)
+	if err != nil || info.Labels["role"] != "web" || !info.UserData {
+		t.Fatalf("info = %+v, %v", info, err)
+	}
+	if err := m.Relabel(ctx, map[string]string{"env": "prod"}, []string{"role"}); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := m.Info(ctx); !reflect.DeepEqual(info.Labels, map[string]string{"env": "prod"}) {
+		t.Fatalf("labels after relabel = %v", info.Labels)
+	}
+	if err := m.Relabel(ctx, map[string]string{"bad key": "1"}, nil); !errors.Is(err, vmfest.ErrInvalid) {
+		t.Fatalf("relabel with a bad key: %v", err)
+	}
+	if _, err := r.Instance(ctx, "x", vmfest.ImageSpec(blank), natOnly(), vmfest.WithUserData([]byte("#!/bin/sh\n"))); !errors.Is(err, vmfest.ErrInvalid) {
+		t.Fatalf("user-data on an image without cloud-init: %v", err)
+	}
+	// The list filter, over plain HTTP.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(l.Home(), api.SocketFile))
+	}}}
+	resp, err := hc.Get("http://vmfest/v1/machines?label=role=db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []vmfest.Info
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || len(list) != 1 || list[0].Name != "db" {
+		t.Fatalf("?label=role=db: %+v, %v", list, err)
 	}
 }

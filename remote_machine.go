@@ -108,3 +108,8 @@ func (m *remoteMachine) IP(ctx context.Context, slot int) (Address, error) {
 	err := m.r.call(ctx, http.MethodGet, m.path(q), nil, &a)
 	return a, err
 }
+
+// Relabel implements Machine.
+func (m *remoteMachine) Relabel(ctx context.Context, set map[string]string, remove []string) error {
+	return m.r.call(ctx, http.MethodPost, m.path("/labels"), wire.Relabel{Set: set, Remove: remove}, nil)
+}

@@ -16,14 +16,20 @@ import (
 // Instance implements Server. Disk paths in an image spec are paths on the
 // server; over a Unix socket (the same host) a relative one is made
 // absolute here first.
-func (r *Remote) Instance(ctx context.Context, name string, image Image, hardware Hardware) (Machine, error) {
+func (r *Remote) Instance(ctx context.Context, name string, image Image, hardware Hardware, opts ...InstanceOption) (Machine, error) {
 	if err := checkName("machine", name); err != nil {
 		return nil, err
 	}
+	o := instanceOpts(opts)
 	req := wire.CreateMachine{
 		Name:     name,
-		Image:    wire.ImageChoice{Model: image.Model, Spec: image.Spec},
+		Image:    wire.ImageChoice{Model: image.Model, Spec: image.Spec, SSHKeys: image.SSHKeys},
 		Hardware: wire.HardwareChoice{Model: hardware.Model, Spec: hardware.Spec},
+		Labels:   o.labels,
+	}
+	if o.userData != nil {
+		ud := string(o.userData)
+		req.UserData = &ud
 	}
 	if image.Spec != nil && r.unix && image.Spec.Location != "" && !filepath.IsAbs(image.Spec.Location) {
 		im := *image.Spec

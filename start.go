@@ -172,6 +172,11 @@ func writeSeed(ctx context.Context, s *starting) error {
 		}
 		sd.NICs = append(sd.NICs, cloudinit.NIC{MAC: n.MACAddress, DHCP: n.AttachmentType != spec.AttachInternal})
 	}
+	if r.UserData {
+		if sd.UserData, err = os.ReadFile(filepath.Join(m.dir(), store.UserDataFile)); err != nil {
+			return fmt.Errorf("the machine's user-data: %w", err)
+		}
+	}
 	if err := sd.WriteISO(seed); err != nil {
 		return err
 	}

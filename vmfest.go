@@ -53,6 +53,43 @@ func ImageModel(id string) Image { return Image{Model: id} }
 // ImageSpec chooses an image by its spec.
 func ImageSpec(s spec.Image) Image { return Image{Spec: &s} }
 
+// InstanceOption tunes Instance.
+type InstanceOption func(*instanceOptions)
+
+type instanceOptions struct {
+	labels   map[string]string
+	userData []byte
+}
+
+func instanceOpts(opts []InstanceOption) instanceOptions {
+	var o instanceOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// WithLabels gives the machine labels (see CheckLabels); repeated, the
+// sets are merged.
+func WithLabels(labels map[string]string) InstanceOption {
+	return func(o *instanceOptions) {
+		if o.labels == nil {
+			o.labels = map[string]string{}
+		}
+		for k, v := range labels {
+			o.labels[k] = v
+		}
+	}
+}
+
+// WithUserData gives a cloud-init image's machine the user's user-data (a
+// #cloud-config, a script, a MIME multipart, ...), passed to cloud-init
+// whole beside vmfest's own settings, which never replace the user's. It
+// is checked at create; an image without cloud-init refuses it.
+func WithUserData(data []byte) InstanceOption {
+	return func(o *instanceOptions) { o.userData = data }
+}
+
 // Hardware chooses a machine's hardware: a hardware model by name, or a
 // full hardware spec.
 type Hardware struct {
@@ -74,8 +111,9 @@ type Server interface {
 	// a hardware choice. For an immutable image the machine's disk is a
 	// copy-on-write overlay backed by it (the image is never written); a
 	// mutable image is attached directly and deleted with the machine.
-	// Creation is atomic: on error nothing is left behind.
-	Instance(ctx context.Context, name string, image Image, hardware Hardware) (Machine, error)
+	// Creation is atomic: on error nothing is left behind. Options give
+	// the machine labels and a user-data.
+	Instance(ctx context.Context, name string, image Image, hardware Hardware, opts ...InstanceOption) (Machine, error)
 	// FindMachine returns the named machine or an error wrapping ErrNotFound.
 	FindMachine(ctx context.Context, name string) (Machine, error)
 	// Machines lists every machine, sorted by name.
@@ -214,6 +252,9 @@ type Machine interface {
 	// IP returns the address of the NIC in slot, waiting for it until ctx
 	// is done; the error on timeout names every source tried.
 	IP(ctx context.Context, slot int) (Address, error)
+	// Relabel sets the labels in set and removes those named in remove,
+	// in any state.
+	Relabel(ctx context.Context, set map[string]string, remove []string) error
 }
 
 // DestroyOption tunes Destroy.
@@ -267,4 +308,9 @@ type Info struct {
 	// Networks says where each NIC is plugged in and the address known
 	// without asking the guest (see Machine.IP for the confirmed one).
 	Networks []NICInfo `json:"networks,omitempty"`
+	// Labels are the user's key=value labels.
+	Labels map[string]string `json:"labels,omitempty"`
+	// UserData says the machine was given a user-data (kept with it, in
+	// its directory).
+	UserData bool `json:"user-data,omitempty"`
 }

@@ -30,7 +30,7 @@ type failing struct {
 	err error
 }
 
-func (f failing) Instance(context.Context, string, vmfest.Image, vmfest.Hardware) (vmfest.Machine, error) {
+func (f failing) Instance(context.Context, string, vmfest.Image, vmfest.Hardware, ...vmfest.InstanceOption) (vmfest.Machine, error) {
 	return nil, f.err
 }
 

@@ -27,7 +27,15 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if r.URL.Query().Get("fields") == "name" {
+	want := map[string]string{}
+	for _, l := range r.URL.Query()["label"] {
+		k, v, _, err := vmfest.ParseLabel(l, false)
+		if err != nil {
+			return badRequest("label: %v", err)
+		}
+		want[k] = v
+	}
+	if r.URL.Query().Get("fields") == "name" && len(want) == 0 {
 		names := make([]machineEntry, len(ms))
 		for i, m := range ms {
 			names[i].Name = m.Name()
@@ -52,7 +60,36 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) error {
 		}()
 	}
 	wg.Wait()
+	if len(want) > 0 {
+		kept := out[:0]
+		for _, e := range out {
+			if vmfest.HasLabels(e.Labels, want) {
+				kept = append(kept, e)
+			}
+		}
+		out = kept
+	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) relabelMachine(w http.ResponseWriter, r *http.Request) error {
+	var req wire.Relabel
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	if err := m.Relabel(r.Context(), req.Set, req.Remove); err != nil {
+		return err
+	}
+	s.events.machine(m.Name(), "relabelled")
+	info, err := m.Info(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
 }
 
 func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
@@ -97,7 +134,15 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Neither: the served Server decides (Local refuses it), as it would
 	// for a local caller.
-	m, err := s.srv.Instance(r.Context(), req.Name, img, hw)
+	var opts []vmfest.InstanceOption
+	if len(req.Labels) > 0 {
+		opts = append(opts, vmfest.WithLabels(req.Labels))
+	}
+	if req.UserData != nil {
+		opts = append(opts, vmfest.WithUserData([]byte(*req.UserData)))
+	}
+	img.SSHKeys = req.Image.SSHKeys
+	m, err := s.srv.Instance(r.Context(), req.Name, img, hw, opts...)
 	if err != nil {
 		return err
 	}

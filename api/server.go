@@ -182,6 +182,7 @@ var routeTable = []route{
 	{"DELETE", "/v1/machines/{name}", "machine", func(s *Server) handlerFunc { return s.destroyMachine }},
 	{"GET", "/v1/machines/{name}/state", "machine-state", func(s *Server) handlerFunc { return s.machineState }},
 	{"POST", "/v1/machines/{name}/{action}", "machine-action", func(s *Server) handlerFunc { return s.machineAction }},
+	{"POST", "/v1/machines/{name}/labels", "machine-labels", func(s *Server) handlerFunc { return s.relabelMachine }},
 	{"GET", "/v1/machines/{name}/ip", "machine-ip", func(s *Server) handlerFunc { return s.machineIP }},
 	{"GET", "/v1/machines/{name}/console", "machine-console", func(s *Server) handlerFunc { return s.machineConsole }},
 

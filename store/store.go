@@ -34,6 +34,7 @@ const (
 	QEMULog      = "qemu.log"
 	StoppingFile = "stopping"
 	CIDataISO    = "cidata.iso"
+	UserDataFile = "user-data"
 )
 
 // File names inside an image model directory.

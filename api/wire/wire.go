@@ -54,6 +54,9 @@ type Error struct {
 type ImageChoice struct {
 	Model string      `json:"model,omitempty"`
 	Spec  *spec.Image `json:"spec,omitempty"`
+	// SSHKeys are OpenSSH public keys that may log in beside vmfest's own
+	// (a cloud-init image's seed).
+	SSHKeys []string `json:"ssh-keys,omitempty"`
 }
 
 // HardwareChoice names a hardware model or gives a full spec.
@@ -67,6 +70,16 @@ type CreateMachine struct {
 	Name     string         `json:"name"`
 	Image    ImageChoice    `json:"image"`
 	Hardware HardwareChoice `json:"hardware"`
+	// Labels are the machine's labels.
+	Labels map[string]string `json:"labels,omitempty"`
+	// UserData is a cloud-init user-data, as text.
+	UserData *string `json:"user-data,omitempty"`
+}
+
+// Relabel is the body of POST /v1/machines/{name}/labels.
+type Relabel struct {
+	Set    map[string]string `json:"set,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
 }
 
 // SetupModel is the body of POST /v1/models.
