@@ -92,6 +92,11 @@ func bootTiny(t *testing.T) (*qemu.Driver, driver.Machine, driver.Agent) {
 func TestExecTinyGuest(t *testing.T) {
 	_, _, a := bootTiny(t)
 	stdin := append([]byte("hello from the host\n"), 0, 0xff, '\n')
+	var every [256]byte
+	for i := range every {
+		every[i] = byte(i)
+	}
+	large := bytes.Repeat(every[:], 3<<20/len(every)) // 4 MiB as base64: over the agent's old 1 MiB request bound
 	tests := []struct {
 		name    string
 		req     driver.ExecRequest
@@ -105,6 +110,9 @@ func TestExecTinyGuest(t *testing.T) {
 		{name: "stdin through cat",
 			req:  driver.ExecRequest{Path: "cat", Stdin: stdin},
 			want: driver.ExecResult{Stdout: stdin}},
+		{name: "3 MiB of stdin through cat",
+			req:  driver.ExecRequest{Path: "cat", Stdin: large},
+			want: driver.ExecResult{Stdout: large}},
 		{name: "environment",
 			req:  driver.ExecRequest{Path: "/bin/sh", Args: []string{"-c", `echo "$GREETING"`}, Env: []string{"GREETING=hi"}},
 			want: driver.ExecResult{Stdout: []byte("hi\n")}},
