@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -22,9 +23,9 @@ import (
 )
 
 func (a *app) createCommand() *cobra.Command {
-	var image, hardware, diskSize string
+	var image, hardware, diskSize, userData string
 	var memory, cpus int
-	var keyFiles []string
+	var keyFiles, labels []string
 	cmd := &cobra.Command{
 		Use:     "create NAME --image MODEL|SPEC-FILE|DISK [--hardware MODEL|FILE]",
 		Aliases: []string{"instance"},
@@ -78,8 +79,27 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 			if err != nil {
 				return err
 			}
+			var opts []vmfest.InstanceOption
+			if len(labels) > 0 {
+				set := map[string]string{}
+				for _, l := range labels {
+					k, v, _, err := vmfest.ParseLabel(l, false)
+					if err != nil {
+						return usageError{fmt.Errorf("--label: %w", err)}
+					}
+					set[k] = v
+				}
+				opts = append(opts, vmfest.WithLabels(set))
+			}
+			if userData != "" {
+				data, err := os.ReadFile(userData)
+				if err != nil {
+					return fileError("--user-data", userData, err)
+				}
+				opts = append(opts, vmfest.WithUserData(data))
+			}
 			begun := time.Now()
-			m, err := srv.Instance(ctx, args[0], img, hw)
+			m, err := srv.Instance(ctx, args[0], img, hw, opts...)
 			if err != nil {
 				return err
 			}
@@ -103,6 +123,8 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 	cmd.Flags().IntVar(&memory, "memory", 0, "memory in MiB (overrides the hardware)")
 	cmd.Flags().IntVar(&cpus, "cpus", 0, "virtual CPUs (overrides the hardware)")
 	cmd.Flags().StringVar(&diskSize, "disk-size", "", "virtual size of the machine's disk, larger than the image's: 512M, 20G, 1T (overrides the hardware)")
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "a key=value label (repeatable); list --label filters by them")
+	cmd.Flags().StringVar(&userData, "user-data", "", "cloud-init user-data file (#cloud-config, a #! script or a MIME multipart), passed to cloud-init whole beside vmfest's own settings")
 	cmd.Flags().StringArrayVar(&keyFiles, "ssh-key", nil, "OpenSSH public key file whose keys may log in (cloud-init images; repeatable)")
 	return cmd
 }
@@ -524,17 +546,27 @@ type row struct {
 	Accel    string       `json:"accel,omitempty"`
 	PID      int          `json:"pid,omitempty"`
 	// Networks are the NICs with their known addresses.
-	Networks []vmfest.NICInfo `json:"networks,omitempty"`
-	Error    string           `json:"error,omitempty"`
+	Networks []vmfest.NICInfo  `json:"networks,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Error    string            `json:"error,omitempty"`
 }
 
 func (a *app) listCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "list",
+	var labels []string
+	cmd := &cobra.Command{
+		Use:     "list [--label key=value]...",
 		Aliases: []string{"ls"},
 		Short:   "List machines",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			want := map[string]string{}
+			for _, l := range labels {
+				k, v, _, err := vmfest.ParseLabel(l, false)
+				if err != nil {
+					return usageError{fmt.Errorf("--label: %w", err)}
+				}
+				want[k] = v
+			}
 			srv, err := a.server()
 			if err != nil {
 				return err
@@ -553,11 +585,20 @@ func (a *app) listCommand() *cobra.Command {
 						rows[i] = row{Name: m.Name(), State: "unknown", Error: oneLine(err.Error())}
 						return
 					}
-					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID, Networks: info.Networks}
+					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID, Networks: info.Networks, Labels: info.Labels}
 				}()
 			}
 			for range ms {
 				<-done
+			}
+			if len(want) > 0 {
+				kept := rows[:0]
+				for _, r := range rows {
+					if r.Error == "" && vmfest.HasLabels(r.Labels, want) {
+						kept = append(kept, r)
+					}
+				}
+				rows = kept
 			}
 			if a.json {
 				return a.printJSON(rows)
@@ -578,6 +619,63 @@ func (a *app) listCommand() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "only machines with this key=value label (repeatable: all of them)")
+	return cmd
+}
+
+func (a *app) labelCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "label NAME key=value|key-...",
+		Short: "Set (key=value) or remove (key-) a machine's labels",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			set := map[string]string{}
+			var remove []string
+			for _, l := range args[1:] {
+				k, v, rm, err := vmfest.ParseLabel(l, true)
+				if err != nil {
+					return usageError{err}
+				}
+				if rm {
+					remove = append(remove, k)
+				} else {
+					set[k] = v
+				}
+			}
+			m, err := a.findMachine(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if err := m.Relabel(cmd.Context(), set, remove); err != nil {
+				return err
+			}
+			info, err := m.Info(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(info)
+			}
+			fmt.Fprintf(a.out, "%s: %s\n", info.Name, labelText(info.Labels))
+			return nil
+		},
+	}
+}
+
+// labelText writes labels as key=value, sorted, or "no labels".
+func labelText(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "no labels"
+	}
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		keys[i] = k + "=" + labels[k]
+	}
+	return strings.Join(keys, " ")
 }
 
 func (a *app) showCommand() *cobra.Command {
@@ -611,6 +709,15 @@ func (a *app) showCommand() *cobra.Command {
 			fmt.Fprintf(tw, "disk:\t%s\n", info.Disk)
 			if info.BaseImage != "" {
 				fmt.Fprintf(tw, "base image:\t%s (immutable)\n", info.BaseImage)
+			}
+			if info.HardwareSpec.DiskSize != 0 {
+				fmt.Fprintf(tw, "disk size:\t%s\n", info.HardwareSpec.DiskSize)
+			}
+			if len(info.Labels) > 0 {
+				fmt.Fprintf(tw, "labels:\t%s\n", labelText(info.Labels))
+			}
+			if info.UserData {
+				fmt.Fprintf(tw, "user-data:\tyes (passed to cloud-init at each start)\n")
 			}
 			for i, n := range info.HardwareSpec.Network {
 				line := fmt.Sprintf("%s %s %s", n.AttachmentType, n.AdapterType, n.MACAddress)

@@ -194,3 +194,46 @@ func TestCLIDiskSize(t *testing.T) {
 		}
 	}
 }
+
+func TestCLILabels(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	testutil.BlankDisk(t, disk, 0o444)
+	for _, c := range [][]string{
+		{"create", "a1", "--image", disk, "--label", "role=web", "--label", "tier=1"},
+		{"create", "a2", "--image", disk, "--label", "role=db"},
+		{"label", "a1", "env=prod", "tier-"},
+	} {
+		if _, _, err := run(t, home, c...); err != nil {
+			t.Fatalf("%v: %v", c, err)
+		}
+	}
+	out, _, err := run(t, home, "--json", "list", "--label", "role=web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 || rows[0].Name != "a1" || rows[0].Labels["env"] != "prod" || rows[0].Labels["tier"] != "" {
+		t.Fatalf("list --label role=web --json: %s (%v)", out, err)
+	}
+	if out, _, err := run(t, home, "show", "a1"); err != nil || !strings.Contains(out, "env=prod role=web") {
+		t.Fatalf("show: %q, %v", out, err)
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"label", "a1", "nokey"}, `label "nokey": write key=value (or key- to remove it)`},
+		{[]string{"list", "--label", "x"}, `--label: invalid: label "x": write key=value`},
+		{[]string{"create", "a3", "--image", disk, "--label", "-x=1"}, `label "-x": a key is`},
+		{[]string{"create", "a3", "--image", disk, "--user-data", filepath.Join(home, "none")}, "--user-data " + filepath.Join(home, "none") + ": file not found"},
+	} {
+		_, errOut, err := run(t, home, c.args...)
+		if err == nil || !strings.Contains(errOut+err.Error(), c.says) {
+			t.Errorf("%v: %q, %v; want %q", c.args, errOut, err, c.says)
+		}
+	}
+}

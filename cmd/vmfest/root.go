@@ -77,6 +77,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.simpleCommand("power-down", "Pull the plug on machines (hard off)", vmfest.PoweredOff, func(cmd *cobra.Command, m vmfest.Machine) error { return m.PowerDown(cmd.Context()) }),
 		a.destroyCommand(),
 		a.listCommand(),
+		a.labelCommand(),
 		a.showCommand(),
 		a.consoleCommand(),
 		a.ipCommand(),
