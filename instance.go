@@ -204,6 +204,17 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 			h.Network[i].MACAddress = randomMAC()
 		}
 	}
+	if err := l.checkHardware(h, r.Overlay); err != nil {
+		return err
+	}
+	r.Hardware = h
+	return nil
+}
+
+// checkHardware validates a resolved hardware spec for a machine (with an
+// overlay or not): the spec's own rules, the operator's NAT policy, the
+// host's memory, and a disk-size only where there is an overlay to grow.
+func (l *Local) checkHardware(h spec.Hardware, overlay bool) error {
 	if err := h.ValidateWith(l.cfg.NAT); err != nil {
 		return apiError(fmt.Errorf("hardware spec: %w", err))
 	}
@@ -215,10 +226,9 @@ func (l *Local) resolveHardware(r *record, hw Hardware) error {
 			Problem: fmt.Sprintf("%d MiB is more than the host's %d MiB (MemTotal)", h.MemorySize, total),
 		}}}))
 	}
-	if h.DiskSize != 0 && !r.Overlay {
+	if h.DiskSize != 0 && !overlay {
 		return diskSizeError(h.DiskSize, "cannot be given: the image is not immutable, so the machine's disk is the file itself, which vmfest does not resize")
 	}
-	r.Hardware = h
 	return nil
 }
 

@@ -443,3 +443,25 @@ func TestRemoteLabelsAndUserData(t *testing.T) {
 		t.Fatalf("?label=role=db: %+v, %v", list, err)
 	}
 }
+
+// TestRemoteSet: Set travels through the API, refusals included.
+func TestRemoteSet(t *testing.T) {
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := r.Instance(ctx, "s", vmfest.ImageSpec(vmfest.BlankImage(t, dir)), natOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Set(ctx, vmfest.Change{MemorySize: 192, DiskSize: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := m.Info(ctx); err != nil || info.HardwareSpec.MemorySize != 192 || info.HardwareSpec.DiskSize != 4<<20 {
+		t.Fatalf("after Set: %+v, %v", info.HardwareSpec, err)
+	}
+	if err := m.Set(ctx, vmfest.Change{DiskSize: 2 << 20}); !errors.Is(err, vmfest.ErrInvalid) || !strings.Contains(err.Error(), "disk-size") {
+		t.Fatalf("shrink through the API: %v", err)
+	}
+}

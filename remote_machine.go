@@ -113,3 +113,12 @@ func (m *remoteMachine) IP(ctx context.Context, slot int) (Address, error) {
 func (m *remoteMachine) Relabel(ctx context.Context, set map[string]string, remove []string) error {
 	return m.r.call(ctx, http.MethodPost, m.path("/labels"), wire.Relabel{Set: set, Remove: remove}, nil)
 }
+
+// Set implements Machine.
+func (m *remoteMachine) Set(ctx context.Context, c Change) error {
+	req := wire.Change{MemorySize: c.MemorySize, CPUCount: c.CPUCount, DiskSize: c.DiskSize}
+	if c.Hardware != nil {
+		req.Hardware = &wire.HardwareChoice{Model: c.Hardware.Model, Spec: c.Hardware.Spec}
+	}
+	return m.r.call(ctx, http.MethodPatch, m.path(""), req, nil)
+}

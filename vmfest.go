@@ -255,6 +255,10 @@ type Machine interface {
 	// Relabel sets the labels in set and removes those named in remove,
 	// in any state.
 	Relabel(ctx context.Context, set map[string]string, remove []string) error
+	// Set changes a powered-off machine's hardware, validated as at
+	// create; a larger disk-size grows its overlay. On error nothing
+	// changes.
+	Set(ctx context.Context, c Change) error
 }
 
 // DestroyOption tunes Destroy.

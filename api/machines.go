@@ -338,3 +338,39 @@ func (s *Server) machineConsole(w http.ResponseWriter, r *http.Request) error {
 	_, err = w.Write(data)
 	return err
 }
+
+func (s *Server) changeMachine(w http.ResponseWriter, r *http.Request) error {
+	var req wire.Change
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	c := vmfest.Change{MemorySize: req.MemorySize, CPUCount: req.CPUCount, DiskSize: req.DiskSize}
+	if h := req.Hardware; h != nil {
+		switch {
+		case h.Model != "" && h.Spec != nil:
+			return badRequest("hardware: give a model or a spec, not both")
+		case h.Model != "":
+			if err := validName(h.Model, "hardware model"); err != nil {
+				return err
+			}
+			hw := vmfest.HardwareModel(h.Model)
+			c.Hardware = &hw
+		case h.Spec != nil:
+			hw := vmfest.HardwareSpec(*h.Spec)
+			c.Hardware = &hw
+		}
+	}
+	if err := m.Set(r.Context(), c); err != nil {
+		return err
+	}
+	s.events.machine(m.Name(), "changed")
+	info, err := m.Info(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}

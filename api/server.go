@@ -180,6 +180,7 @@ var routeTable = []route{
 	{"POST", "/v1/machines", "machines", func(s *Server) handlerFunc { return s.createMachine }},
 	{"GET", "/v1/machines/{name}", "machine", func(s *Server) handlerFunc { return s.getMachine }},
 	{"DELETE", "/v1/machines/{name}", "machine", func(s *Server) handlerFunc { return s.destroyMachine }},
+	{"PATCH", "/v1/machines/{name}", "machine", func(s *Server) handlerFunc { return s.changeMachine }},
 	{"GET", "/v1/machines/{name}/state", "machine-state", func(s *Server) handlerFunc { return s.machineState }},
 	{"POST", "/v1/machines/{name}/{action}", "machine-action", func(s *Server) handlerFunc { return s.machineAction }},
 	{"POST", "/v1/machines/{name}/labels", "machine-labels", func(s *Server) handlerFunc { return s.relabelMachine }},

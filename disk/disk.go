@@ -44,6 +44,10 @@ type Manager interface {
 	// of the qcow2 overlay at path: raw or qcow2, anything else is an
 	// error.
 	OverlayBackingFormat(ctx context.Context, path string) (string, error)
+	// Grow makes the qcow2 disk at path size bytes large; a size below
+	// its virtual size is an error wrapping ErrTooSmall, its own size
+	// changes nothing. Nothing the guest wrote is touched.
+	Grow(ctx context.Context, path string, size int64) error
 }
 
 // ErrTooSmall: an overlay asked to be smaller than its base (a disk only
@@ -82,6 +86,15 @@ func New(qemuImg string) Manager {
 // either implementation writes.
 type Fallback struct {
 	Primary, Secondary Manager
+}
+
+// Grow implements Manager.
+func (f Fallback) Grow(ctx context.Context, path string, size int64) error {
+	err := f.Primary.Grow(ctx, path, size)
+	if errors.Is(err, ErrUnsupported) {
+		return f.Secondary.Grow(ctx, path, size)
+	}
+	return err
 }
 
 // CreateOverlay implements Manager.

@@ -188,6 +188,11 @@ type recorder struct {
 	calls *int
 }
 
+func (r recorder) Grow(context.Context, string, int64) error {
+	*r.calls++
+	return r.err
+}
+
 func (r recorder) CreateOverlay(context.Context, string, string, string, int64) error {
 	*r.calls++
 	return r.err
@@ -220,6 +225,7 @@ func TestFallback(t *testing.T) {
 	}
 	methods := map[string]func(disk.Manager) error{
 		"CreateOverlay": func(m disk.Manager) error { return m.CreateOverlay(t.Context(), "b", "raw", "o", 0) },
+		"Grow":          func(m disk.Manager) error { return m.Grow(t.Context(), "o", 1) },
 		"VirtualSize": func(m disk.Manager) error {
 			_, err := m.VirtualSize(t.Context(), "b", "raw")
 			return err
@@ -308,5 +314,36 @@ func TestCreateOverlaySize(t *testing.T) {
 				t.Fatalf("a refused overlay was left: %v", err)
 			}
 		})
+	}
+}
+
+// TestGrow: a qcow2 grows through the fallback, never shrinks, and keeps
+// what was written in it.
+func TestGrow(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(base, make([]byte, 1<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	ov := filepath.Join(dir, "ov.qcow2")
+	m := disk.New("")
+	if err := m.CreateOverlay(ctx, base, "raw", ov, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Grow(ctx, ov, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	if size, err := m.VirtualSize(ctx, ov, "qcow2"); err != nil || size != 8<<20 {
+		t.Fatalf("after Grow: %d, %v", size, err)
+	}
+	if err := m.Grow(ctx, ov, 8<<20); err != nil {
+		t.Fatalf("Grow to its own size: %v", err)
+	}
+	if err := m.Grow(ctx, ov, 2<<20); !errors.Is(err, disk.ErrTooSmall) {
+		t.Fatalf("shrink: %v", err)
+	}
+	if backing, err := m.OverlayBackingFormat(ctx, ov); err != nil || backing != "raw" {
+		t.Fatalf("the overlay's backing after Grow: %q, %v", backing, err)
 	}
 }

@@ -179,3 +179,9 @@ func (Native) WriteOverlay(path, backing, backingFormat string, size int64) erro
 	}
 	return nil
 }
+
+// Grow implements Manager: growing a qcow2 may need its L1 table moved,
+// which Native leaves to qemu-img.
+func (Native) Grow(ctx context.Context, path string, size int64) error {
+	return fmt.Errorf("%w: growing a qcow2 disk", ErrUnsupported)
+}

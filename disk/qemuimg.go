@@ -103,3 +103,21 @@ func (q QEMUImg) run(ctx context.Context, args ...string) ([]byte, error) {
 	}
 	return stdout.Bytes(), nil
 }
+
+// Grow implements Manager with `qemu-img resize` (never --shrink).
+func (q QEMUImg) Grow(ctx context.Context, path string, size int64) error {
+	cur, err := q.VirtualSize(ctx, path, "qcow2")
+	if err != nil {
+		return err
+	}
+	switch {
+	case size < cur:
+		return fmt.Errorf("%w: %d bytes asked, the disk has %d", ErrTooSmall, size, cur)
+	case size == cur:
+		return nil
+	}
+	if _, err := q.run(ctx, "resize", "-q", "-f", "qcow2", path, strconv.FormatInt(size, 10)); err != nil {
+		return fmt.Errorf("grow %s with qemu-img: %w", path, err)
+	}
+	return nil
+}

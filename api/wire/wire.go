@@ -76,6 +76,15 @@ type CreateMachine struct {
 	UserData *string `json:"user-data,omitempty"`
 }
 
+// Change is the body of PATCH /v1/machines/{name}: what changes of a
+// powered-off machine (zero fields change nothing).
+type Change struct {
+	Hardware   *HardwareChoice `json:"hardware,omitempty"`
+	MemorySize int             `json:"memory-size,omitempty"`
+	CPUCount   int             `json:"cpu-count,omitempty"`
+	DiskSize   spec.Size       `json:"disk-size,omitempty"`
+}
+
 // Relabel is the body of POST /v1/machines/{name}/labels.
 type Relabel struct {
 	Set    map[string]string `json:"set,omitempty"`

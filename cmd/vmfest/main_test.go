@@ -237,3 +237,35 @@ func TestCLILabels(t *testing.T) {
 		}
 	}
 }
+
+func TestCLISet(t *testing.T) {
+	home := t.TempDir()
+	disk := filepath.Join(home, "base.raw")
+	testutil.BlankDisk(t, disk, 0o444)
+	if _, _, err := run(t, home, "create", "s1", "--image", disk); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := run(t, home, "set", "s1", "--memory", "256", "--disk-size", "8M")
+	if err != nil || !strings.Contains(out, "changed s1: hardware custom (256 MiB, 1 CPU, disk 8M)") {
+		t.Fatalf("set: %q, %v", out, err)
+	}
+	out, _, err = run(t, home, "--json", "resize", "s1", "--disk-size", "16M")
+	if err != nil || !strings.Contains(out, `"disk-size": "16M"`) {
+		t.Fatalf("resize --json: %q, %v", out, err)
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"set", "s1"}, "nothing to change"},
+		{[]string{"set", "s1", "--memory", "0"}, "--memory 0: must be a positive number"},
+		{[]string{"resize", "s1"}, "--disk-size is required"},
+		{[]string{"resize", "s1", "--disk-size", "4M"}, "disk-size: 4M is smaller than the machine's disk"},
+		{[]string{"set", "nope", "--memory", "256"}, `machine "nope"`},
+	} {
+		_, errOut, err := run(t, home, c.args...)
+		if err == nil || !strings.Contains(errOut+err.Error(), c.says) {
+			t.Errorf("%v: %q, %v; want %q", c.args, errOut, err, c.says)
+		}
+	}
+}

@@ -78,6 +78,8 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.destroyCommand(),
 		a.listCommand(),
 		a.labelCommand(),
+		a.setCommand(),
+		a.resizeCommand(),
 		a.showCommand(),
 		a.consoleCommand(),
 		a.ipCommand(),
