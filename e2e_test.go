@@ -153,3 +153,47 @@ func TestCrashedQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExec runs commands in the tiny guest through its guest agent: exit
+// status, both streams and stdin come back as the command's own; a machine
+// that does not run, or no command, is refused.
+func TestExec(t *testing.T) {
+	image := tinyImage(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 3*time.Minute)
+	m, err := l.Instance(ctx, "ex", ImageSpec(image), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var se *StateError
+	if _, err := m.Exec(ctx, ExecRequest{Command: []string{"true"}}); !errors.As(err, &se) || se.State != PoweredOff {
+		t.Fatalf("exec on a powered-off machine: %v", err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name           string
+		req            ExecRequest
+		code           int
+		stdout, stderr string
+	}{
+		{"status and streams", ExecRequest{Command: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}}, 7, "out\n", "err\n"},
+		{"stdin", ExecRequest{Command: []string{"cat"}, Stdin: []byte("through stdin\n")}, 0, "through stdin\n", ""},
+		{"env", ExecRequest{Command: []string{"sh", "-c", "echo $GREETING"}, Env: []string{"GREETING=hello", "PATH=/bin:/usr/bin:/sbin:/usr/sbin"}}, 0, "hello\n", ""},
+	} {
+		res, err := m.Exec(ctx, c.req)
+		if err != nil || res.ExitCode != c.code || string(res.Stdout) != c.stdout || string(res.Stderr) != c.stderr {
+			t.Errorf("%s: %+v (%q, %q), %v", c.name, res, res.Stdout, res.Stderr, err)
+		}
+	}
+	if _, err := m.Exec(ctx, ExecRequest{}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("exec of nothing: %v", err)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -122,3 +122,10 @@ func (m *remoteMachine) Set(ctx context.Context, c Change) error {
 	}
 	return m.r.call(ctx, http.MethodPatch, m.path(""), req, nil)
 }
+
+// Exec implements Machine: one request, answered when the command ends.
+func (m *remoteMachine) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
+	var res ExecResult
+	err := m.r.call(ctx, http.MethodPost, m.path("/exec?timeout="+remaining(ctx, DefaultExecTimeout)), req, &res)
+	return res, err
+}

@@ -259,6 +259,10 @@ type Machine interface {
 	// create; a larger disk-size grows its overlay. On error nothing
 	// changes.
 	Set(ctx context.Context, c Change) error
+	// Exec runs a command in a running guest through its guest agent (no
+	// network, no key) and returns how it ended, bounded by ctx
+	// (DefaultExecTimeout when ctx has no deadline).
+	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
 }
 
 // DestroyOption tunes Destroy.
@@ -280,6 +284,9 @@ func destroyOpts(opts []DestroyOption) destroyOptions {
 
 // DefaultStopTimeout bounds Stop when its context has no deadline.
 const DefaultStopTimeout = 60 * time.Second
+
+// DefaultExecTimeout bounds Exec when its context has no deadline.
+const DefaultExecTimeout = 10 * time.Minute
 
 // Info describes a machine.
 type Info struct {

@@ -374,3 +374,28 @@ func (s *Server) changeMachine(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusOK, info)
 }
+
+// execMachine runs a command through the guest agent and answers when it
+// ends, within ?timeout= (default and cap: the server's MaxWait).
+func (s *Server) execMachine(w http.ResponseWriter, r *http.Request) error {
+	var req vmfest.ExecRequest
+	// Room for MaxExecStdin in base64, and the command.
+	if err := decodeUpTo(w, r, &req, vmfest.MaxExecStdin/3*4+wire.MaxBody); err != nil {
+		return err
+	}
+	m, err := s.machine(r)
+	if err != nil {
+		return err
+	}
+	timeout, err := s.duration(r, "timeout", vmfest.DefaultExecTimeout)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	res, err := m.Exec(ctx, req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, res)
+}

@@ -184,6 +184,7 @@ var routeTable = []route{
 	{"GET", "/v1/machines/{name}/state", "machine-state", func(s *Server) handlerFunc { return s.machineState }},
 	{"POST", "/v1/machines/{name}/{action}", "machine-action", func(s *Server) handlerFunc { return s.machineAction }},
 	{"POST", "/v1/machines/{name}/labels", "machine-labels", func(s *Server) handlerFunc { return s.relabelMachine }},
+	{"POST", "/v1/machines/{name}/exec", "machine-exec", func(s *Server) handlerFunc { return s.execMachine }},
 	{"GET", "/v1/machines/{name}/ip", "machine-ip", func(s *Server) handlerFunc { return s.machineIP }},
 	{"GET", "/v1/machines/{name}/console", "machine-console", func(s *Server) handlerFunc { return s.machineConsole }},
 
@@ -397,10 +398,15 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 // decode reads a JSON body strictly: at most wire.MaxBody bytes, no unknown
 // fields, one value, nothing after it.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return decodeUpTo(w, r, v, wire.MaxBody)
+}
+
+// decodeUpTo is decode with a body of up to limit bytes.
+func decodeUpTo(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return &httpError{status: http.StatusUnsupportedMediaType, code: wire.CodeInvalid, msg: fmt.Sprintf("content type %q: send application/json", ct)}
 	}
-	return decodeBody(http.MaxBytesReader(w, r.Body, wire.MaxBody), v)
+	return decodeBody(http.MaxBytesReader(w, r.Body, limit), v)
 }
 
 func decodeBody(body io.Reader, v any) error {

@@ -220,5 +220,29 @@ func TestCLIJSONLifecycle(t *testing.T) {
 		if info["name"] != "vm" || (s.state != "" && info["state"] != s.state) {
 			t.Fatalf("%v: name %v, state %v; want vm, %s", s.args, info["name"], info["state"], s.state)
 		}
+		if s.args[0] == "resume" {
+			checkExec(t, home)
+		}
+	}
+}
+
+// checkExec runs commands in the running machine vm with vmfest exec: its
+// output and status come back as the command's own.
+func checkExec(t *testing.T, home string) {
+	t.Helper()
+	code, out, errOut := runCLI(t, home, "exec", "vm", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+	if code != 7 || out != "out\n" || !strings.Contains(errOut, "err") {
+		t.Fatalf("exec: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = runCLI(t, home, "--json", "exec", "vm", "--", "echo", "hi")
+	var res struct {
+		ExitCode int    `json:"exit-code"`
+		Stdout   []byte `json:"stdout"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || string(res.Stdout) != "hi\n" {
+		t.Fatalf("exec --json: exit %d, %q (%v), stderr %q", code, out, err, errOut)
+	}
+	if code, _, errOut := runCLI(t, home, "exec", "vm", "echo", "hi"); code == 0 || !strings.Contains(errOut, `put the command after "--"`) {
+		t.Fatalf("exec without --: exit %d, %q", code, errOut)
 	}
 }

@@ -80,6 +80,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.labelCommand(),
 		a.setCommand(),
 		a.resizeCommand(),
+		a.execCommand(),
 		a.showCommand(),
 		a.consoleCommand(),
 		a.ipCommand(),

@@ -1,6 +1,7 @@
 // Package lifecycletest is the end-to-end lifecycle suite every driver
 // passes: the tutorial of VMFest (create, start, ready, pause, resume, ACPI
-// stop, start again, power-down, destroy; the base image unchanged) on any
+// stop, start again, power-down, destroy; the base image unchanged; a
+// command run through the guest agent) on any
 // vmfest.Server. The root package runs it on the QEMU driver, locally and
 // through the API; driver/libvirt runs it on libvirt.
 package lifecycletest
@@ -53,6 +54,12 @@ func Tutorial(t *testing.T, l vmfest.Server, image spec.Image, hw vmfest.Hardwar
 	}
 	if inspect != nil {
 		inspect(info)
+	}
+
+	// A command through the guest agent comes back as its own.
+	res, err := m.Exec(ctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "echo hi; exit 3"}})
+	if err != nil || res.ExitCode != 3 || string(res.Stdout) != "hi\n" {
+		t.Fatalf("exec: %+v, %v", res, err)
 	}
 
 	if err := m.Pause(ctx); err != nil {
