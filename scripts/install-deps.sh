@@ -7,6 +7,8 @@ pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates bubblewra
 # libvirtd (with virtlogd) and its QEMU driver, for driver/libvirt; its tests start a libvirtd of their own.
 # Not libvirt-daemon-system: it pulls in and upgrades systemd; scripts/libvirtd.sh starts libvirtd without it.
 pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+# ansible-core: the inventory test drives booted machines with the real ansible.
+pkgs+=(ansible-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
