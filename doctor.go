@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
@@ -141,6 +142,14 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 	}
 	if _, err := os.Stat(r.disk(dir)); err != nil {
 		out = append(out, Finding{Kind: "missing-disk", Machine: name, Path: r.disk(dir), Detail: "the machine's disk is missing; destroy the machine"})
+	} else if r.Overlay {
+		out = append(out, l.checkDiskSize(ctx, name, dir, r, fix)...)
+	}
+	if r.UserData {
+		if _, err := os.Stat(filepath.Join(dir, store.UserDataFile)); err != nil {
+			out = append(out, Finding{Kind: "missing-user-data", Machine: name, Path: filepath.Join(dir, store.UserDataFile),
+				Detail: "the machine's user-data is missing, so it cannot start; destroy and recreate it with its user-data"})
+		}
 	}
 	st, err := (&localMachine{l: l, name: name}).status(ctx, r)
 	if err == nil && !runs(st.State) {
@@ -238,4 +247,36 @@ func (l *Local) sweepAllocations(fix bool) []Finding {
 		out = append(out, f)
 	}
 	return out
+}
+
+// checkDiskSize finds an overlay larger than its record says: a Set killed
+// between growing the disk and writing the record leaves it so. Fixing
+// records the size the disk has (it never shrinks).
+func (l *Local) checkDiskSize(ctx context.Context, name, dir string, r record, fix bool) []Finding {
+	size, err := disk.New(l.cfg.QEMUImg).VirtualSize(ctx, r.disk(dir), spec.DiskFormatQCOW2)
+	if err != nil {
+		return nil // Doctor's other checks, or the next start, say why
+	}
+	recorded := int64(r.Hardware.DiskSize)
+	if recorded == 0 {
+		base, err := disk.New(l.cfg.QEMUImg).VirtualSize(ctx, r.Image.Location, r.BaseFormat)
+		if err != nil || r.BaseFormat == "" {
+			return nil
+		}
+		recorded = base
+	}
+	if size <= recorded {
+		return nil
+	}
+	f := Finding{Kind: "disk-size", Machine: name, Path: r.disk(dir),
+		Detail: fmt.Sprintf("the disk is %s but the machine's record says %s (a resize was interrupted)", spec.Size(size), spec.Size(recorded))}
+	if fix {
+		r.Hardware.DiskSize = spec.Size(size)
+		if err := writeRecord(dir, r); err != nil {
+			f.Detail += ": " + oneLineErr(err)
+		} else {
+			f.Fixed = true
+		}
+	}
+	return []Finding{f}
 }

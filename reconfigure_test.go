@@ -3,6 +3,8 @@ package vmfest
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -69,5 +71,38 @@ func TestSet(t *testing.T) {
 	var se *StateError
 	if err := m.Set(ctx, Change{MemorySize: 512}); !errors.As(err, &se) || se.State != Running {
 		t.Fatalf("Set of a running machine: %v", err)
+	}
+}
+
+// TestDoctorKnowsResizeAndUserData: a disk grown without its record (a
+// resize killed half-way) is found and recorded; a missing user-data is
+// found.
+func TestDoctorKnowsResizeAndUserData(t *testing.T) {
+	l, _ := newFakeServer(t, fake.Options{})
+	ctx := context.Background()
+	img := blankImage(t, t.TempDir())
+	img.CloudInit = true
+	m, err := l.Instance(ctx, "d1", ImageSpec(img), natHardware(), WithUserData([]byte("#!/bin/sh\necho hi\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found, err := l.Doctor(ctx, false); err != nil || len(found) != 0 {
+		t.Fatalf("doctor of a whole machine: %+v, %v", found, err)
+	}
+	info, _ := m.Info(ctx)
+	if err := disk.New("").Grow(ctx, info.Disk, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	found, err := l.Doctor(ctx, true)
+	if err != nil || len(found) != 1 || found[0].Kind != "disk-size" || !found[0].Fixed {
+		t.Fatalf("doctor after a half-done resize: %+v, %v", found, err)
+	}
+	if info, _ := m.Info(ctx); info.HardwareSpec.DiskSize != 32<<20 {
+		t.Fatalf("disk-size after the fix: %s", info.HardwareSpec.DiskSize)
+	}
+	os.Remove(filepath.Join(l.home.MachinePath("d1"), "user-data"))
+	found, err = l.Doctor(ctx, true)
+	if err != nil || len(found) != 1 || found[0].Kind != "missing-user-data" {
+		t.Fatalf("doctor without the user-data: %+v, %v", found, err)
 	}
 }
