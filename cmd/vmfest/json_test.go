@@ -245,4 +245,23 @@ func checkExec(t *testing.T, home string) {
 	if code, _, errOut := runCLI(t, home, "exec", "vm", "echo", "hi"); code == 0 || !strings.Contains(errOut, `put the command after "--"`) {
 		t.Fatalf("exec without --: exit %d, %q", code, errOut)
 	}
+	// cp there and back.
+	dir := t.TempDir()
+	src := filepath.Join(dir, "note.txt")
+	if err := os.WriteFile(src, []byte("copied through vmfest cp\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI(t, home, "cp", src, "vm:/tmp"); code != 0 {
+		t.Fatalf("cp to the guest: %s", errOut)
+	}
+	back := filepath.Join(dir, "back.txt")
+	if code, _, errOut := runCLI(t, home, "cp", "vm:/tmp/note.txt", back); code != 0 {
+		t.Fatalf("cp from the guest: %s", errOut)
+	}
+	if data, err := os.ReadFile(back); err != nil || string(data) != "copied through vmfest cp\n" {
+		t.Fatalf("round trip: %q, %v", data, err)
+	}
+	if code, _, errOut := runCLI(t, home, "cp", src, back); code == 0 || !strings.Contains(errOut, "write exactly one side as NAME:/path") {
+		t.Fatalf("cp between two host paths: exit %d, %q", code, errOut)
+	}
 }

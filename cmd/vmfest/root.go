@@ -81,6 +81,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.setCommand(),
 		a.resizeCommand(),
 		a.execCommand(),
+		a.cpCommand(),
 		a.inventoryCommand(),
 		a.showCommand(),
 		a.consoleCommand(),
