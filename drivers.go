@@ -65,7 +65,7 @@ func (d *drivers) get(name string) (driver.Driver, error) {
 	}
 	drv, err := d.make(name)
 	if err != nil {
-		return nil, fmt.Errorf("it is run by the %s driver, which this server cannot use: %w", name, err)
+		return nil, fmt.Errorf("the %s driver cannot be used on this server: %w", name, err)
 	}
 	d.byName[name] = drv
 	return drv, nil

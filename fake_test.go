@@ -328,7 +328,27 @@ func TestMachineKeepsItsDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.State(ctx); err == nil || !strings.Contains(err.Error(), `driver "fake"`) || !strings.Contains(err.Error(), "run by the fake driver") {
+	if _, err := m.State(ctx); err == nil || !strings.Contains(err.Error(), `driver "fake"`) || !strings.Contains(err.Error(), "the fake driver cannot be used on this server") {
 		t.Fatalf("state through a server without the fake driver: %v", err)
+	}
+}
+
+// TestWithDriver: a machine made with WithDriver names that driver in its
+// record and is run by it; an unknown driver is refused and nothing made.
+func TestWithDriver(t *testing.T) {
+	l, _ := newFakeServer(t, fake.Options{})
+	ctx := ctxTimeout(t, 30*time.Second)
+	img := ImageSpec(blankImage(t, t.TempDir()))
+	if _, err := l.Instance(ctx, "q", img, natHardware(), WithDriver("qemu")); err != nil {
+		t.Fatal(err)
+	}
+	if r := readTestRecord(t, l, "q"); r.Driver != "qemu" {
+		t.Fatalf("record names %q, want qemu", r.Driver)
+	}
+	if _, err := l.Instance(ctx, "x", img, natHardware(), WithDriver("vbox")); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `driver "vbox"`) {
+		t.Fatalf("an unknown driver: %v", err)
+	}
+	if _, err := l.FindMachine(ctx, "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatal("a refused create left a machine")
 	}
 }

@@ -44,6 +44,13 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 	}
 	defer busy.Unlock()
 	r := record{Name: name, Created: time.Now().UTC(), Driver: l.drivers.dflt.Info().Name}
+	if o.driver != "" {
+		d, err := l.drivers.get(o.driver)
+		if err != nil {
+			return nil, fmt.Errorf("create machine %s: %w", name, err)
+		}
+		r.Driver = d.Info().Name
+	}
 	if err := l.resolveImage(&r, image); err != nil {
 		return nil, err
 	}

@@ -26,6 +26,7 @@ func (r *Remote) Instance(ctx context.Context, name string, image Image, hardwar
 		Image:    wire.ImageChoice{Model: image.Model, Spec: image.Spec, SSHKeys: image.SSHKeys},
 		Hardware: wire.HardwareChoice{Model: hardware.Model, Spec: hardware.Spec},
 		Labels:   o.labels,
+		Driver:   o.driver,
 	}
 	if o.userData != nil {
 		ud := string(o.userData)

@@ -59,6 +59,7 @@ type InstanceOption func(*instanceOptions)
 type instanceOptions struct {
 	labels   map[string]string
 	userData []byte
+	driver   string
 }
 
 func instanceOpts(opts []InstanceOption) instanceOptions {
@@ -80,6 +81,12 @@ func WithLabels(labels map[string]string) InstanceOption {
 			o.labels[k] = v
 		}
 	}
+}
+
+// WithDriver makes the named driver (qemu, libvirt) run the machine
+// instead of the server's default; the machine keeps it for its life.
+func WithDriver(name string) InstanceOption {
+	return func(o *instanceOptions) { o.driver = name }
 }
 
 // WithUserData gives a cloud-init image's machine the user's user-data (a

@@ -141,6 +141,9 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 	if req.UserData != nil {
 		opts = append(opts, vmfest.WithUserData([]byte(*req.UserData)))
 	}
+	if req.Driver != "" {
+		opts = append(opts, vmfest.WithDriver(req.Driver))
+	}
 	img.SSHKeys = req.Image.SSHKeys
 	m, err := s.srv.Instance(r.Context(), req.Name, img, hw, opts...)
 	if err != nil {

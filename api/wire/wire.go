@@ -74,6 +74,8 @@ type CreateMachine struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// UserData is a cloud-init user-data, as text.
 	UserData *string `json:"user-data,omitempty"`
+	// Driver names the driver to run the machine (default: the server's).
+	Driver string `json:"driver,omitempty"`
 }
 
 // Change is the body of PATCH /v1/machines/{name}: what changes of a

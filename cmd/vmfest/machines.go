@@ -80,6 +80,9 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 				return err
 			}
 			var opts []vmfest.InstanceOption
+			if a.driver != "" {
+				opts = append(opts, vmfest.WithDriver(a.driver))
+			}
 			if len(labels) > 0 {
 				set := map[string]string{}
 				for _, l := range labels {

@@ -66,7 +66,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().BoolVar(&a.json, "json", false, `print JSON: the resulting object(s) of a change, the API's objects; errors as {"error": ..., "code": ...} on stderr`)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
 	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
-	root.PersistentFlags().StringVar(&a.driver, "driver", os.Getenv("VMFEST_DRIVER"), "hypervisor driver of the machines this command creates (or, with serve, the server creates): qemu (default) or libvirt (env VMFEST_DRIVER); a machine keeps the driver it was made with")
+	root.PersistentFlags().StringVar(&a.driver, "driver", os.Getenv("VMFEST_DRIVER"), "hypervisor driver of the machines this command creates (or, with serve, the server creates by default): qemu (default) or libvirt (env VMFEST_DRIVER); a machine keeps the driver it was made with")
 	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default, for a server on a loopback address only: --home's token file)")
 	root.AddCommand(
 		a.createCommand(),
@@ -119,9 +119,6 @@ func (a *app) server() (vmfest.Server, error) {
 			return nil, err
 		}
 		return l, nil
-	}
-	if a.driver != "" && os.Getenv("VMFEST_DRIVER") != a.driver {
-		return nil, usageError{fmt.Errorf("--driver chooses the driver of this host's machines; the server at %s creates machines with its own (vmfest serve --driver)", a.remote)}
 	}
 	return a.connect()
 }
