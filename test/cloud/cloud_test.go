@@ -155,10 +155,26 @@ func agentHostName(ctx context.Context, home, name, want string) (string, error)
 	}
 }
 
-// TestCloudInit boots the cloud image on micro hardware (host-only NIC 0,
-// NAT NIC 1) and checks what cloud-init made of vmfest's NoCloud seed: the
-// host name, the image's user with vmfest's key, and NIC 0 configured by
-// DHCP with the address vmfest reserved.
+// userData is the user's own #cloud-config: a file written and a command
+// run, beside what vmfest seeds (host name, user, key, network).
+const userData = `#cloud-config
+write_files:
+  - path: /etc/vmfest-cloud-test
+    content: written by the user's cloud-config
+runcmd:
+  - [sh, -c, "id -un > /run/vmfest-runcmd"]
+`
+
+// diskSize is the machine's disk, twice the image's 2 GiB: cloud-init's
+// growpart and resizefs grow the root file system to fill it.
+const diskSize = 4 << 30
+
+// TestCloudInit boots the cloud image once, on micro hardware (host-only
+// NIC 0, NAT NIC 1) with a user-data and a disk larger than the image, and
+// checks what cloud-init made of it, one subtest per promise: the host
+// name, the image's user with vmfest's key, NIC 0 configured by DHCP with
+// the address vmfest reserved, the user's user-data, and the root file
+// system grown to the disk.
 func TestCloudInit(t *testing.T) {
 	image := cloudImage(t)
 	if !netnstest.Enter(t) {
@@ -169,17 +185,19 @@ func TestCloudInit(t *testing.T) {
 	l := newLocal(t)
 	const name = "cloudy"
 
-	m, err := l.Instance(ctx, name, vmfest.ImageSpec(image), vmfest.HardwareModel("micro"))
+	hw, err := l.HardwareModel(ctx, "micro")
 	if err != nil {
 		t.Fatal(err)
 	}
-	console := func() string {
-		b, _ := m.ConsoleLog(context.Background())
-		return string(b)
+	hw.DiskSize = diskSize
+	m, err := l.Instance(ctx, name, vmfest.ImageSpec(image), vmfest.HardwareSpec(hw), vmfest.WithUserData([]byte(userData)))
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("console:\n%s", console())
+			b, _ := m.ConsoleLog(context.Background())
+			t.Logf("console:\n%s", b)
 		}
 		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer ccancel()
@@ -195,45 +213,74 @@ func TestCloudInit(t *testing.T) {
 		t.Fatalf("WaitReady: %v", err)
 	}
 	ready := time.Since(start)
-
 	if got := run(ctx, t, l, m, "cloud-init", "status", "--wait"); !strings.Contains(got, "status: done") {
-		t.Errorf("cloud-init status --wait = %q, want status: done", got)
+		t.Fatalf("cloud-init status --wait = %q, want status: done", got)
 	}
-	done := time.Since(start)
-	t.Logf("boot: guest agent ready after %s, cloud-init done after %s (accel %s)", ready.Round(100*time.Millisecond), done.Round(100*time.Millisecond), accel(ctx, m))
+	t.Logf("boot: guest agent ready after %s, cloud-init done after %s (accel %s)",
+		ready.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond), accel(ctx, m))
 
-	if got := run(ctx, t, l, m, "id", "-un"); got != image.Username {
-		t.Errorf("id -un = %q, want the image's user %q", got, image.Username)
-	}
-	if got := run(ctx, t, l, m, "hostname"); got != name {
-		t.Errorf("hostname over ssh = %q, want the machine name %q", got, name)
-	}
-	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
-	got, err := agentHostName(hctx, l.Home(), name, name)
-	hcancel()
-	if err != nil || got != name {
-		t.Errorf("guest-get-host-name = %q (%v), want the machine name %q", got, err, name)
-	}
-
-	info, err := m.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(info.Networks) == 0 || info.Networks[0].IP == "" {
-		t.Fatalf("NIC 0 has no reserved host-only address: %+v", info.Networks)
-	}
-	addr, err := m.IP(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if addr.IP != info.Networks[0].IP || addr.Source != "lease" {
-		t.Errorf("IP(0) = %+v, want the reserved address %s from the lease", addr, info.Networks[0].IP)
-	}
-	// The guest itself holds that address on the NIC with NIC 0's MAC:
-	// cloud-init matched network-config by MAC and networkd ran DHCP.
-	if got := run(ctx, t, l, m, "ip", "-4", "-o", "addr", "show"); !strings.Contains(got, " "+addr.IP+"/") {
-		t.Errorf("the guest's addresses lack %s:\n%s", addr.IP, got)
-	}
+	t.Run("host name", func(t *testing.T) {
+		if got := run(ctx, t, l, m, "hostname"); got != name {
+			t.Errorf("hostname over ssh = %q, want the machine name %q", got, name)
+		}
+		hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer hcancel()
+		if got, err := agentHostName(hctx, l.Home(), name, name); err != nil || got != name {
+			t.Errorf("guest-get-host-name = %q (%v), want the machine name %q", got, err, name)
+		}
+	})
+	t.Run("user and key", func(t *testing.T) {
+		if got := run(ctx, t, l, m, "id", "-un"); got != image.Username {
+			t.Errorf("id -un = %q, want the image's user %q", got, image.Username)
+		}
+	})
+	t.Run("network", func(t *testing.T) {
+		info, err := m.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.Networks) == 0 || info.Networks[0].IP == "" {
+			t.Fatalf("NIC 0 has no reserved host-only address: %+v", info.Networks)
+		}
+		addr, err := m.IP(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addr.IP != info.Networks[0].IP || addr.Source != "lease" {
+			t.Errorf("IP(0) = %+v, want the reserved address %s from the lease", addr, info.Networks[0].IP)
+		}
+		// The guest holds that address itself: cloud-init matched
+		// network-config by MAC and networkd ran DHCP.
+		if got := run(ctx, t, l, m, "ip", "-4", "-o", "addr", "show"); !strings.Contains(got, " "+addr.IP+"/") {
+			t.Errorf("the guest's addresses lack %s:\n%s", addr.IP, got)
+		}
+	})
+	t.Run("user-data", func(t *testing.T) {
+		if got := run(ctx, t, l, m, "cat", "/etc/vmfest-cloud-test"); got != "written by the user's cloud-config" {
+			t.Errorf("write_files: /etc/vmfest-cloud-test holds %q", got)
+		}
+		if got := run(ctx, t, l, m, "cat", "/run/vmfest-runcmd"); got != "root" {
+			t.Errorf("runcmd: /run/vmfest-runcmd holds %q, want root", got)
+		}
+	})
+	t.Run("growpart", func(t *testing.T) {
+		out := run(ctx, t, l, m, "sh", "-c", "lsblk -bdno SIZE /dev/sda; df -B1 --output=size / | tail -n 1")
+		f := strings.Fields(out)
+		if len(f) != 2 {
+			t.Fatalf("lsblk and df said %q", out)
+		}
+		var disk, root int64
+		fmt.Sscan(f[0], &disk)
+		fmt.Sscan(f[1], &root)
+		if disk != diskSize {
+			t.Errorf("the guest's disk is %d bytes, want %d", disk, int64(diskSize))
+		}
+		// The file system keeps some room for its own metadata; a root
+		// left at the image's 2 GiB is well below this.
+		if root < diskSize*9/10 {
+			t.Errorf("the root file system is %d bytes on a %d-byte disk: not grown", root, disk)
+		}
+	})
 
 	if err := m.PowerDown(ctx); err != nil {
 		t.Fatal(err)
