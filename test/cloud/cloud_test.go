@@ -180,7 +180,7 @@ func TestCloudInit(t *testing.T) {
 	if !netnstest.Enter(t) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // ~90 s alone; more on a busy host
 	defer cancel()
 	l := newLocal(t)
 	const name = "cloudy"
