@@ -652,17 +652,26 @@ func (a *app) labelCommand() *cobra.Command {
 			if err := m.Relabel(cmd.Context(), set, remove); err != nil {
 				return err
 			}
-			info, err := m.Info(cmd.Context())
-			if err != nil {
+			info, done, err := a.infoOrJSON(cmd.Context(), m)
+			if done || err != nil {
 				return err
-			}
-			if a.json {
-				return a.printJSON(info)
 			}
 			fmt.Fprintf(a.out, "%s: %s\n", info.Name, labelText(info.Labels))
 			return nil
 		},
 	}
+}
+
+// infoOrJSON reads m's Info as a command leaves it and, under --json,
+// prints it as the command's output: done says nothing more is to print.
+func (a *app) infoOrJSON(ctx context.Context, m vmfest.Machine) (info vmfest.Info, done bool, err error) {
+	if info, err = m.Info(ctx); err != nil {
+		return info, true, err
+	}
+	if a.json {
+		return info, true, a.printJSON(info)
+	}
+	return info, false, nil
 }
 
 // labelText writes labels as key=value, sorted, or "no labels".
@@ -691,12 +700,9 @@ func (a *app) showCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := m.Info(cmd.Context())
-			if err != nil {
+			info, done, err := a.infoOrJSON(cmd.Context(), m)
+			if done || err != nil {
 				return err
-			}
-			if a.json {
-				return a.printJSON(info)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "name:\t%s\n", info.Name)

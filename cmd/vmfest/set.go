@@ -93,12 +93,9 @@ func (a *app) change(cmd *cobra.Command, name, hardware string, memory, cpus int
 	if err := m.Set(cmd.Context(), c); err != nil {
 		return err
 	}
-	info, err := m.Info(cmd.Context())
-	if err != nil {
+	info, done, err := a.infoOrJSON(cmd.Context(), m)
+	if done || err != nil {
 		return err
-	}
-	if a.json {
-		return a.printJSON(info)
 	}
 	size := "the image's"
 	if info.HardwareSpec.DiskSize != 0 {
