@@ -162,12 +162,7 @@ func TestCLIJSONSchemas(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "base.raw")
 	testutil.BlankDisk(t, disk, 0o444)
-	raw := filepath.Join(dir, "tiny-1.raw")
-	data := make([]byte, 1<<20)
-	data[510], data[511] = 0x55, 0xaa
-	if err := os.WriteFile(raw, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	raw := testutil.BootSectorDisk(t, filepath.Join(dir, "tiny-1.raw"))
 	hw := filepath.Join(dir, "tiny.yaml")
 	if err := os.WriteFile(hw, []byte("memory-size: 128\ncpu-count: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -239,12 +234,7 @@ func TestCLICompletion(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "base.raw")
 	testutil.BlankDisk(t, disk, 0o444)
-	raw := filepath.Join(dir, "img-1.raw")
-	data := make([]byte, 1<<20)
-	data[510], data[511] = 0x55, 0xaa
-	if err := os.WriteFile(raw, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	raw := testutil.BootSectorDisk(t, filepath.Join(dir, "img-1.raw"))
 	for _, args := range [][]string{
 		{"create", "web1", "--image", disk}, {"create", "web2", "--image", disk}, {"create", "db", "--image", disk},
 		{"network", "create", "lab", "--kind", "internal"}, {"model", "add", raw},

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,12 +26,7 @@ func TestCLIPapercuts(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "base.raw")
 	testutil.BlankDisk(t, disk, 0o444)
-	raw := filepath.Join(dir, "img-1.raw")
-	data := make([]byte, 1<<20)
-	data[510], data[511] = 0x55, 0xaa
-	if err := os.WriteFile(raw, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	raw := testutil.BootSectorDisk(t, filepath.Join(dir, "img-1.raw"))
 	for _, n := range []string{"a", "b", "c", "d"} {
 		if code, _, errOut := runCLI(t, home, "create", n, "--image", disk); code != 0 {
 			t.Fatalf("create %s: %s", n, errOut)

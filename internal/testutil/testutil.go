@@ -34,6 +34,19 @@ func BlankDisk(t testing.TB, path string, perm os.FileMode) string {
 	return path
 }
 
+// BootSectorDisk writes a 1 MiB raw disk whose first sector ends in the
+// MBR boot signature (what the image inspector takes for a raw disk) at
+// path, and returns path.
+func BootSectorDisk(t testing.TB, path string) string {
+	t.Helper()
+	data := make([]byte, 1<<20)
+	data[510], data[511] = 0x55, 0xaa
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // BlankImage writes a read-only blank disk named name in dir and returns
 // its spec, immutable.
 func BlankImage(t testing.TB, dir, name string) spec.Image {
