@@ -250,11 +250,7 @@ func TestRemoteSetupOptionsComplete(t *testing.T) {
 // web server on loopback and from a file in an allowed directory, with
 // progress reported to the caller, then uses and removes it.
 func TestRemoteSetupModel(t *testing.T) {
-	l := vmfest.NewTestServer(t)
-	dir := t.TempDir()
-	r := serve(t, l, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	_, dir, r, ctx := served(t)
 
 	raw := make([]byte, 4<<20)
 	copy(raw[1<<20:], strings.Repeat("vmfest", 1000))
@@ -367,11 +363,7 @@ func TestTutorial(t *testing.T) {
 
 // TestRemoteDestroyKeepDisk: KeepDisk travels through the API.
 func TestRemoteDestroyKeepDisk(t *testing.T) {
-	l := vmfest.NewTestServer(t)
-	dir := t.TempDir()
-	r := serve(t, l, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	_, dir, r, ctx := served(t)
 	for _, keep := range []bool{true, false} {
 		disk := filepath.Join(dir, "own.raw")
 		if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
@@ -446,11 +438,7 @@ func TestRemoteLabelsAndUserData(t *testing.T) {
 
 // TestRemoteSet: Set travels through the API, refusals included.
 func TestRemoteSet(t *testing.T) {
-	l := vmfest.NewTestServer(t)
-	dir := t.TempDir()
-	r := serve(t, l, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	_, dir, r, ctx := served(t)
 	m, err := r.Instance(ctx, "s", vmfest.ImageSpec(vmfest.BlankImage(t, dir)), natOnly())
 	if err != nil {
 		t.Fatal(err)
@@ -464,4 +452,16 @@ func TestRemoteSet(t *testing.T) {
 	if err := m.Set(ctx, vmfest.Change{DiskSize: 2 << 20}); !errors.Is(err, vmfest.ErrInvalid) || !strings.Contains(err.Error(), "disk-size") {
 		t.Fatalf("shrink through the API: %v", err)
 	}
+}
+
+// served is a fresh Local served on a Unix socket with a directory it
+// allows, a Remote connected to it, and a context bounded at a minute.
+func served(t *testing.T) (*vmfest.Local, string, *vmfest.Remote, context.Context) {
+	t.Helper()
+	l := vmfest.NewTestServer(t)
+	dir := t.TempDir()
+	r := serve(t, l, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return l, dir, r, ctx
 }
