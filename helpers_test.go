@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -48,20 +47,7 @@ func blankImage(t *testing.T, dir string) spec.Image {
 // guest are skipped with -short and fail when the image is missing.
 func tinyImage(t *testing.T) spec.Image {
 	t.Helper()
-	meta := testutil.TinyImageMeta(t)
-	data, err := os.ReadFile(meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := spec.ParseImage(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filepath.IsAbs(im.Location) {
-		abs, _ := filepath.Abs(filepath.Join(filepath.Dir(meta), im.Location))
-		im.Location = abs
-	}
-	return im
+	return testutil.TinyImage(t)
 }
 
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {

@@ -3,9 +3,7 @@ package libvirt_test
 import (
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -70,17 +68,5 @@ func virshListed(t *testing.T) string {
 // tinyImage is the tiny guest's image spec.
 func tinyImage(t *testing.T) spec.Image {
 	t.Helper()
-	meta := testutil.TinyImageMeta(t)
-	data, err := os.ReadFile(meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := spec.ParseImage(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filepath.IsAbs(im.Location) {
-		im.Location = filepath.Join(filepath.Dir(meta), im.Location)
-	}
-	return im
+	return testutil.TinyImage(t)
 }

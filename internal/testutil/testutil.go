@@ -116,6 +116,29 @@ func TinyImageMeta(t testing.TB) string {
 	return meta
 }
 
+// TinyImage returns the tiny guest's image spec (see TinyImageMeta), its
+// location made absolute.
+func TinyImage(t testing.TB) spec.Image {
+	t.Helper()
+	meta := TinyImageMeta(t)
+	data, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := spec.ParseImage(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(im.Location) {
+		abs, err := filepath.Abs(filepath.Join(filepath.Dir(meta), im.Location))
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.Location = abs
+	}
+	return im
+}
+
 // moduleRoot is the nearest directory at or above the working directory
 // (a test's package directory) that holds go.mod.
 func moduleRoot() (string, error) {
