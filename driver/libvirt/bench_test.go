@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
-	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -28,32 +27,21 @@ func BenchmarkStartToReady(b *testing.B) {
 	if os.Getenv(stageEnv) != "tests" {
 		b.Skip("runs only inside the test's namespaces")
 	}
-	lv, err := New(Options{Accel: "tcg"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	qd, err := qemu.New(qemu.Options{Accel: "tcg"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, bc := range []struct {
-		name string
-		d    driver.Driver
-	}{{"libvirt", lv}, {"qemu", qd}} {
-		b.Run(bc.name, func(b *testing.B) {
+	for _, bc := range SideBySide(b) {
+		b.Run(bc.Name, func(b *testing.B) {
 			s := benchSpec(b)
 			ctx := context.Background()
-			b.Cleanup(func() { bc.d.PowerOff(ctx, s.Machine); bc.d.Forget(ctx, s.Machine) })
+			b.Cleanup(func() { bc.D.PowerOff(ctx, s.Machine); bc.D.Forget(ctx, s.Machine) })
 			var started, ready time.Duration
 			b.ResetTimer()
 			for b.Loop() {
 				t0 := time.Now()
-				if _, err := bc.d.Start(ctx, s); err != nil {
+				if _, err := bc.D.Start(ctx, s); err != nil {
 					b.Fatal(err)
 				}
 				started += time.Since(t0)
 				actx, cancel := context.WithTimeout(ctx, 60*time.Second)
-				a, err := bc.d.Agent(actx, s.Machine)
+				a, err := bc.D.Agent(actx, s.Machine)
 				cancel()
 				if err != nil {
 					b.Fatal(err)
@@ -61,10 +49,10 @@ func BenchmarkStartToReady(b *testing.B) {
 				ready += time.Since(t0)
 				a.Close()
 				b.StopTimer()
-				if err := bc.d.PowerOff(ctx, s.Machine); err != nil {
+				if err := bc.D.PowerOff(ctx, s.Machine); err != nil {
 					b.Fatal(err)
 				}
-				if err := bc.d.Clean(ctx, s.Machine); err != nil {
+				if err := bc.D.Clean(ctx, s.Machine); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()

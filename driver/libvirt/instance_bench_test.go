@@ -8,9 +8,7 @@ import (
 	"testing"
 
 	"github.com/vmfest/vmfest"
-	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/libvirt"
-	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/internal/testutil"
 )
 
@@ -19,21 +17,10 @@ import (
 // machine does not involve its driver (the overlay, the record and the
 // address allocation are vmfest's), so the two should match.
 func BenchmarkInstance(b *testing.B) {
-	lv, err := libvirt.New(libvirt.Options{Accel: "tcg"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	qd, err := qemu.New(qemu.Options{Accel: "tcg"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, bc := range []struct {
-		name string
-		d    driver.Driver
-	}{{"libvirt", lv}, {"qemu", qd}} {
-		b.Run(bc.name, func(b *testing.B) {
+	for _, bc := range libvirt.SideBySide(b) {
+		b.Run(bc.Name, func(b *testing.B) {
 			home := b.TempDir()
-			l, err := vmfest.NewLocal(vmfest.Config{Home: home, Driver: bc.d, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			l, err := vmfest.NewLocal(vmfest.Config{Home: home, Driver: bc.D, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				b.Fatal(err)
 			}
