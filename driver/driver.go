@@ -160,6 +160,18 @@ type NIC struct {
 	SSHPort int
 }
 
+// Drive is the file in a storage slot other than the boot mount point: a
+// volume or a user's disk in a hard-disk slot (opened read-write), an ISO
+// in a dvd slot (read-only).
+type Drive struct {
+	// Controller and Slot say where: a controller of Hardware.Storage by
+	// name and its slot.
+	Controller string
+	Slot       int
+	// Disk is the file, its format given; an ISO is raw.
+	Disk Disk
+}
+
 // StartSpec is everything a driver needs to start a machine.
 type StartSpec struct {
 	Machine
@@ -167,10 +179,24 @@ type StartSpec struct {
 	Hardware spec.Hardware
 	// Disk is the boot disk.
 	Disk Disk
+	// Drives are the files in the other slots, one per slot whose device
+	// has a location or a volume. A dvd slot without one is an empty
+	// drive (the first empty one holds the Seed).
+	Drives []Drive
 	// NICs are indexed by slot, one per Hardware.Network entry.
 	NICs []NIC
 	// Seed, when set, is a cloud-init NoCloud ISO to attach read-only.
 	Seed string
+}
+
+// Drive returns the file in the given slot, if the spec gives one.
+func (s StartSpec) Drive(controller string, slot int) (Drive, bool) {
+	for _, d := range s.Drives {
+		if d.Controller == controller && d.Slot == slot {
+			return d, true
+		}
+	}
+	return Drive{}, false
 }
 
 // Started reports a start.

@@ -137,7 +137,22 @@ type Controller struct {
 type Device struct {
 	// DeviceType is hard-disk or dvd.
 	DeviceType string `json:"device-type"`
+	// Location is the file in the slot, as VMFest's specs named it: a
+	// disk image (qcow2 or raw, attached writable, never deleted by
+	// vmfest) in a hard-disk slot, an ISO (read-only) in a dvd slot. A dvd
+	// slot without one is an empty drive.
+	Location string `json:"location,omitempty"`
+	// Volume names a vmfest volume (vmfest volume create) held by a
+	// hard-disk slot, in place of a location.
+	Volume string `json:"volume,omitempty"`
+	// Format is a hard-disk location's format, qcow2 or raw; without it
+	// the format is decided from the file's content when it is first
+	// attached, and recorded.
+	Format string `json:"format,omitempty"`
 }
+
+// Media says whether the device holds a file (a location or a volume).
+func (d *Device) Media() bool { return d != nil && (d.Location != "" || d.Volume != "") }
 
 // Slot is one used slot of a storage controller.
 type Slot struct {
@@ -147,6 +162,9 @@ type Slot struct {
 	Kind string
 	// Boot: the slot is the boot mount point (the machine's disk).
 	Boot bool
+	// Device is what the spec puts in the slot; nil for the boot mount
+	// point when the spec lists no device there.
+	Device *Device
 }
 
 // Slots lists the used slots of controller c in h, in order: those holding
@@ -172,7 +190,7 @@ func (h Hardware) Slots(c Controller) []Slot {
 		if dev != nil {
 			kind = dev.DeviceType
 		}
-		out = append(out, Slot{Index: i, Kind: kind, Boot: boot})
+		out = append(out, Slot{Index: i, Kind: kind, Boot: boot, Device: dev})
 	}
 	return out
 }

@@ -169,6 +169,19 @@ func TestValidate(t *testing.T) {
 			h.Storage = append(h.Storage, Controller{Name: "V", Bus: BusVirtio, Devices: []*Device{{DeviceType: DeviceDVD}}})
 		}, "storage[1].devices[0]", "hard disks only"},
 		{"stray hard disk", func(h *Hardware) { h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk} }, "storage[0].devices[1]", "needs a disk"},
+		{"volume and location", func(h *Hardware) {
+			h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk, Volume: "v", Location: "/d.img"}
+		}, "storage[0].devices[1]", "not both"},
+		{"volume in a dvd slot", func(h *Hardware) { h.Storage[0].Devices[2].Volume = "v" }, "storage[0].devices[2].volume", "give its location"},
+		{"bad volume name", func(h *Hardware) { h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk, Volume: "../x"} }, "storage[0].devices[1].volume", "not a volume name"},
+		{"media in the boot slot", func(h *Hardware) { h.Storage[0].Devices[0] = &Device{DeviceType: DeviceHardDisk, Volume: "v"} }, "storage[0].devices[0]", "holds the machine's image"},
+		{"format of a volume", func(h *Hardware) {
+			h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk, Volume: "v", Format: "raw"}
+		}, "storage[0].devices[1].format", "only a hard-disk location"},
+		{"format unknown", func(h *Hardware) {
+			h.Storage[0].Devices[1] = &Device{DeviceType: DeviceHardDisk, Location: "/d.img", Format: "vmdk"}
+		}, "storage[0].devices[1].format", "allowed: qcow2, raw"},
+		{"NUL in a location", func(h *Hardware) { h.Storage[0].Devices[2].Location = "/a\x00b" }, "storage[0].devices[2].location", "NUL"},
 		{"firmware", func(h *Hardware) { h.Firmware = "coreboot" }, "firmware", "allowed: bios, efi"},
 		{"no storage", func(h *Hardware) { h.Storage = []Controller{} }, "storage", "at least one controller"},
 		{"ioapic off with smp", func(h *Hardware) { h.CPUCount = 2; h.IOAPICEnabled = Bool(false) }, "io-apic-enabled", "needs the I/O APIC"},
@@ -431,7 +444,7 @@ func (h Hardware) validate(hostCPUs int) error { return h.validateWith(hostCPUs,
 
 func TestSlots(t *testing.T) {
 	dvd := &Device{DeviceType: DeviceDVD}
-	disk := &Device{DeviceType: DeviceHardDisk}
+	disk := &Device{DeviceType: DeviceHardDisk, Volume: "data"}
 	for _, c := range []struct {
 		name string
 		ctl  Controller
@@ -439,11 +452,11 @@ func TestSlots(t *testing.T) {
 		want []Slot
 	}{
 		{"default ide", Controller{Name: "ide", Devices: []*Device{nil, nil, dvd, nil}}, &MountPoint{"ide", 0},
-			[]Slot{{Index: 0, Kind: DeviceHardDisk, Boot: true}, {Index: 2, Kind: DeviceDVD}}},
+			[]Slot{{Index: 0, Kind: DeviceHardDisk, Boot: true}, {Index: 2, Kind: DeviceDVD, Device: dvd}}},
 		{"boot past the devices", Controller{Name: "sata", Devices: []*Device{dvd}}, &MountPoint{"sata", 3},
-			[]Slot{{Index: 0, Kind: DeviceDVD}, {Index: 3, Kind: DeviceHardDisk, Boot: true}}},
+			[]Slot{{Index: 0, Kind: DeviceDVD, Device: dvd}, {Index: 3, Kind: DeviceHardDisk, Boot: true}}},
 		{"other controller boots", Controller{Name: "scsi", Devices: []*Device{nil, disk}}, &MountPoint{"ide", 0},
-			[]Slot{{Index: 1, Kind: DeviceHardDisk}}},
+			[]Slot{{Index: 1, Kind: DeviceHardDisk, Device: disk}}},
 		{"empty", Controller{Name: "x"}, &MountPoint{"ide", 0}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -188,6 +188,7 @@ func (h Hardware) validateWith(hostCPUs int, nat NATPolicy) error {
 			if !slices.Contains(deviceTypes, d.DeviceType) {
 				p.add(fmt.Sprintf("%s.devices[%d].device-type", f, j), "%q is not supported; allowed: %s", d.DeviceType, strings.Join(deviceTypes, ", "))
 			}
+			p.checkDevice(fmt.Sprintf("%s.devices[%d]", f, j), d)
 		}
 	}
 	if len(h.Storage) == 0 {
@@ -202,16 +203,21 @@ func (h Hardware) validateWith(hostCPUs int, nat NATPolicy) error {
 	} else if bp.Slot < len(c.Devices) && c.Devices[bp.Slot] != nil && c.Devices[bp.Slot].DeviceType != DeviceHardDisk {
 		p.add("boot-mount-point", "slot %d of %s already holds a %s; the boot disk needs an empty or hard-disk slot", bp.Slot, c.Name, c.Devices[bp.Slot].DeviceType)
 	}
-	// A hard-disk slot other than the boot mount point would have no disk.
+	// The boot mount point holds the image; every other hard-disk slot
+	// holds a volume or a location.
 	for i, c := range h.Storage {
 		for j, d := range c.Devices {
-			if d == nil || d.DeviceType != DeviceHardDisk {
+			if d == nil {
 				continue
 			}
-			if bp := h.BootMountPoint; bp != nil && bp.Controller == c.Name && bp.Slot == j {
-				continue
+			f := fmt.Sprintf("storage[%d].devices[%d]", i, j)
+			boot := h.BootMountPoint != nil && h.BootMountPoint.Controller == c.Name && h.BootMountPoint.Slot == j
+			switch {
+			case boot && d.Media():
+				p.add(f, "the boot-mount-point slot holds the machine's image; give the disk as the image's location, not the slot's")
+			case !boot && d.DeviceType == DeviceHardDisk && !d.Media():
+				p.add(f, "a hard-disk slot needs a disk: give a volume (vmfest volume create) or a location")
 			}
-			p.add(fmt.Sprintf("storage[%d].devices[%d]", i, j), "a hard-disk slot needs a disk; only the boot-mount-point slot takes one (the image)")
 		}
 	}
 	if h.IOAPICEnabled != nil && !*h.IOAPICEnabled && h.CPUCount > 1 {
@@ -299,6 +305,36 @@ const interfaceNameRule = "use 1-15 letters, digits, '.', '_' or '-', starting w
 // checkNetworkKeys checks the keys that belong to one attachment type.
 // forwards maps "protocol host-ip:host-port" to the field that claims it,
 // across the machine's NICs; nat is what rules may bind.
+// checkDevice checks what a storage device holds.
+func (p *problems) checkDevice(f string, d *Device) {
+	if d.Location != "" && d.Volume != "" {
+		p.add(f, "give a volume or a location, not both")
+	}
+	if strings.ContainsRune(d.Location, 0) {
+		p.add(f+".location", "must not contain a NUL byte")
+	}
+	if d.Location != "" && strings.TrimSpace(d.Location) == "" {
+		p.add(f+".location", "must be the path of a file")
+	}
+	if d.Volume != "" {
+		if d.DeviceType == DeviceDVD {
+			p.add(f+".volume", "a dvd slot holds an ISO: give its location; a volume goes in a hard-disk slot")
+		} else if !volumeName.MatchString(d.Volume) {
+			p.add(f+".volume", "%q is not a volume name: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", d.Volume)
+		}
+	}
+	switch {
+	case d.Format == "":
+	case d.DeviceType != DeviceHardDisk || d.Location == "":
+		p.add(f+".format", "only a hard-disk location has a format (a volume is qcow2, an ISO raw)")
+	case d.Format != DiskFormatQCOW2 && d.Format != DiskFormatRaw:
+		p.add(f+".format", "%q is not supported; allowed: %s, %s", d.Format, DiskFormatQCOW2, DiskFormatRaw)
+	}
+}
+
+// volumeName is a volume's name: the same rule as every vmfest name.
+var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
 func (p *problems) checkNetworkKeys(f string, n NIC, forwards map[string]string, nat NATPolicy) {
 	only := func(key, value, attachment string) {
 		if value != "" && n.AttachmentType != attachment {

@@ -102,6 +102,9 @@ type Config struct {
 	// first empty dvd slot, else as a CD-ROM on a virtio-scsi controller
 	// of its own. Empty: none.
 	CIData string
+	// Drives are the files in the other storage slots (volumes, a user's
+	// disks, ISOs).
+	Drives []driver.Drive
 }
 
 // NICBackend is the host end of one adapter: the tap QEMU creates for a
@@ -260,13 +263,33 @@ func (c Config) storageArgs() ([]string, error) {
 				}
 				args = append(args, nodes...)
 				booted = true
-			case kind == spec.DeviceDVD && !seeded:
-				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on,file=%s,format=raw", driveID, escapeComma(c.CIData))
-				seeded = true
 			case kind == spec.DeviceDVD:
+				iso := ""
+				if dr, ok := (driver.StartSpec{Drives: c.Drives}).Drive(ctl.Name, slot); ok {
+					if !filepath.IsAbs(dr.Disk.Path) {
+						return nil, fmt.Errorf("storage %q slot %d: ISO path %q: must be an absolute path", ctl.Name, slot, dr.Disk.Path)
+					}
+					iso = dr.Disk.Path
+				} else if !seeded {
+					iso, seeded = c.CIData, true
+				}
 				drive = fmt.Sprintf("if=none,id=%s,media=cdrom,readonly=on", driveID)
+				if iso != "" {
+					drive += ",file=" + escapeComma(iso) + ",format=raw"
+				}
 			default:
-				return nil, fmt.Errorf("storage %q slot %d: a hard disk needs an image; only the boot mount point takes one", ctl.Name, slot)
+				dr, ok := (driver.StartSpec{Drives: c.Drives}).Drive(ctl.Name, slot)
+				if !ok {
+					return nil, fmt.Errorf("storage %q slot %d: a hard-disk slot needs a disk (a volume or a location)", ctl.Name, slot)
+				}
+				if err := dr.Disk.Validate(); err != nil {
+					return nil, fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
+				}
+				nodes, err := blockdevArgs(dr.Disk, driveID)
+				if err != nil {
+					return nil, err
+				}
+				args = append(args, nodes...)
 			}
 			device, err := deviceArg(ctl.Bus, kind, ctlID, slot)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -76,6 +77,16 @@ func TestArgs(t *testing.T) {
 			"-device virtio-scsi-pci,id=ctl1", "-device scsi-cd,bus=ctl1.0,channel=0,scsi-id=2,lun=0,drive=ctl1-2",
 			"-device virtio-blk-pci,drive=ctl2-1,bootindex=0",
 		}, []string{"ide.0"}},
+		{"drives: a volume, a raw disk and an ISO", hw(func(h *spec.Hardware) {
+			h.Storage[0].Devices = []*spec.Device{nil, {DeviceType: spec.DeviceHardDisk, Volume: "data"}, {DeviceType: spec.DeviceDVD, Location: "/iso/a,b.iso"}, {DeviceType: spec.DeviceDVD}}
+			h.Storage = append(h.Storage, spec.Controller{Name: "V", Bus: spec.BusVirtio, Devices: []*spec.Device{{DeviceType: spec.DeviceHardDisk, Location: "/d/raw.img"}}})
+		}), AccelTCG, []string{
+			`-blockdev {"driver":"file","node-name":"ctl0-1-file","filename":"/vol/data.qcow2","discard":"unmap"}`,
+			`-blockdev {"driver":"qcow2","node-name":"ctl0-1","file":"ctl0-1-file","backing":null,"discard":"unmap"} -device ide-hd,bus=ide.0,unit=1,drive=ctl0-1 `,
+			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/iso/a,,b.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
+			"-drive if=none,id=ctl0-3,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=1,drive=ctl0-3",
+			`-blockdev {"driver":"raw","node-name":"ctl1-0","file":"ctl1-0-file","discard":"unmap"} -device virtio-blk-pci,drive=ctl1-0`,
+		}, []string{"cidata-scsi", "ctl1-0,bootindex"}},
 		{"sata boot", hw(func(h *spec.Hardware) {
 			h.Storage = []spec.Controller{{Name: "SATA", Bus: spec.BusSATA}}
 			h.BootMountPoint = &spec.MountPoint{Controller: "SATA", Slot: 3}
@@ -85,8 +96,15 @@ func TestArgs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := Config{Name: "x", Dir: "/m/x", Hardware: tt.hardware, Disk: Disk{Path: "/img/d.qcow2", Format: "qcow2"}, Accel: tt.accel,
 				NICs: []NICBackend{{Tap: "vmt0"}, {Tap: "vmt1", SSHPort: 2222}, {}}}
-			if strings.HasPrefix(tt.name, "cidata") {
+			if strings.HasPrefix(tt.name, "cidata") || strings.HasPrefix(tt.name, "drives") {
 				cfg.CIData = "/m/x/cidata.iso"
+			}
+			if strings.HasPrefix(tt.name, "drives") {
+				cfg.Drives = []driver.Drive{
+					{Controller: spec.DefaultIDEName, Slot: 1, Disk: Disk{Path: "/vol/data.qcow2", Format: "qcow2"}},
+					{Controller: spec.DefaultIDEName, Slot: 2, Disk: Disk{Path: "/iso/a,b.iso", Format: "raw"}},
+					{Controller: "V", Slot: 0, Disk: Disk{Path: "/d/raw.img", Format: "raw"}},
+				}
 			}
 			args, err := cfg.Args()
 			if err != nil {
@@ -125,6 +143,13 @@ func TestArgsErrors(t *testing.T) {
 		{"backing without format", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "qcow2", BackingPath: "/b"}}, "backing format \"\": allowed: qcow2, raw"},
 		{"relative backing", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "qcow2", BackingPath: "b", BackingFormat: "raw"}}, "backing path \"b\": must be an absolute path"},
 		{"raw overlay", Config{Dir: "/m", Hardware: hw(nil), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw", BackingPath: "/b", BackingFormat: "raw"}}, "only a qcow2 disk has a backing file"},
+		{"hard disk without a drive", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) {
+			h.Storage[0].Devices[1] = &spec.Device{DeviceType: spec.DeviceHardDisk, Volume: "v"}
+		}), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}, NICs: []NICBackend{{Tap: "t"}, {}}}, `storage "IDE Controller" slot 1: a hard-disk slot needs a disk`},
+		{"relative drive", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) {
+			h.Storage[0].Devices[1] = &spec.Device{DeviceType: spec.DeviceHardDisk, Volume: "v"}
+		}), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}, NICs: []NICBackend{{Tap: "t"}, {}},
+			Drives: []driver.Drive{{Controller: spec.DefaultIDEName, Slot: 1, Disk: Disk{Path: "v.qcow2", Format: "qcow2"}}}}, "must be an absolute path"},
 		{"efi without ovmf", Config{Dir: "/m", Hardware: hw(func(h *spec.Hardware) { h.Firmware = spec.FirmwareEFI }), Accel: AccelTCG, Disk: Disk{Path: "/d", Format: "raw"}, OVMF: "/nonexistent/OVMF.fd"}, "ovmf"},
 	}
 	for _, tt := range tests {

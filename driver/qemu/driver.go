@@ -82,6 +82,7 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		Binary:   d.opts.Binary,
 		NICs:     s.NICs,
 		CIData:   s.Seed,
+		Drives:   s.Drives,
 	}
 	if err := Start(ctx, cfg); err != nil {
 		return driver.Started{}, err
