@@ -264,12 +264,24 @@ func addStorage(d *libvirtxml.Domain, s driver.StartSpec) error {
 				booted = true
 			case kind == spec.DeviceDVD:
 				disk = cdrom("")
-				if !seeded {
+				if dr, ok := s.Drive(ctl.Name, slot); ok {
+					if !strings.HasPrefix(dr.Disk.Path, "/") {
+						return fmt.Errorf("storage %q slot %d: ISO path %q: must be an absolute path", ctl.Name, slot, dr.Disk.Path)
+					}
+					disk = cdrom(dr.Disk.Path)
+				} else if !seeded {
 					disk = cdrom(s.Seed)
 					seeded = true
 				}
 			default:
-				return fmt.Errorf("storage %q slot %d: a hard disk needs an image; only the boot mount point takes one", ctl.Name, slot)
+				dr, ok := s.Drive(ctl.Name, slot)
+				if !ok {
+					return fmt.Errorf("storage %q slot %d: a hard-disk slot needs a disk (a volume or a location)", ctl.Name, slot)
+				}
+				if err := dr.Disk.Validate(); err != nil {
+					return fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
+				}
+				disk = bootDisk(dr.Disk)
 			}
 			if err := placeDisk(&disk, ctl.Bus, kind, index, slot, names); err != nil {
 				return fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)

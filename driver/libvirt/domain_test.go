@@ -185,10 +185,34 @@ func xmlCases() []xmlCase {
 		name: "no such boot controller", params: tcg, err: "boot-mount-point [Nope, 0]: no such controller",
 		spec: with(func(s *driver.StartSpec) { s.Hardware.BootMountPoint = &spec.MountPoint{Controller: "Nope"} }),
 	}, {
-		name: "hard disk without an image", params: tcg, err: "a hard disk needs an image",
+		name: "hard disk without a drive", params: tcg, err: `storage "IDE Controller" slot 1: a hard-disk slot needs a disk`,
 		spec: with(func(s *driver.StartSpec) {
-			s.Hardware.Storage[0].Devices[1] = &spec.Device{DeviceType: spec.DeviceHardDisk}
+			s.Hardware.Storage[0].Devices[1] = &spec.Device{DeviceType: spec.DeviceHardDisk, Volume: "v"}
 		}),
+	}, {
+		name: "relative drive", params: tcg, err: "must be an absolute path",
+		spec: with(func(s *driver.StartSpec) {
+			s.Hardware.Storage[0].Devices[1] = &spec.Device{DeviceType: spec.DeviceHardDisk, Volume: "v"}
+			s.Drives = []driver.Drive{{Controller: spec.DefaultIDEName, Slot: 1, Disk: driver.Disk{Path: "v.qcow2", Format: "qcow2"}}}
+		}),
+	}, {
+		name: "drives: a volume, a raw disk on virtio and an ISO before the seed",
+		spec: with(func(s *driver.StartSpec) {
+			s.Hardware.Storage[0].Devices = []*spec.Device{nil, {DeviceType: spec.DeviceHardDisk, Volume: "data"}, {DeviceType: spec.DeviceDVD, Location: "/iso/a.iso"}, {DeviceType: spec.DeviceDVD}}
+			s.Hardware.Storage = append(s.Hardware.Storage, spec.Controller{Name: "V", Bus: spec.BusVirtio, Devices: []*spec.Device{{DeviceType: spec.DeviceHardDisk, Location: "/d/raw.img"}}})
+			s.Drives = []driver.Drive{
+				{Controller: spec.DefaultIDEName, Slot: 1, Disk: driver.Disk{Path: "/vol/data.qcow2", Format: "qcow2"}},
+				{Controller: spec.DefaultIDEName, Slot: 2, Disk: driver.Disk{Path: "/iso/a.iso", Format: "raw"}},
+				{Controller: "V", Slot: 0, Disk: driver.Disk{Path: "/d/raw.img", Format: "raw"}},
+			}
+		}),
+		params: tcg,
+		want: []string{
+			`<source file="/vol/data.qcow2"></source><backingStore></backingStore><target dev="hdb" bus="ide"></target>`,
+			`<source file="/iso/a.iso"></source><target dev="hdc" bus="ide"></target><readonly></readonly>`,
+			`<source file="` + testDir + `/cidata.iso"></source><target dev="hdd" bus="ide"></target>`,
+			`<driver name="qemu" type="raw" discard="unmap"></driver><source file="/d/raw.img"></source><target dev="vda" bus="virtio"></target>`,
+		},
 	}, {
 		name: "host-only without a tap", params: tcg, err: "network[0]: a host-only adapter needs a tap",
 		spec: with(func(s *driver.StartSpec) { s.NICs[0].Tap = "" }),
