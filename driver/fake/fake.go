@@ -174,8 +174,8 @@ func alive(st driver.State) bool {
 }
 
 // Start implements driver.Lifecycle. It checks what a hypervisor would:
-// the disk and its base exist, the formats are ones it opens, every NIC
-// that needs one has its backend.
+// the disk and its base exist, the formats are ones it opens, every
+// hard-disk slot has its file, every NIC that needs one has its backend.
 func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -195,6 +195,23 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		}
 		if _, err := os.Stat(p); err != nil {
 			return driver.Started{}, fmt.Errorf("fake: open %s: %w", p, err)
+		}
+	}
+	for _, ctl := range s.Hardware.Storage {
+		for _, sl := range s.Hardware.Slots(ctl) {
+			dr, ok := s.Drive(ctl.Name, sl.Index)
+			switch {
+			case sl.Boot:
+			case !ok && sl.Kind == spec.DeviceHardDisk:
+				return driver.Started{}, fmt.Errorf("fake: storage %q slot %d: a hard-disk slot needs a disk", ctl.Name, sl.Index)
+			case ok:
+				if err := dr.Disk.Validate(); err != nil {
+					return driver.Started{}, fmt.Errorf("fake: storage %q slot %d: %w", ctl.Name, sl.Index, err)
+				}
+				if _, err := os.Stat(dr.Disk.Path); err != nil {
+					return driver.Started{}, fmt.Errorf("fake: open %s: %w", dr.Disk.Path, err)
+				}
+			}
 		}
 	}
 	if len(s.NICs) != len(s.Hardware.Network) {
