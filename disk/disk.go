@@ -37,6 +37,9 @@ type Manager interface {
 	// The header names base and baseFormat (the backing format extension).
 	// base is only read.
 	CreateOverlay(ctx context.Context, base, baseFormat, path string, size int64) error
+	// CreateBlank creates an empty qcow2 file of virtual size size bytes
+	// (> 0) at path, which must not exist, with no backing file: a volume.
+	CreateBlank(ctx context.Context, path string, size int64) error
 	// VirtualSize returns the guest-visible size in bytes of the disk at
 	// path, read as format.
 	VirtualSize(ctx context.Context, path, format string) (int64, error)
@@ -78,9 +81,9 @@ func New(qemuImg string) Manager {
 //   - CreateOverlay on a base whose path is longer than
 //     QCOW2MaxBackingLen bytes (qemu-img then words the refusal);
 //   - CreateOverlay on an empty base (virtual size 0);
-//   - CreateOverlay on a base so large that its L1 table is not covered by
-//     the one refcount block Native writes (about 128 PiB, beyond what
-//     the image package admits).
+//   - CreateOverlay on a base, or CreateBlank of a size, so large that its
+//     L1 table is not covered by the one refcount block Native writes
+//     (about 128 PiB, beyond what the image package admits).
 //
 // OverlayBackingFormat never falls back: Native reads every overlay
 // either implementation writes.
@@ -102,6 +105,15 @@ func (f Fallback) CreateOverlay(ctx context.Context, base, baseFormat, path stri
 	err := f.Primary.CreateOverlay(ctx, base, baseFormat, path, size)
 	if errors.Is(err, ErrUnsupported) {
 		return f.Secondary.CreateOverlay(ctx, base, baseFormat, path, size)
+	}
+	return err
+}
+
+// CreateBlank implements Manager.
+func (f Fallback) CreateBlank(ctx context.Context, path string, size int64) error {
+	err := f.Primary.CreateBlank(ctx, path, size)
+	if errors.Is(err, ErrUnsupported) {
+		return f.Secondary.CreateBlank(ctx, path, size)
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,6 +199,11 @@ func (r recorder) CreateOverlay(context.Context, string, string, string, int64) 
 	return r.err
 }
 
+func (r recorder) CreateBlank(context.Context, string, int64) error {
+	*r.calls++
+	return r.err
+}
+
 func (r recorder) VirtualSize(context.Context, string, string) (int64, error) {
 	*r.calls++
 	return 7, r.err
@@ -226,6 +232,7 @@ func TestFallback(t *testing.T) {
 	methods := map[string]func(disk.Manager) error{
 		"CreateOverlay": func(m disk.Manager) error { return m.CreateOverlay(t.Context(), "b", "raw", "o", 0) },
 		"Grow":          func(m disk.Manager) error { return m.Grow(t.Context(), "o", 1) },
+		"CreateBlank":   func(m disk.Manager) error { return m.CreateBlank(t.Context(), "o", 1) },
 		"VirtualSize": func(m disk.Manager) error {
 			_, err := m.VirtualSize(t.Context(), "b", "raw")
 			return err
@@ -345,5 +352,48 @@ func TestGrow(t *testing.T) {
 	}
 	if backing, err := m.OverlayBackingFormat(ctx, ov); err != nil || backing != "raw" {
 		t.Fatalf("the overlay's backing after Grow: %q, %v", backing, err)
+	}
+}
+
+// TestCreateBlank checks the blank disk of each Manager with qemu-img: it
+// passes `qemu-img check`, has no backing file, has the size asked, reads
+// as zeros and takes writes; and no Manager overwrites a file or makes a
+// disk of no size.
+func TestCreateBlank(t *testing.T) {
+	needQEMUImg(t)
+	for _, tt := range []struct {
+		name string
+		m    disk.Manager
+	}{{"native", disk.Native{}}, {"qemu-img", disk.QEMUImg{}}, {"default", disk.New("")}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			dir := t.TempDir()
+			for _, size := range []int64{1 << 20, 10 << 30, 1<<40 + 512} {
+				p := filepath.Join(dir, fmt.Sprintf("blank-%d.qcow2", size))
+				if err := tt.m.CreateBlank(ctx, p, size); err != nil {
+					t.Fatal(err)
+				}
+				run(t, "qemu-img", "check", "-q", p)
+				in := info(t, p)
+				if in.Format != "qcow2" || in.VirtualSize != size || in.BackingFilename != "" {
+					t.Fatalf("size %d: qemu-img info = %+v", size, in)
+				}
+				if got, err := tt.m.VirtualSize(ctx, p, "qcow2"); err != nil || got != size {
+					t.Fatalf("VirtualSize = %d, %v; want %d", got, err, size)
+				}
+				run(t, "qemu-io", "-f", "qcow2", "-c", "read -P 0 0 64k", p)
+				run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", p)
+				run(t, "qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 0 64k", p)
+				if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
+					t.Fatalf("mode: %v, %v; want 0600", st, err)
+				}
+				if err := tt.m.CreateBlank(ctx, p, size); err == nil {
+					t.Fatal("CreateBlank overwrote an existing file")
+				}
+			}
+			if err := tt.m.CreateBlank(ctx, filepath.Join(dir, "zero.qcow2"), 0); err == nil {
+				t.Fatal("CreateBlank made a disk of 0 bytes")
+			}
+		})
 	}
 }

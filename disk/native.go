@@ -114,11 +114,20 @@ func (Native) OverlayBackingFormat(ctx context.Context, path string) (string, er
 	return "", fmt.Errorf("overlay %s: no backing format in its header", path)
 }
 
+// CreateBlank implements Manager: an overlay with no backing file.
+func (n Native) CreateBlank(ctx context.Context, path string, size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("create disk %s: size %d: must be more than 0 bytes", path, size)
+	}
+	return n.WriteOverlay(path, "", "", size)
+}
+
 // WriteOverlay writes at path, which must not exist, an empty qcow2
 // overlay of size bytes backed by backing read as backingFormat, in one
 // write, and syncs it. It is CreateOverlay for a caller that knows the
 // size (or wants an overlay larger than its base). The file is created
-// 0600: what the guest writes is its own.
+// 0600: what the guest writes is its own. With backing "" the file has no
+// backing file: a blank disk that reads as zeros.
 func (Native) WriteOverlay(path, backing, backingFormat string, size int64) error {
 	switch {
 	case len(backing) > QCOW2MaxBackingLen:
@@ -133,6 +142,9 @@ func (Native) WriteOverlay(path, backing, backingFormat string, size int64) erro
 		return fmt.Errorf("%w: an overlay of %d bytes needs more than one refcount block", ErrUnsupported, size)
 	}
 	backingOffset := QCOW2HeaderV3Length + 8 + pad8(len(backingFormat)) + 8
+	if backing == "" {
+		backingOffset = 0
+	}
 	if backingOffset+len(backing) > overlayClusterSize {
 		return fmt.Errorf("%w: a header of %d bytes (backing format %d bytes)", ErrUnsupported, backingOffset+len(backing), len(backingFormat))
 	}
@@ -152,7 +164,9 @@ func (Native) WriteOverlay(path, backing, backingFormat string, size int64) erro
 		RefcountOrder:         overlayRefcountOrd,
 		HeaderLength:          QCOW2HeaderV3Length,
 	}.AppendV3(file[:0])
-	b = appendQCOW2Ext(b, QCOW2ExtBackingFormat, backingFormat)
+	if backing != "" {
+		b = appendQCOW2Ext(b, QCOW2ExtBackingFormat, backingFormat)
+	}
 	b = appendQCOW2Ext(b, QCOW2ExtEnd, "")
 	b = append(b, backing...) // all within cluster 0, so within file
 	// Refcount table: one block, at cluster 2.

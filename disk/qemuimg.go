@@ -46,6 +46,24 @@ func (q QEMUImg) CreateOverlay(ctx context.Context, base, baseFormat, path strin
 	return nil
 }
 
+// CreateBlank implements Manager with `qemu-img create`, creating path
+// itself first as CreateOverlay does.
+func (q QEMUImg) CreateBlank(ctx context.Context, path string, size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("create disk %s: size %d: must be more than 0 bytes", path, size)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create disk: %w", err)
+	}
+	f.Close()
+	if _, err := q.run(ctx, "create", "-q", "-f", "qcow2", path, strconv.FormatInt(size, 10)); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("create disk with qemu-img: %w", err)
+	}
+	return nil
+}
+
 // info is the part of `qemu-img info --output=json` read here.
 type info struct {
 	VirtualSize   int64  `json:"virtual-size"`
