@@ -113,6 +113,7 @@ type Agent struct {
 
 	mu    sync.Mutex // serialises writes
 	execs execTable  // processes started by guest-exec
+	files fileTable  // files opened by guest-file-open
 }
 
 type handler func(a *Agent, args json.RawMessage) (any, error)
@@ -140,6 +141,12 @@ func init() {
 		"guest-get-time":               {(*Agent).time, true},
 		"guest-exec":                   {(*Agent).exec, true},
 		"guest-exec-status":            {(*Agent).execStatus, true},
+		"guest-file-open":              {(*Agent).fileOpen, true},
+		"guest-file-close":             {(*Agent).fileClose, true},
+		"guest-file-read":              {(*Agent).fileRead, true},
+		"guest-file-write":             {(*Agent).fileWrite, true},
+		"guest-file-seek":              {(*Agent).fileSeek, true},
+		"guest-file-flush":             {(*Agent).fileFlush, true},
 	}
 }
 
@@ -486,6 +493,28 @@ func (s *Splitter) Feed(c byte) []byte {
 	return nil
 }
 
+// feedRun consumes, inside a string, the longest prefix of p that holds no
+// quote, backslash or 0xFF (bytes that change the splitter's state) and
+// returns its length: what Feed would do byte by byte, in one step, so a
+// request carrying megabytes of base64 is not split a byte at a time.
+func (s *Splitter) feedRun(p []byte) int {
+	if !s.inString || s.escape {
+		return 0
+	}
+	n := 0
+	for n < len(p) && p[n] != '"' && p[n] != '\\' && p[n] != 0xFF {
+		n++
+	}
+	if n == 0 {
+		return 0
+	}
+	if room := maxRequest - s.n; room > 0 {
+		s.buf = append(s.buf, p[:min(n, room)]...)
+	}
+	s.n += n
+	return n
+}
+
 func (s *Splitter) take() []byte {
 	out := []byte(tooLarge)
 	if s.n <= maxRequest {
@@ -501,6 +530,12 @@ func (a *Agent) Serve(r io.Reader, w io.Writer) error {
 	br := bufio.NewReader(r)
 	var sp Splitter
 	for {
+		if run, _ := br.Peek(br.Buffered()); len(run) > 0 {
+			if n := sp.feedRun(run); n > 0 {
+				br.Discard(n)
+				continue
+			}
+		}
 		c, err := br.ReadByte()
 		if err != nil {
 			return err
