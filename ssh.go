@@ -139,15 +139,30 @@ func SSHEndpoint(ctx context.Context, m Machine) (string, error) {
 	return "", fmt.Errorf("%w: machine %s has no NIC to reach it by (no nat, host-only, bridged or internal NIC, or it is not running)", ErrInvalid, m.Name())
 }
 
+// SSHDialer is implemented by machines whose SSH server is reached other
+// than by connecting to SSHEndpoint from this process: a Remote server's
+// machines tunnel through the server's API, so that the client needs to
+// reach only the server. SSH uses it when a machine has it.
+type SSHDialer interface {
+	// DialSSH connects to the machine's SSH server; ctx bounds the dial,
+	// not the connection. The machine's own refusals come back as the
+	// vmfest errors they are (ErrNotFound, a *StateError, ErrInvalid), so
+	// a caller tells them from a guest that does not answer yet.
+	DialSSH(ctx context.Context) (net.Conn, error)
+}
+
 // SSH runs opts.Command (or a shell) on machine m as its image's user
 // (root when the image names none), authenticated with signer (and the
 // image's password, if it has one), and returns the remote exit status.
-// It retries the connection until the guest's SSH server answers, or
-// opts.ConnectTimeout or ctx ends; a guest that refuses the key fails at
-// once. When ctx ends during the session, the remote command is sent
-// SIGINT (SIGTERM on a deadline) and given 2 s to end. Host keys are not
-// checked: the endpoint is a loopback forward or a host-only address that
-// only this host reaches.
+// It connects through m's SSHDialer when m has one (a Remote's machine:
+// through its server's API), else to SSHEndpoint. It retries the
+// connection until the guest's SSH server answers, or
+// opts.ConnectTimeout or ctx ends; a guest that refuses the key, or a
+// machine that cannot be reached at all (not found, not running, no NIC),
+// fails at once. When ctx ends during the session, the remote command is
+// sent SIGINT (SIGTERM on a deadline) and given 2 s to end. Host keys are
+// not checked: the endpoint is a loopback forward or a host-only address
+// that only the machine's host reaches, directly or through its API.
 func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (int, error) {
 	cctx := ctx
 	if opts.ConnectTimeout > 0 {
@@ -159,9 +174,23 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	if err != nil {
 		return -1, err
 	}
-	addr, err := SSHEndpoint(cctx, m)
-	if err != nil {
-		return -1, err
+	var dial func(context.Context) (net.Conn, error)
+	var addr string // where the connection goes, for messages
+	if d, ok := m.(SSHDialer); ok {
+		dial, addr = d.DialSSH, "its server"
+		if v, ok := m.(interface{ sshVia() string }); ok {
+			addr = v.sshVia()
+		}
+	} else {
+		ep, err := SSHEndpoint(cctx, m)
+		if err != nil {
+			return -1, err
+		}
+		dial = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", ep)
+		}
+		addr = "at " + ep
 	}
 	user := opts.User
 	if user == "" {
@@ -179,9 +208,12 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	var last error
 	refused := 0
 	for {
-		client, last = dialSSH(cctx, addr, cfg)
+		client, last = dialSSH(cctx, dial, cfg)
 		if last == nil {
 			break
+		}
+		if unreachable(last) {
+			return -1, last
 		}
 		// x/crypto has no typed client-side error for a refused key. A
 		// second try a moment later covers a guest whose sshd answers
@@ -192,12 +224,12 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 				if info.ImageSpec.Password != "" {
 					tried += " and the image's password"
 				}
-				return -1, fmt.Errorf("ssh to machine %s at %s as %s: the guest refused the login (tried %s): %w", m.Name(), addr, user, tried, last)
+				return -1, fmt.Errorf("ssh to machine %s %s as %s: the guest refused the login (tried %s): %w", m.Name(), addr, user, tried, last)
 			}
 		}
 		select {
 		case <-cctx.Done():
-			return -1, fmt.Errorf("ssh to machine %s at %s: %w: %w", m.Name(), addr, ErrTimeout, last)
+			return -1, fmt.Errorf("ssh to machine %s %s: %w: %w", m.Name(), addr, ErrTimeout, last)
 		case <-time.After(time.Duration(300*(1+2*refused)) * time.Millisecond):
 		}
 	}
@@ -258,24 +290,37 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	return -1, fmt.Errorf("ssh to machine %s: %w", m.Name(), err)
 }
 
-func dialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
+// dialSSH connects with dial and runs the SSH handshake, both bounded by
+// ctx and 10 s: when that ends first, the connection is closed under the
+// handshake.
+func dialSSH(ctx context.Context, dial func(context.Context) (net.Conn, error), cfg *ssh.ClientConfig) (*ssh.Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", addr)
+	conn, err := dial(dctx)
 	if err != nil {
 		return nil, err
 	}
-	if dl, ok := dctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+	stop := context.AfterFunc(dctx, func() { conn.Close() })
+	c, chans, reqs, err := ssh.NewClientConn(conn, conn.RemoteAddr().String(), cfg)
+	if !stop() {
+		// dctx ended during the handshake and closed conn under it.
+		if err == nil {
+			c.Close()
+		}
+		return nil, fmt.Errorf("ssh handshake: %w", context.Cause(dctx))
 	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	conn.SetDeadline(time.Time{})
 	return ssh.NewClient(c, chans, reqs), nil
+}
+
+// unreachable reports an error of the machine itself, which no retry
+// mends: not found, not running, no NIC to reach it by, not allowed.
+func unreachable(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrWrongState) || errors.Is(err, ErrInvalid) ||
+		errors.Is(err, fs.ErrPermission) || errors.Is(err, errors.ErrUnsupported)
 }
 
 func termName() string {

@@ -75,6 +75,7 @@ type Server struct {
 	ctx     context.Context // the server's life: operations run under it
 	cancel  context.CancelFunc
 	mux     *http.ServeMux
+	tunnels tunnelSet // open SSH tunnels (hijacked: Shutdown does not see them)
 }
 
 // New returns an HTTP server over srv. It reads the served state once (as
@@ -132,10 +133,11 @@ func New(ctx context.Context, srv vmfest.Server, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Close cancels running operations and ends event streams. It is safe to
-// call more than once.
+// Close cancels running operations, ends event streams, and closes the
+// open SSH tunnels and waits for them. It is safe to call more than once.
 func (s *Server) Close() error {
 	s.cancel()
+	s.tunnels.closeAll()
 	return nil
 }
 
@@ -187,6 +189,7 @@ var routeTable = []route{
 	{"POST", "/v1/machines/{name}/exec", "machine-exec", func(s *Server) handlerFunc { return s.execMachine }},
 	{"GET", "/v1/machines/{name}/ip", "machine-ip", func(s *Server) handlerFunc { return s.machineIP }},
 	{"GET", "/v1/machines/{name}/console", "machine-console", func(s *Server) handlerFunc { return s.machineConsole }},
+	{"GET", "/v1/machines/{name}/ssh", "machine-ssh", func(s *Server) handlerFunc { return s.tunnelSSH }},
 
 	{"GET", "/v1/models", "models", func(s *Server) handlerFunc { return s.listModels }},
 	{"POST", "/v1/models", "models", func(s *Server) handlerFunc { return s.setupModel }},
