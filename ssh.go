@@ -221,8 +221,11 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 		if strings.Contains(last.Error(), "ssh: unable to authenticate") {
 			if refused++; refused > 1 {
 				tried := "vmfest's key"
+				if _, ok := m.(SSHDialer); ok {
+					tried = "this client's vmfest key, which a machine created through the server by someone else has only if its creator gave it with --ssh-key"
+				}
 				if info.ImageSpec.Password != "" {
-					tried += " and the image's password"
+					tried += ", and the image's password"
 				}
 				return -1, fmt.Errorf("ssh to machine %s %s as %s: the guest refused the login (tried %s): %w", m.Name(), addr, user, tried, last)
 			}

@@ -58,6 +58,9 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 			if img.SSHKeys, err = sshKeys(keyFiles); err != nil {
 				return err
 			}
+			if img.SSHKeys, err = a.withOwnKey(img.SSHKeys); err != nil {
+				return err
+			}
 			// 0 is "not given" to hardwareChoice: given, it is as
 			// wrong as -5.
 			if cmd.Flags().Changed("memory") && memory <= 0 {

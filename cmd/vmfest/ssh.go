@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/api"
 )
 
 // exitError carries a remote command's exit status out of the CLI.
@@ -29,6 +31,14 @@ run COMMAND there and exit with its status. The connection goes through the
 machine's NAT SSH forward on 127.0.0.1 when it has one, else to its
 host-only address. --wait bounds the wait for the address and the SSH
 server. A machine that is not running (paused, say) is refused at once.
+
+With --server the connection is tunnelled through the server's API (GET
+/v1/machines/NAME/ssh), so only the server needs to reach the machine. The
+key is still this client's ($VMFEST_HOME/ssh/id_ed25519 of --home):
+'vmfest --server URL create' adds its public key to the machines it creates,
+so those just work. A machine someone else created lets you in only if its
+creator gave your key with --ssh-key (your $VMFEST_HOME/ssh/id_ed25519.pub),
+or with the image's password when it has one.
 
 On a terminal the session gets a pseudo-terminal, for COMMAND too (as
 ssh -t), so Ctrl-C interrupts the remote command.
@@ -103,6 +113,34 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the machine's address and SSH server")
 	cmd.Flags().StringVarP(&user, "user", "l", "", "log in as this user (default: the image's username, else root)")
 	return cmd
+}
+
+// withOwnKey adds this client's own public key (vmfest's key in --home)
+// to keys when the machine is created through a --server whose state
+// directory is another one (a server over --home's own socket already
+// gives the guest that key), so that vmfest ssh --server logs in with it.
+// A key given twice is given once.
+func (a *app) withOwnKey(keys []string) ([]string, error) {
+	if a.remote == "" || a.remote == "unix://"+filepath.Join(a.home, api.SocketFile) {
+		return keys, nil
+	}
+	_, pub, err := vmfest.LoadSSHKey(a.home)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if sameKey(k, pub) {
+			return keys, nil
+		}
+	}
+	return append(keys, pub), nil
+}
+
+// sameKey reports whether two authorized_keys lines hold one key (their
+// type and base64 fields agree; comments and options aside).
+func sameKey(a, b string) bool {
+	fa, fb := strings.Fields(a), strings.Fields(b)
+	return len(fa) >= 2 && len(fb) >= 2 && fa[0] == fb[0] && fa[1] == fb[1]
 }
 
 func isTerminal(w any) bool {
