@@ -66,11 +66,15 @@ type diskUse struct {
 	machine string
 	mutable bool   // the machine writes it: its mutable disk, or its overlay
 	format  string // as that machine recorded it; empty if unknown
+	// at is the storage slot that holds the file, for a volume, a disk or
+	// an ISO in a slot other than the boot mount point.
+	at *spec.MountPoint
 }
 
 // diskUses lists the machines that use the file at path, as their mutable
-// disk, their overlay or their immutable base, whether their records name it
-// by this path or by another (a hard link). A record that cannot be read is
+// disk, their overlay, their immutable base or a file in another storage
+// slot (a volume, a disk, an ISO), whether their records name it by this
+// path or by another (a hard link). A record that cannot be read is
 // skipped: Doctor reports it.
 func (l *Local) diskUses(path string) ([]diskUse, error) {
 	target, _ := os.Stat(path)
@@ -104,6 +108,12 @@ func (l *Local) diskUses(path string) ([]diskUse, error) {
 			uses = append(uses, diskUse{machine: n, format: f})
 		case r.Overlay && same(r.disk(dir)):
 			uses = append(uses, diskUse{machine: n, mutable: true, format: spec.DiskFormatQCOW2})
+		}
+		for _, pm := range r.media() {
+			if same(l.mediaPath(pm.dev)) {
+				at := pm.at
+				uses = append(uses, diskUse{machine: n, mutable: pm.dev.DeviceType == spec.DeviceHardDisk, format: l.driveOf(pm).Disk.Format, at: &at})
+			}
 		}
 	}
 	return uses, nil

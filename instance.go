@@ -57,6 +57,19 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 	if err := l.resolveHardware(&r, hardware); err != nil {
 		return nil, err
 	}
+	for _, a := range o.attach {
+		if err := a.check(); err != nil {
+			return nil, err
+		}
+		if _, err := place(&r.Hardware, a); err != nil {
+			return nil, err
+		}
+	}
+	if len(o.attach) > 0 {
+		if err := l.checkHardware(r.Hardware, r.Overlay); err != nil {
+			return nil, err
+		}
+	}
 	if err := CheckLabels(o.labels); err != nil {
 		return nil, err
 	}
@@ -76,16 +89,22 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 	if _, err := os.Stat(final); err == nil {
 		return nil, fmt.Errorf("%w: machine %q", ErrExists, name)
 	}
-	if r.ImageModel == "" {
-		// A file of the caller's: decide how it is used and its format, and
-		// create the machine, before any other creation or destroy looks
-		// at the file's users.
+	if r.ImageModel == "" || len(r.media()) > 0 {
+		// Files of the caller's (the image, volumes, disks and ISOs in
+		// slots): decide how each is used and its format, and create the
+		// machine, before any other creation or destroy looks at the
+		// files' users.
 		claim, err := l.lockDisks(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("create machine %s: %w", name, err)
 		}
 		defer claim.Unlock()
-		if err := l.claimDisk(&r); err != nil {
+		if r.ImageModel == "" {
+			if err := l.claimDisk(&r); err != nil {
+				return nil, err
+			}
+		}
+		if err := l.claimMedia(&r, nil); err != nil {
 			return nil, err
 		}
 	}

@@ -306,6 +306,9 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 	}
 	info.PID = st.PID
 	info.Networks = m.nicInfos(r, st.State)
+	for _, pm := range r.media() {
+		info.Media = append(info.Media, MediaInfo{Slot: pm.at, DeviceType: pm.dev.DeviceType, Volume: pm.dev.Volume, Path: m.l.mediaPath(pm.dev)})
+	}
 	return info, nil
 }
 

@@ -51,6 +51,22 @@ func (m *localMachine) Set(ctx context.Context, c Change) error {
 			if r.Hardware.DiskSize == 0 {
 				r.Hardware.DiskSize = old.Hardware.DiskSize
 			}
+			if err := carryMedia(old, &r.Hardware); err != nil {
+				return fmt.Errorf("%w: storage: %w", ErrInvalid, err)
+			}
+			if len(r.media()) > 0 {
+				if err := m.l.checkHardware(r.Hardware, r.Overlay); err != nil {
+					return err
+				}
+				claim, err := m.l.lockDisks(ctx)
+				if err != nil {
+					return fmt.Errorf("change machine %s: %w", m.name, err)
+				}
+				defer claim.Unlock()
+				if err := m.l.claimMedia(&r, mediaSlots(old)); err != nil {
+					return err
+				}
+			}
 		}
 		if c.MemorySize != 0 || c.CPUCount != 0 || c.DiskSize != 0 {
 			h := r.Hardware

@@ -32,6 +32,9 @@ func (r *Remote) Instance(ctx context.Context, name string, image Image, hardwar
 		ud := string(o.userData)
 		req.UserData = &ud
 	}
+	for _, a := range o.attach {
+		req.Attach = append(req.Attach, wire.Attachment(a))
+	}
 	if image.Spec != nil && r.unix && image.Spec.Location != "" && !filepath.IsAbs(image.Spec.Location) {
 		im := *image.Spec
 		if abs, err := filepath.Abs(im.Location); err == nil {

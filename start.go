@@ -28,13 +28,14 @@ func (m *localMachine) Start(ctx context.Context) error {
 // and the undo of each step that made something, run last first if a later
 // step fails.
 type starting struct {
-	m    *localMachine
-	r    record
-	drv  driver.Driver
-	disk driver.Disk
-	net  *network.Attachment
-	seed string // the cloud-init seed ISO, if any
-	undo []func()
+	m      *localMachine
+	r      record
+	drv    driver.Driver
+	disk   driver.Disk
+	drives []driver.Drive
+	net    *network.Attachment
+	seed   string // the cloud-init seed ISO, if any
+	undo   []func()
 }
 
 // step is one named start-up step.
@@ -48,6 +49,7 @@ var startSteps = []step{
 	{"clean leftovers of the last run", cleanLastRun},
 	{"check what the driver can do", checkFeatures},
 	{"check the disk", checkStartDisk},
+	{"check the volumes, disks and ISOs in its slots", checkStartMedia},
 	{"set up the networks", setUpNetworks},
 	{"write the cloud-init seed", writeSeed},
 	{"launch the machine", launch},
@@ -135,6 +137,33 @@ func checkStartDisk(ctx context.Context, s *starting) (err error) {
 	return err
 }
 
+// checkStartMedia checks the files in the machine's other storage slots
+// again, as recorded: each may have changed or gone since it was
+// attached.
+func checkStartMedia(ctx context.Context, s *starting) error {
+	for _, pm := range s.r.media() {
+		dr := s.m.l.driveOf(pm)
+		what := describeDevice(pm.dev)
+		switch {
+		case pm.dev.Volume != "":
+			if _, err := s.m.l.readVolume(pm.dev.Volume); err != nil {
+				return fmt.Errorf("storage %s: %w", pm.at, err)
+			}
+			fallthrough
+		case pm.dev.DeviceType == spec.DeviceHardDisk:
+			if _, err := checkDisk(dr.Disk.Path, dr.Disk.Format); err != nil {
+				return fmt.Errorf("storage %s (%s): %w", pm.at, what, err)
+			}
+		default:
+			if err := checkISO(dr.Disk.Path); err != nil {
+				return fmt.Errorf("%w: storage %s: %w", ErrInvalid, pm.at, err)
+			}
+		}
+		s.drives = append(s.drives, dr)
+	}
+	return nil
+}
+
 func setUpNetworks(ctx context.Context, s *starting) (err error) {
 	if s.net, err = s.m.attachNetworks(ctx, &s.r); err != nil {
 		return err
@@ -190,6 +219,7 @@ func launch(ctx context.Context, s *starting) error {
 		Machine:  m.ref(r),
 		Hardware: r.Hardware,
 		Disk:     s.disk,
+		Drives:   s.drives,
 		NICs:     nicBackends(s.net),
 		Seed:     s.seed,
 	})

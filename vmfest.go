@@ -60,6 +60,7 @@ type instanceOptions struct {
 	labels   map[string]string
 	userData []byte
 	driver   string
+	attach   []Attachment
 }
 
 func instanceOpts(opts []InstanceOption) instanceOptions {
@@ -81,6 +82,12 @@ func WithLabels(labels map[string]string) InstanceOption {
 			o.labels[k] = v
 		}
 	}
+}
+
+// WithAttachment puts a volume, a disk or an ISO in one of the machine's
+// storage slots (its Slot, else the first free one); repeatable.
+func WithAttachment(a Attachment) InstanceOption {
+	return func(o *instanceOptions) { o.attach = append(o.attach, a) }
 }
 
 // WithDriver makes the named driver (qemu, libvirt) run the machine
@@ -152,6 +159,18 @@ type Server interface {
 	CreateNetwork(ctx context.Context, n NetworkSpec) (Network, error)
 	// RemoveNetwork removes a network; it is refused while machines use it.
 	RemoveNetwork(ctx context.Context, name string) error
+
+	// CreateVolume creates an empty volume: a disk that outlives the
+	// machines it is attached to.
+	CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error)
+	// Volumes lists the volumes, sorted by name, with where each is
+	// attached.
+	Volumes(ctx context.Context) ([]Volume, error)
+	// Volume returns one volume.
+	Volume(ctx context.Context, name string) (Volume, error)
+	// RemoveVolume deletes a volume and its data; it is refused while a
+	// machine holds it.
+	RemoveVolume(ctx context.Context, name string) error
 }
 
 // SetupOptions tunes SetupModel.
@@ -270,6 +289,14 @@ type Machine interface {
 	// network, no key) and returns how it ended, bounded by ctx
 	// (DefaultExecTimeout when ctx has no deadline).
 	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
+	// Attach puts a volume, a disk or an ISO in a storage slot of a
+	// powered-off machine (the slot given, else the first free one) and
+	// returns the slot. On error nothing changes.
+	Attach(ctx context.Context, a Attachment) (spec.MountPoint, error)
+	// Detach takes the volume, disk or ISO a names (or what a.Slot holds)
+	// out of a powered-off machine and returns the slot it was in; the
+	// file itself is kept.
+	Detach(ctx context.Context, a Attachment) (spec.MountPoint, error)
 }
 
 // DestroyOption tunes Destroy.
@@ -331,4 +358,17 @@ type Info struct {
 	// UserData says the machine was given a user-data (kept with it, in
 	// its directory).
 	UserData bool `json:"user-data,omitempty"`
+	// Media are the volumes, disks and ISOs in its storage slots.
+	Media []MediaInfo `json:"media,omitempty"`
+}
+
+// MediaInfo is a volume, a disk or an ISO in a machine's storage slot.
+type MediaInfo struct {
+	Slot spec.MountPoint `json:"slot"`
+	// DeviceType is hard-disk or dvd.
+	DeviceType string `json:"device-type"`
+	// Volume names the volume, if it is one.
+	Volume string `json:"volume,omitempty"`
+	// Path is the file on the server.
+	Path string `json:"path"`
 }

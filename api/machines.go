@@ -130,7 +130,11 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		}
 		hw = vmfest.HardwareModel(req.Hardware.Model)
 	case req.Hardware.Spec != nil:
-		hw = vmfest.HardwareSpec(*req.Hardware.Spec)
+		h := *req.Hardware.Spec
+		if err := s.checkStorage(&h); err != nil {
+			return err
+		}
+		hw = vmfest.HardwareSpec(h)
 	}
 	// Neither: the served Server decides (Local refuses it), as it would
 	// for a local caller.
@@ -143,6 +147,13 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 	}
 	if req.Driver != "" {
 		opts = append(opts, vmfest.WithDriver(req.Driver))
+	}
+	for i, a := range req.Attach {
+		att, err := s.attachment(fmt.Sprintf("attach[%d]", i), a)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, vmfest.WithAttachment(att))
 	}
 	img.SSHKeys = req.Image.SSHKeys
 	m, err := s.srv.Instance(r.Context(), req.Name, img, hw, opts...)
@@ -363,7 +374,11 @@ func (s *Server) changeMachine(w http.ResponseWriter, r *http.Request) error {
 			hw := vmfest.HardwareModel(h.Model)
 			c.Hardware = &hw
 		case h.Spec != nil:
-			hw := vmfest.HardwareSpec(*h.Spec)
+			hs := *h.Spec
+			if err := s.checkStorage(&hs); err != nil {
+				return err
+			}
+			hw := vmfest.HardwareSpec(hs)
 			c.Hardware = &hw
 		}
 	}

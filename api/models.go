@@ -139,6 +139,9 @@ func (s *Server) addHardware(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &h); err != nil {
 		return err
 	}
+	if err := s.checkStorage(&h); err != nil {
+		return err
+	}
 	if err := s.srv.AddHardwareModel(r.Context(), n, h); err != nil {
 		return err
 	}

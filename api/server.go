@@ -192,6 +192,8 @@ var routeTable = []route{
 	{"GET", "/v1/machines/{name}/ssh", "machine-ssh", func(s *Server) handlerFunc { return s.tunnelSSH }},
 
 	{"GET", "/v1/models", "models", func(s *Server) handlerFunc { return s.listModels }},
+	{"POST", "/v1/machines/{name}/attach", "machine-attach", func(s *Server) handlerFunc { return s.attachMachine }},
+	{"POST", "/v1/machines/{name}/detach", "machine-detach", func(s *Server) handlerFunc { return s.detachMachine }},
 	{"POST", "/v1/models", "models", func(s *Server) handlerFunc { return s.setupModel }},
 	{"GET", "/v1/models/{id}", "model", func(s *Server) handlerFunc { return s.getModel }},
 	{"DELETE", "/v1/models/{id}", "model", func(s *Server) handlerFunc { return s.removeModel }},
@@ -207,6 +209,11 @@ var routeTable = []route{
 
 	{"GET", "/v1/operations", "operations", func(s *Server) handlerFunc { return s.listOperations }},
 	{"GET", "/v1/operations/{id}", "operation", func(s *Server) handlerFunc { return s.getOperation }},
+	{"GET", "/v1/volumes", "volumes", func(s *Server) handlerFunc { return s.listVolumes }},
+	{"POST", "/v1/volumes", "volumes", func(s *Server) handlerFunc { return s.createVolume }},
+	{"GET", "/v1/volumes/{name}", "volume", func(s *Server) handlerFunc { return s.getVolume }},
+	{"DELETE", "/v1/volumes/{name}", "volume", func(s *Server) handlerFunc { return s.removeVolume }},
+
 	{"GET", "/v1/operations/{id}/wait", "operation-wait", func(s *Server) handlerFunc { return s.waitOperation }},
 	{"DELETE", "/v1/operations/{id}", "operation", func(s *Server) handlerFunc { return s.cancelOperation }},
 

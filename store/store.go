@@ -18,6 +18,7 @@ const (
 	ImageModelsDir    = "images"
 	HardwareModelsDir = "hardware"
 	NetworksDir       = "networks"
+	VolumesDir        = "volumes"
 	CacheDir          = "cache"
 )
 
@@ -35,6 +36,12 @@ const (
 	StoppingFile = "stopping"
 	CIDataISO    = "cidata.iso"
 	UserDataFile = "user-data"
+)
+
+// File names inside a volume directory.
+const (
+	VolumeFile     = "volume.json"
+	VolumeDiskFile = "disk.qcow2"
 )
 
 // File names inside an image model directory.
@@ -73,7 +80,7 @@ func Open(root string) (*Home, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state directory %s: %w", root, err)
 	}
-	for _, d := range []string{MachinesDir, filepath.Join(ModelsDir, ImageModelsDir), filepath.Join(ModelsDir, HardwareModelsDir)} {
+	for _, d := range []string{MachinesDir, VolumesDir, filepath.Join(ModelsDir, ImageModelsDir), filepath.Join(ModelsDir, HardwareModelsDir)} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
@@ -101,6 +108,17 @@ func (h *Home) MachinesPath() string { return filepath.Join(h.root, MachinesDir)
 
 // MachinePath is the directory of the named machine.
 func (h *Home) MachinePath(name string) string { return filepath.Join(h.root, MachinesDir, name) }
+
+// VolumesPath is the directory holding one directory per volume.
+func (h *Home) VolumesPath() string { return filepath.Join(h.root, VolumesDir) }
+
+// VolumePath is the directory of the named volume.
+func (h *Home) VolumePath(name string) string { return filepath.Join(h.root, VolumesDir, name) }
+
+// VolumeDisk is the disk file of the named volume.
+func (h *Home) VolumeDisk(name string) string {
+	return filepath.Join(h.root, VolumesDir, name, VolumeDiskFile)
+}
 
 // ImageModelsPath is the directory holding one directory per image model.
 func (h *Home) ImageModelsPath() string { return filepath.Join(h.root, ModelsDir, ImageModelsDir) }

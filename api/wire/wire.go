@@ -76,6 +76,8 @@ type CreateMachine struct {
 	UserData *string `json:"user-data,omitempty"`
 	// Driver names the driver to run the machine (default: the server's).
 	Driver string `json:"driver,omitempty"`
+	// Attach are volumes, disks and ISOs to put in its storage slots.
+	Attach []Attachment `json:"attach,omitempty"`
 }
 
 // Change is the body of PATCH /v1/machines/{name}: what changes of a
@@ -170,4 +172,19 @@ type Event struct {
 	Action  string `json:"action,omitempty"`
 	// Operation is set for operation events.
 	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Attachment is a volume, a disk or an ISO in a machine's storage slot:
+// the body of POST /v1/machines/{name}/attach and /detach, and an entry of
+// CreateMachine's attach list.
+type Attachment struct {
+	Volume string           `json:"volume,omitempty"`
+	Disk   string           `json:"disk,omitempty"`
+	ISO    string           `json:"iso,omitempty"`
+	Slot   *spec.MountPoint `json:"slot,omitempty"`
+}
+
+// Attached answers attach and detach: the slot acted on.
+type Attached struct {
+	Slot spec.MountPoint `json:"slot"`
 }
