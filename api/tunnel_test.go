@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -285,4 +286,34 @@ func TestServeShutdownEndsTunnels(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestTunnelOverTLS: over https (serve --tls-cert) the tunnel upgrades
+// and carries bytes as over plain HTTP.
+func TestTunnelOverTLS(t *testing.T) {
+	fk := fake.New(fake.Options{})
+	e := newEnv(t, withDriver(fk))
+	certPath, keyPath, pool := selfSigned(t)
+	addr := freePort(t)
+	sctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- e.api.Serve(sctx, Listen{TCP: addr, TLSCert: certPath, TLSKey: keyPath, TokenFile: filepath.Join(e.home, TokenFile)})
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	waitListening(t, "tcp", addr, done)
+	r, err := vmfest.Connect("https://"+addr, vmfest.WithToken(e.token), vmfest.WithTLSConfig(&tls.Config{RootCAs: pool}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, fwd := runningFake(t, ctx, e, r, "tls")
+	echoAt(t, fwd)
+	c, err := m.(vmfest.SSHDialer).DialSSH(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoes(t, c, "over TLS")
 }
