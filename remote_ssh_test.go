@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api"
 )
@@ -129,6 +131,31 @@ func TestSSHThroughServer(t *testing.T) {
 	if err != nil || code != 0 || strings.TrimSpace(out.String()) != "100000" {
 		t.Fatalf("ssh with stdin: exit %d, %v, stdout %q", code, err, out.String())
 	}
+
+	// What the tunnel costs beside a direct connection to the forward
+	// (the server's own key, from the server's side), measured, not
+	// asserted.
+	local, err := l.FindMachine(ctx, m.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverKey, _, err := l.SSHKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	timed := func(m vmfest.Machine, key ssh.Signer) time.Duration {
+		best := time.Hour
+		for range 3 {
+			begun := time.Now()
+			if code, err := vmfest.SSH(ctx, m, key, vmfest.SSHOptions{Command: []string{"true"}}); err != nil || code != 0 {
+				t.Fatalf("ssh true: exit %d, %v", code, err)
+			}
+			best = min(best, time.Since(begun))
+		}
+		return best
+	}
+	direct, tunnelled := timed(local, serverKey), timed(m, signer)
+	t.Logf("ssh true, best of 3: direct %s, through the server's tunnel %s (%.2fx)", direct.Round(time.Millisecond), tunnelled.Round(time.Millisecond), float64(tunnelled)/float64(direct))
 
 	// The server counted the sessions as tunnels (status 101).
 	want := `route="machine-ssh",code="101"`
