@@ -36,7 +36,6 @@ func (m *localMachine) Attach(ctx context.Context, a Attachment) (spec.MountPoin
 		if err := m.l.claimMedia(&r, keep); err != nil {
 			return err
 		}
-		r.HardwareModel = ""
 		if err := writeRecord(m.dir(), r); err != nil {
 			return fmt.Errorf("attach to machine %s: %w", m.name, err)
 		}
@@ -61,7 +60,6 @@ func (m *localMachine) Detach(ctx context.Context, a Attachment) (spec.MountPoin
 		if at, err = unplace(&r.Hardware, a); err != nil {
 			return fmt.Errorf("detach from machine %s: %w", m.name, err)
 		}
-		r.HardwareModel = ""
 		if err := writeRecord(m.dir(), r); err != nil {
 			return fmt.Errorf("detach from machine %s: %w", m.name, err)
 		}

@@ -50,6 +50,19 @@ func networkNames(ctx context.Context, srv vmfest.Server) ([]string, error) {
 	return out, err
 }
 
+// machineThenVolume completes a machine's name, then a volume's.
+func (a *app) machineThenVolume() cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		switch len(args) {
+		case 0:
+			return a.complete(cmd, machineNames, toComplete, nil), cobra.ShellCompDirectiveNoFileComp
+		case 1:
+			return a.complete(cmd, volumeNames, toComplete, nil), cobra.ShellCompDirectiveNoFileComp
+		}
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
 // complete returns the names of list that start with toComplete and are
 // not in skip (the arguments given already).
 func (a *app) complete(cmd *cobra.Command, list names, toComplete string, skip []string) []string {
@@ -115,11 +128,16 @@ func (a *app) addCompletions(root *cobra.Command) {
 		"hardware show": a.argsOf(hardwareNames, true),
 		"hardware rm":   a.argsOf(hardwareNames, true),
 		"network rm":    a.argsOf(networkNames, false),
+		"volume show":   a.argsOf(volumeNames, true),
+		"volume rm":     a.argsOf(volumeNames, false),
+		"attach":        a.machineThenVolume(),
+		"detach":        a.machineThenVolume(),
 	}
 	flags := map[string]map[string]cobra.CompletionFunc{
 		"create": {
 			"image":    a.flagOf(modelNames, true),
 			"hardware": a.flagOf(hardwareNames, true),
+			"volume":   a.flagOf(volumeNames, false),
 		},
 		"network create": {
 			"kind": cobra.FixedCompletions([]string{"host-only", "internal"}, cobra.ShellCompDirectiveNoFileComp),

@@ -127,6 +127,7 @@ var (
 	hardwareObject = object{typ: reflect.TypeFor[hardwareItem]()}
 	hwSpecObject   = object{typ: reflect.TypeFor[spec.Hardware]()}
 	findingObject  = object{typ: reflect.TypeFor[vmfest.Finding]()}
+	volumeObject   = object{typ: reflect.TypeFor[vmfest.Volume](), schema: "Volume"}
 )
 
 // check checks that o's keys are among the type's (and extra) and that
@@ -194,6 +195,12 @@ func TestCLIJSONSchemas(t *testing.T) {
 		{args: []string{"hardware", "list"}, array: true, obj: hardwareObject},
 		{args: []string{"hardware", "show", "tiny"}, obj: hwSpecObject},
 		{args: []string{"hardware", "rm", "tiny"}, obj: hardwareObject},
+		{args: []string{"volume", "create", "v1", "--size", "1G"}, obj: volumeObject},
+		{args: []string{"attach", "a", "v1"}, obj: infoObject},
+		{args: []string{"volume", "list"}, array: true, obj: volumeObject},
+		{args: []string{"volume", "show", "v1"}, obj: volumeObject},
+		{args: []string{"detach", "a", "v1"}, obj: infoObject},
+		{args: []string{"volume", "rm", "v1"}, obj: volumeObject},
 		{args: []string{"doctor", "--dry-run"}, array: true, obj: findingObject},
 		{args: []string{"destroy", "a", "b"}, array: true, obj: infoObject},
 		{args: []string{"version"}, obj: object{typ: reflect.TypeFor[struct {

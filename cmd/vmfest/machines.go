@@ -25,7 +25,7 @@ import (
 func (a *app) createCommand() *cobra.Command {
 	var image, hardware, diskSize, userData string
 	var memory, cpus int
-	var keyFiles, labels []string
+	var keyFiles, labels, volumes, isos, disks []string
 	cmd := &cobra.Command{
 		Use:     "create NAME --image MODEL|SPEC-FILE|DISK [--hardware MODEL|FILE]",
 		Aliases: []string{"instance"},
@@ -40,7 +40,11 @@ overlay. A writable disk is used directly and deleted with the machine.
 --hardware is a hardware model name (see 'vmfest hardware list') or a
 hardware spec file. --memory, --cpus and --disk-size override it.
 --disk-size (512M, 20G, 1T) makes the machine's overlay larger than the
-image; cloud-init's growpart grows the root file system on first boot.`,
+image; cloud-init's growpart grows the root file system on first boot.
+
+--volume, --iso and --disk put a volume (vmfest volume create), an ISO
+(read-only) or a disk image of your own (written, never deleted by vmfest)
+in the hardware's first free storage slots, in the order given.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srv, err := a.server()
@@ -104,6 +108,23 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 				}
 				opts = append(opts, vmfest.WithUserData(data))
 			}
+			for _, v := range volumes {
+				opts = append(opts, vmfest.WithAttachment(vmfest.Attachment{Volume: v}))
+			}
+			for _, p := range isos {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, vmfest.WithAttachment(vmfest.Attachment{ISO: abs}))
+			}
+			for _, p := range disks {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, vmfest.WithAttachment(vmfest.Attachment{Disk: abs}))
+			}
 			begun := time.Now()
 			m, err := srv.Instance(ctx, args[0], img, hw, opts...)
 			if err != nil {
@@ -131,6 +152,9 @@ image; cloud-init's growpart grows the root file system on first boot.`,
 	cmd.Flags().StringVar(&diskSize, "disk-size", "", "virtual size of the machine's disk, larger than the image's: 512M, 20G, 1T (overrides the hardware)")
 	cmd.Flags().StringArrayVar(&labels, "label", nil, "a key=value label (repeatable); list --label filters by them")
 	cmd.Flags().StringVar(&userData, "user-data", "", "cloud-init user-data file (#cloud-config, a #! script or a MIME multipart), passed to cloud-init whole beside vmfest's own settings")
+	cmd.Flags().StringArrayVar(&volumes, "volume", nil, "a volume to attach (repeatable; vmfest volume create makes one)")
+	cmd.Flags().StringArrayVar(&isos, "iso", nil, "an ISO image to put in a dvd slot, read-only (repeatable)")
+	cmd.Flags().StringArrayVar(&disks, "disk", nil, "a disk image of yours (qcow2 or raw) to attach writable; never deleted by vmfest (repeatable)")
 	cmd.Flags().StringArrayVar(&keyFiles, "ssh-key", nil, "OpenSSH public key file whose keys may log in (cloud-init images; repeatable)")
 	return cmd
 }
@@ -730,6 +754,13 @@ func (a *app) showCommand() *cobra.Command {
 			}
 			if info.UserData {
 				fmt.Fprintf(tw, "user-data:\tyes (passed to cloud-init at each start)\n")
+			}
+			for _, md := range info.Media {
+				what := md.Path
+				if md.Volume != "" {
+					what = "volume " + md.Volume
+				}
+				fmt.Fprintf(tw, "%s:\t%s at %s\n", md.DeviceType, what, slotText(md.Slot))
 			}
 			for i, n := range info.HardwareSpec.Network {
 				line := fmt.Sprintf("%s %s %s", n.AttachmentType, n.AdapterType, n.MACAddress)
