@@ -2,9 +2,13 @@ package vmfest
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/vmfest/vmfest/disk"
@@ -16,9 +20,12 @@ import (
 // Finding is one thing Doctor found in the state directory.
 type Finding struct {
 	// Kind is partial-create, partial-destroy, partial-model,
-	// partial-network, temp-file, stale-stopping,
-	// corrupt-record, missing-disk, aborted or orphan-allocation (a network
-	// address held for a machine that does not exist).
+	// partial-network, partial-volume, temp-file, stale-stopping,
+	// corrupt-record, corrupt-volume, missing-disk, missing-volume (a slot
+	// names a volume that does not exist), missing-media (a slot names a
+	// disk or an ISO that is gone), shared-volume (two machines' slots
+	// name one volume), aborted or orphan-allocation (a network address
+	// held for a machine that does not exist).
 	Kind string `json:"kind"`
 	// Machine is the machine concerned, if any.
 	Machine string `json:"machine,omitempty"`
@@ -32,10 +39,11 @@ type Finding struct {
 
 // Doctor checks the state directory for what a crash can leave behind and,
 // with fix, repairs it: half-created or half-destroyed machines (never in
-// use: their locks are free), temporary files, stale stop marks. It reports
-// but never deletes what may be the user's: a corrupt machine.json, a
-// missing disk, an aborted machine. Safe to run while other processes use
-// the directory.
+// use: their locks are free), half-created or half-removed volumes,
+// temporary files, stale stop marks. It reports but never deletes what may
+// be the user's: a corrupt machine.json or volume.json, a missing disk, a
+// slot whose volume, disk or ISO is gone, an aborted machine. Safe to run
+// while other processes use the directory.
 func (l *Local) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 	findings, err := l.sweepPartial(fix)
 	if err != nil {
@@ -67,13 +75,118 @@ func (l *Local) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 		}
 		findings = append(findings, l.checkMachine(ctx, n, fix)...)
 	}
+	findings = append(findings, l.checkVolumes(names)...)
 	return findings, nil
 }
 
-// sweepPartial removes the hidden directories a crashed Instance or Destroy
-// left under machines/. It is cheap (one directory read) and runs whenever
-// a Local server opens the state directory.
+// sweepPartial removes the hidden directories a crashed Instance, Destroy,
+// CreateVolume or RemoveVolume left under machines/ and volumes/. It is
+// cheap (a directory read each) and runs whenever a Local server opens the
+// state directory.
 func (l *Local) sweepPartial(fix bool) ([]Finding, error) {
+	out, err := l.sweepMachines(fix)
+	if err != nil {
+		return out, err
+	}
+	vols, err := l.sweepVolumes(fix)
+	return append(out, vols...), err
+}
+
+// sweepVolumes removes volumes/.creating-* and volumes/.removing-*: a
+// volume being made, or one already taken out of its name. Creates and
+// removals hold volumes/ shared while their hidden directories exist;
+// holding it exclusively means none is in flight.
+func (l *Local) sweepVolumes(fix bool) ([]Finding, error) {
+	dir := l.home.VolumesPath()
+	lk, ok, err := store.TryLockDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sweep volumes: %w", err)
+	}
+	if !ok {
+		return nil, nil // operations in flight: sweep another time
+	}
+	defer lk.Unlock()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sweep volumes: %w", err)
+	}
+	var out []Finding
+	for _, e := range entries {
+		var detail string
+		switch name := e.Name(); {
+		case strings.HasPrefix(name, ".creating-"):
+			detail = "a volume whose create was interrupted (never usable)"
+		case strings.HasPrefix(name, ".removing-"):
+			detail = "a volume whose removal was interrupted (its name was already free)"
+		default:
+			continue
+		}
+		f := Finding{Kind: "partial-volume", Path: filepath.Join(dir, e.Name()), Detail: detail}
+		if fix {
+			if err := os.RemoveAll(f.Path); err != nil {
+				f.Detail += ": " + err.Error()
+			} else {
+				f.Fixed = true
+			}
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// checkVolumes reports, without changing anything, volume directories
+// that are not whole (no readable volume.json, or no disk), and volumes
+// that the slots of more than one of the machines named hold.
+func (l *Local) checkVolumes(machines []string) []Finding {
+	var out []Finding
+	entries, _ := os.ReadDir(l.home.VolumesPath())
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		path := filepath.Join(l.home.VolumesPath(), name)
+		if !e.IsDir() {
+			out = append(out, Finding{Kind: "corrupt-volume", Path: path, Detail: "not a volume directory; move it out of " + l.home.VolumesPath()})
+			continue
+		}
+		if _, err := l.readVolume(name); err != nil {
+			out = append(out, Finding{Kind: "corrupt-volume", Path: filepath.Join(path, store.VolumeFile),
+				Detail: fmt.Sprintf("volume %s: %s; restore %s or remove the directory by hand", name, oneLineErr(err), store.VolumeFile)})
+			continue
+		}
+		if _, err := os.Stat(l.home.VolumeDisk(name)); err != nil {
+			out = append(out, Finding{Kind: "corrupt-volume", Path: l.home.VolumeDisk(name),
+				Detail: fmt.Sprintf("volume %s has no disk: %s; remove the volume (vmfest volume rm %s)", name, oneLineErr(err), name)})
+		}
+	}
+	held := map[string][]string{}
+	for _, n := range machines {
+		r, err := l.readRecord(n)
+		if err != nil {
+			continue // reported as corrupt-record
+		}
+		for _, pm := range r.media() {
+			if v := pm.dev.Volume; v != "" {
+				held[v] = append(held[v], n)
+			}
+		}
+	}
+	for _, v := range slices.Sorted(maps.Keys(held)) {
+		if ms := held[v]; len(ms) > 1 {
+			out = append(out, Finding{Kind: "shared-volume", Path: l.home.VolumePath(v),
+				Detail: fmt.Sprintf("volume %s is in the slots of machines %s: a volume is one machine's at a time; detach it from all but one", v, strings.Join(ms, ", "))})
+		}
+	}
+	return out
+}
+
+// sweepMachines removes the hidden directories a crashed Instance or
+// Destroy left under machines/.
+func (l *Local) sweepMachines(fix bool) ([]Finding, error) {
 	// Creates and destroys hold machines/ shared while their hidden
 	// directories exist; holding it exclusively means none is in flight.
 	lk, ok, err := store.TryLockDir(l.home.MachinesPath())
@@ -145,6 +258,7 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 	} else if r.Overlay {
 		out = append(out, l.checkDiskSize(ctx, name, dir, r, fix)...)
 	}
+	out = append(out, l.checkMedia(name, r)...)
 	if r.UserData {
 		if _, err := os.Stat(filepath.Join(dir, store.UserDataFile)); err != nil {
 			out = append(out, Finding{Kind: "missing-user-data", Machine: name, Path: filepath.Join(dir, store.UserDataFile),
@@ -167,6 +281,28 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 	}
 	if err == nil && runs(st.State) {
 		out = append(out, l.checkTaps(ctx, name, r, fix)...)
+	}
+	return out
+}
+
+// checkMedia reports the slots of the machine's record whose volume, disk
+// or ISO is gone: the machine cannot start until it is detached or put
+// back.
+func (l *Local) checkMedia(name string, r record) []Finding {
+	var out []Finding
+	for _, pm := range r.media() {
+		d := pm.dev
+		if d.Volume != "" {
+			if _, err := os.Stat(filepath.Join(l.home.VolumePath(d.Volume), store.VolumeFile)); errors.Is(err, fs.ErrNotExist) {
+				out = append(out, Finding{Kind: "missing-volume", Machine: name, Path: l.home.VolumePath(d.Volume),
+					Detail: fmt.Sprintf("storage %s holds volume %s, which does not exist, so the machine cannot start; detach it (vmfest detach %s %s)", pm.at, d.Volume, name, d.Volume)})
+			}
+			continue
+		}
+		if _, err := os.Stat(d.Location); errors.Is(err, fs.ErrNotExist) {
+			out = append(out, Finding{Kind: "missing-media", Machine: name, Path: d.Location,
+				Detail: fmt.Sprintf("storage %s holds %s, which is gone, so the machine cannot start; put the file back or detach it", pm.at, describeDevice(d))})
+		}
 	}
 	return out
 }
