@@ -12,17 +12,23 @@ import (
 // a disk is one machine's at a time) and the record is rewritten in one
 // atomic write, so a crash leaves the machine with or without it.
 func (m *localMachine) Attach(ctx context.Context, a Attachment) (spec.MountPoint, error) {
+	return m.attach(ctx, a, nil)
+}
+
+// attach is Attach; at, when set (by crash tests), is called at each named
+// point where a crash leaves a distinct state.
+func (m *localMachine) attach(ctx context.Context, a Attachment, at func(point string)) (spec.MountPoint, error) {
 	if err := a.check(); err != nil {
 		return spec.MountPoint{}, err
 	}
-	var at spec.MountPoint
+	var slot spec.MountPoint
 	err := m.locked(ctx, func(r record, st State) error {
 		if err := m.need("attach to", st, PoweredOff, Aborted); err != nil {
 			return err
 		}
 		keep := mediaSlots(r)
 		var err error
-		if at, err = place(&r.Hardware, a); err != nil {
+		if slot, err = place(&r.Hardware, a); err != nil {
 			return err
 		}
 		if err := m.l.checkHardware(r.Hardware, r.Overlay); err != nil {
@@ -36,13 +42,19 @@ func (m *localMachine) Attach(ctx context.Context, a Attachment) (spec.MountPoin
 		if err := m.l.claimMedia(&r, keep); err != nil {
 			return err
 		}
+		if at != nil {
+			at("attach:claimed")
+		}
 		if err := writeRecord(m.dir(), r); err != nil {
 			return fmt.Errorf("attach to machine %s: %w", m.name, err)
 		}
-		m.l.log.Debug("attached", "machine", m.name, "what", a.String(), "slot", at.String())
+		if at != nil {
+			at("attach:written")
+		}
+		m.l.log.Debug("attached", "machine", m.name, "what", a.String(), "slot", slot.String())
 		return nil
 	})
-	return at, err
+	return slot, err
 }
 
 // Detach implements Machine: the volume, disk or ISO a names (or what is

@@ -59,6 +59,17 @@ const MaxVolumeSize = spec.MaxDiskSize
 // CreateVolume implements Server. The volume is made in a hidden
 // directory and renamed into place, so a crash leaves all of it or none.
 func (l *Local) CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error) {
+	return l.createVolume(ctx, s, nil)
+}
+
+// createVolume is CreateVolume; at, when set (by crash tests), is called
+// at each named point where a crash leaves a distinct state.
+func (l *Local) createVolume(ctx context.Context, s VolumeSpec, at func(point string)) (Volume, error) {
+	point := func(p string) {
+		if at != nil {
+			at(p)
+		}
+	}
 	if err := store.ValidateName("volume", s.Name); err != nil {
 		return Volume{}, apiError(err)
 	}
@@ -72,6 +83,13 @@ func (l *Local) CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error) 
 	if err := os.MkdirAll(l.home.VolumesPath(), 0o755); err != nil {
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
 	}
+	// The shared lock on volumes/ tells a sweep (which needs it
+	// exclusively) that a hidden directory of ours is in use.
+	busy, err := store.LockDirShared(ctx, l.home.VolumesPath())
+	if err != nil {
+		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
+	}
+	defer busy.Unlock()
 	tmp, err := os.MkdirTemp(l.home.VolumesPath(), ".creating-"+s.Name+"-")
 	if err != nil {
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
@@ -82,9 +100,11 @@ func (l *Local) CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error) 
 			os.RemoveAll(tmp)
 		}
 	}()
+	point("volume-create:mkdir")
 	if err := disk.New(l.cfg.QEMUImg).CreateBlank(ctx, filepath.Join(tmp, store.VolumeDiskFile), int64(s.Size)); err != nil {
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
 	}
+	point("volume-create:disk")
 	vr := volumeRecord{Name: s.Name, Size: s.Size, Format: spec.DiskFormatQCOW2, Created: time.Now().UTC()}
 	data, err := json.MarshalIndent(vr, "", "  ")
 	if err != nil {
@@ -93,6 +113,7 @@ func (l *Local) CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error) 
 	if err := store.WriteFileAtomic(filepath.Join(tmp, store.VolumeFile), append(data, '\n'), 0o644); err != nil {
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
 	}
+	point("volume-create:record")
 	if err := os.Rename(tmp, final); err != nil {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
 			return Volume{}, fmt.Errorf("%w: volume %q", ErrExists, s.Name)
@@ -100,6 +121,7 @@ func (l *Local) CreateVolume(ctx context.Context, s VolumeSpec) (Volume, error) 
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
 	}
 	done = true
+	point("volume-create:renamed")
 	if err := store.SyncDir(l.home.VolumesPath()); err != nil {
 		l.log.Warn("sync volumes directory", "err", err)
 	}
@@ -207,6 +229,12 @@ func (l *Local) Volume(ctx context.Context, name string) (Volume, error) {
 // RemoveVolume implements Server: the volume and its data are deleted. It
 // is refused (ErrWrongState) while a machine's slot holds it.
 func (l *Local) RemoveVolume(ctx context.Context, name string) error {
+	return l.removeVolume(ctx, name, nil)
+}
+
+// removeVolume is RemoveVolume; at, when set (by crash tests), is called
+// at each named point where a crash leaves a distinct state.
+func (l *Local) removeVolume(ctx context.Context, name string, at func(point string)) error {
 	if _, err := l.readVolume(name); err != nil {
 		return err
 	}
@@ -215,6 +243,11 @@ func (l *Local) RemoveVolume(ctx context.Context, name string) error {
 		return fmt.Errorf("remove volume %s: %w", name, err)
 	}
 	defer claim.Unlock()
+	busy, err := store.LockDirShared(ctx, l.home.VolumesPath()) // as in createVolume
+	if err != nil {
+		return fmt.Errorf("remove volume %s: %w", name, err)
+	}
+	defer busy.Unlock()
 	if u, ok := l.volumeUsers()[name]; ok {
 		return fmt.Errorf("%w: volume %q is attached to machine %q at %s; detach it (vmfest detach %s %s) or destroy the machine first", ErrWrongState, name, u.machine, u.slot, u.machine, name)
 	}
@@ -224,8 +257,14 @@ func (l *Local) RemoveVolume(ctx context.Context, name string) error {
 	if err := os.Rename(l.home.VolumePath(name), gone); err != nil {
 		return fmt.Errorf("remove volume %s: %w", name, err)
 	}
+	if at != nil {
+		at("volume-remove:moved")
+	}
 	if err := os.RemoveAll(gone); err != nil {
 		return fmt.Errorf("remove volume %s: %w", name, err)
+	}
+	if at != nil {
+		at("volume-remove:removed")
 	}
 	store.SyncDir(l.home.VolumesPath())
 	l.log.Debug("volume removed", "volume", name)
