@@ -3,15 +3,10 @@ package vmfest
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/rand"
-	"io/fs"
+	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // TestReadTarRefusesEscapes: a hostile guest's tar cannot write outside
@@ -48,7 +43,7 @@ func TestReadTarRefusesEscapes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer root.Close()
-			if err := readTar(&buf, root, "top", "copy"); err == nil {
+			if err := readTar(&buf, root, "top", "copy", nil); err == nil {
 				t.Fatal("a tar that escapes was unpacked")
 			}
 			if entries, _ := os.ReadDir(outside); len(entries) != 0 {
@@ -58,63 +53,68 @@ func TestReadTarRefusesEscapes(t *testing.T) {
 	}
 }
 
-// TestCopyRoundTrip copies a directory of files into the tiny guest and
-// back, and checks every file byte for byte, with its mode.
-func TestCopyRoundTrip(t *testing.T) {
-	image := tinyImage(t)
-	l := newTestServer(t)
-	ctx := ctxTimeout(t, 3*time.Minute)
-	m := bootTiny(ctx, t, l, "cp", image, natHardware())
-	signer, _, err := l.SSHKey()
-	if err != nil {
-		t.Fatal(err)
+// TestRenameTar: the stream a machine unpacks keeps only entries under
+// its one top, renamed to the target, and refuses the rest.
+func TestRenameTar(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		entries []tar.Header
+		want    []string // names written; nil: refused
+	}{
+		{"a tree", []tar.Header{
+			{Name: "top/", Typeflag: tar.TypeDir, Mode: 0o755},
+			{Name: "top/a", Typeflag: tar.TypeReg, Mode: 0o600},
+			{Name: "./top/sub/", Typeflag: tar.TypeDir, Mode: 0o700},
+			{Name: "top/sub/l", Typeflag: tar.TypeSymlink, Linkname: "../a"},
+		}, []string{"new/", "new/a", "new/sub/", "new/sub/l"}},
+		{"one file", []tar.Header{{Name: "top", Typeflag: tar.TypeReg, Mode: 0o644}}, []string{"new"}},
+		{"dot-dot", []tar.Header{{Name: "top/", Typeflag: tar.TypeDir}, {Name: "top/../evil", Typeflag: tar.TypeReg}}, nil},
+		{"a second top", []tar.Header{{Name: "top/", Typeflag: tar.TypeDir}, {Name: "other", Typeflag: tar.TypeReg}}, nil},
+		{"a prefix of top", []tar.Header{{Name: "top/", Typeflag: tar.TypeDir}, {Name: "topper", Typeflag: tar.TypeReg}}, nil},
+		{"a device", []tar.Header{{Name: "top/", Typeflag: tar.TypeDir}, {Name: "top/sda", Typeflag: tar.TypeBlock}}, nil},
+		{"a hard link", []tar.Header{{Name: "top/", Typeflag: tar.TypeDir}, {Name: "top/h", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var in bytes.Buffer
+			tw := tar.NewWriter(&in)
+			for _, h := range c.entries {
+				if err := tw.WriteHeader(&h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tw.Close()
+			tr := tar.NewReader(&in)
+			first, err := tr.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			err = renameTar(&out, tr, first, "top", "new")
+			if c.want == nil {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("error %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for rd := tar.NewReader(&out); ; {
+				h, err := rd.Next()
+				if err != nil {
+					break
+				}
+				got = append(got, h.Name)
+			}
+			if strings.Join(got, " ") != strings.Join(c.want, " ") {
+				t.Fatalf("entries %v, want %v", got, c.want)
+			}
+		})
 	}
-	src := filepath.Join(t.TempDir(), "tree")
-	files := map[string]fs.FileMode{"a.bin": 0o644, "sub/b.bin": 0o600, "sub/deeper/run.sh": 0o755, "empty": 0o644}
-	for name, mode := range files {
-		p := filepath.Join(src, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
+	for _, name := range []string{"", ".", "..", "a/b", "/"} {
+		if _, err := tarTop(name); !errors.Is(err, ErrInvalid) {
+			t.Errorf("tarTop(%q): %v, want ErrInvalid", name, err)
 		}
-		data := make([]byte, len(name)*7919)
-		if name == "empty" {
-			data = nil
-		}
-		rand.Read(data)
-		if err := os.WriteFile(p, data, mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := CopyTo(ctx, m, signer, src, "/tmp"); err != nil {
-		t.Fatal(err)
-	}
-	back := filepath.Join(t.TempDir(), "back")
-	if err := CopyFrom(ctx, m, signer, "/tmp/tree", back); err != nil {
-		t.Fatal(err)
-	}
-	for name, mode := range files {
-		st, err := os.Stat(filepath.Join(back, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Mode().Perm() != mode {
-			t.Errorf("%s: mode %v, want %v", name, st.Mode().Perm(), mode)
-		}
-		if testutil.MustSumFile(t, filepath.Join(back, name)) != testutil.MustSumFile(t, filepath.Join(src, name)) {
-			t.Errorf("%s differs after the round trip", name)
-		}
-	}
-	// A file onto a new name, and a guest path that does not exist.
-	if err := CopyTo(ctx, m, signer, filepath.Join(src, "a.bin"), "/tmp/renamed.bin"); err != nil {
-		t.Fatal(err)
-	}
-	if err := CopyFrom(ctx, m, signer, "/tmp/renamed.bin", filepath.Join(back, "again.bin")); err != nil {
-		t.Fatal(err)
-	}
-	if testutil.MustSumFile(t, filepath.Join(back, "again.bin")) != testutil.MustSumFile(t, filepath.Join(src, "a.bin")) {
-		t.Error("a file copied to a new name differs")
-	}
-	if err := CopyFrom(ctx, m, signer, "/no/such/file", back); err == nil || !strings.Contains(err.Error(), "tar exited") {
-		t.Errorf("copy of a missing guest file: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ package vmfest
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
@@ -297,6 +298,16 @@ type Machine interface {
 	// out of a powered-off machine and returns the slot it was in; the
 	// file itself is kept.
 	Detach(ctx context.Context, a Attachment) (spec.MountPoint, error)
+	// CopyIn unpacks the tar stream r in a running guest: its one top
+	// entry lands inside dst when dst is a directory there, else becomes
+	// dst (absolute). Entries are directories, regular files and symbolic
+	// links under the top; modes are kept. See CopyTo for the host side.
+	CopyIn(ctx context.Context, dst string, r io.Reader, opts CopyOptions) error
+	// CopyOut returns a tar stream of the running guest's src (absolute),
+	// whose entries are src's base name and below it; the caller reads it
+	// and closes it. A failure on the way is the error of a Read. See
+	// CopyFrom for the host side.
+	CopyOut(ctx context.Context, src string, opts CopyOptions) (io.ReadCloser, error)
 }
 
 // DestroyOption tunes Destroy.

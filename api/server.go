@@ -187,6 +187,8 @@ var routeTable = []route{
 	{"POST", "/v1/machines/{name}/{action}", "machine-action", func(s *Server) handlerFunc { return s.machineAction }},
 	{"POST", "/v1/machines/{name}/labels", "machine-labels", func(s *Server) handlerFunc { return s.relabelMachine }},
 	{"POST", "/v1/machines/{name}/exec", "machine-exec", func(s *Server) handlerFunc { return s.execMachine }},
+	{"PUT", "/v1/machines/{name}/files", "machine-files", func(s *Server) handlerFunc { return s.copyIn }},
+	{"GET", "/v1/machines/{name}/files", "machine-files", func(s *Server) handlerFunc { return s.copyOut }},
 	{"GET", "/v1/machines/{name}/ip", "machine-ip", func(s *Server) handlerFunc { return s.machineIP }},
 	{"GET", "/v1/machines/{name}/console", "machine-console", func(s *Server) handlerFunc { return s.machineConsole }},
 	{"GET", "/v1/machines/{name}/ssh", "machine-ssh", func(s *Server) handlerFunc { return s.tunnelSSH }},
