@@ -151,6 +151,53 @@ type SSHDialer interface {
 	DialSSH(ctx context.Context) (net.Conn, error)
 }
 
+// sshDialer returns how to connect to machine m's SSH server, and where
+// that goes (for messages): through its server's API when m is an
+// SSHDialer, else to SSHEndpoint.
+func sshDialer(ctx context.Context, m Machine) (dial func(context.Context) (net.Conn, error), addr string, err error) {
+	if d, ok := m.(SSHDialer); ok {
+		addr = "its server"
+		if v, ok := m.(interface{ sshVia() string }); ok {
+			addr = v.sshVia()
+		}
+		return d.DialSSH, addr, nil
+	}
+	ep, err := SSHEndpoint(ctx, m)
+	if err != nil {
+		return nil, "", err
+	}
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ep)
+	}, "at " + ep, nil
+}
+
+// DialSSH connects to machine m's SSH server as SSH does (through its
+// server's API, or to SSHEndpoint), retrying until the guest's SSH server
+// answers or ctx ends; a machine that cannot be reached at all (not found,
+// not running, no NIC) fails at once. For an SSH client of the caller's
+// own (vmfest ssh-proxy).
+func DialSSH(ctx context.Context, m Machine) (net.Conn, error) {
+	dial, addr, err := sshDialer(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		c, err := dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if unreachable(err) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("ssh to machine %s %s: %w: %w", m.Name(), addr, ErrTimeout, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
 // SSH runs opts.Command (or a shell) on machine m as its image's user
 // (root when the image names none), authenticated with signer (and the
 // image's password, if it has one), and returns the remote exit status.
@@ -174,23 +221,9 @@ func SSH(ctx context.Context, m Machine, signer ssh.Signer, opts SSHOptions) (in
 	if err != nil {
 		return -1, err
 	}
-	var dial func(context.Context) (net.Conn, error)
-	var addr string // where the connection goes, for messages
-	if d, ok := m.(SSHDialer); ok {
-		dial, addr = d.DialSSH, "its server"
-		if v, ok := m.(interface{ sshVia() string }); ok {
-			addr = v.sshVia()
-		}
-	} else {
-		ep, err := SSHEndpoint(cctx, m)
-		if err != nil {
-			return -1, err
-		}
-		dial = func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", ep)
-		}
-		addr = "at " + ep
+	dial, addr, err := sshDialer(cctx, m)
+	if err != nil {
+		return -1, err
 	}
 	user := opts.User
 	if user == "" {

@@ -123,6 +123,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 		"console":       a.argsOf(machineNames, true),
 		"ip":            a.argsOf(machineNames, true),
 		"ssh":           a.argsOf(machineNames, true),
+		"ssh-proxy":     a.argsOf(machineNames, true),
 		"model show":    a.argsOf(modelNames, true),
 		"model rm":      a.argsOf(modelNames, false),
 		"hardware show": a.argsOf(hardwareNames, true),

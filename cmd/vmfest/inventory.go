@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -24,8 +26,9 @@ func (a *app) inventoryCommand() *cobra.Command {
 		Long: `Print an Ansible dynamic inventory (JSON) of the running machines:
 --list gives every group and host, --host NAME one host's variables.
 Each host has ansible_host and ansible_port (its SSH endpoint, as vmfest ssh
-uses it), ansible_user (the image's user) and ansible_ssh_private_key_file
-(vmfest's own key); groups are "vmfest" (all of them) and one per label,
+uses it; with --server, a ProxyCommand of vmfest ssh-proxy through the
+server's API instead), ansible_user (the image's user) and
+ansible_ssh_private_key_file (vmfest's key in --home); groups are "vmfest" (all of them) and one per label,
 named key_value. Use it as ansible's inventory through a two-line script:
 
   printf '#!/bin/sh\nexec vmfest inventory "$@"\n' > vmfest-inventory; chmod +x vmfest-inventory
@@ -44,9 +47,16 @@ named key_value. Use it as ansible's inventory through a two-line script:
 			if err != nil {
 				return err
 			}
-			key := ""
-			if a.remote == "" {
-				key = filepath.Join(a.home, "ssh", "id_ed25519")
+			// vmfest's key in --home: the server's own when local, the
+			// one create --server gave the machine when remote.
+			key := filepath.Join(a.home, "ssh", "id_ed25519")
+			proxy := ""
+			if a.remote != "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				proxy = shellQuote(exe) + " --server " + shellQuote(a.remote) + " --home " + shellQuote(a.home) + " ssh-proxy"
 			}
 			groups := map[string][]string{}
 			hostvars := map[string]map[string]any{}
@@ -55,12 +65,14 @@ named key_value. Use it as ansible's inventory through a two-line script:
 				if err != nil || info.State != vmfest.Running {
 					continue
 				}
-				addr, err := vmfest.SSHEndpoint(ctx, m)
-				if err != nil {
-					fmt.Fprintf(a.errOut, "warning: %s left out: %v\n", m.Name(), err)
-					continue
+				var addr string
+				if proxy == "" {
+					if addr, err = vmfest.SSHEndpoint(ctx, m); err != nil {
+						fmt.Fprintf(a.errOut, "warning: %s left out: %v\n", m.Name(), err)
+						continue
+					}
 				}
-				vars, err := hostVars(info, addr, key)
+				vars, err := hostVars(info, addr, key, proxy)
 				if err != nil {
 					fmt.Fprintf(a.errOut, "warning: %s left out: %v\n", m.Name(), err)
 					continue
@@ -95,24 +107,29 @@ named key_value. Use it as ansible's inventory through a two-line script:
 	return cmd
 }
 
-// hostVars is a machine's Ansible connection variables.
-func hostVars(info vmfest.Info, addr, key string) (map[string]any, error) {
-	h, p, err := splitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
+// hostVars is a machine's Ansible connection variables: its SSH endpoint
+// addr, or with proxy (a vmfest ssh-proxy command line, for --server) a
+// ProxyCommand through the server's API.
+func hostVars(info vmfest.Info, addr, key, proxy string) (map[string]any, error) {
 	user := info.ImageSpec.Username
 	if user == "" {
 		user = "root"
 	}
-	vars := map[string]any{
-		"ansible_host": h,
-		"ansible_port": p,
-		"ansible_user": user,
-		// The guest's host key is new with every machine (and every
-		// clone): do not record it in the user's known_hosts.
-		"ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+	// The guest's host key is new with every machine (and every clone):
+	// do not record it in the user's known_hosts.
+	common := "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+	vars := map[string]any{"ansible_user": user}
+	if proxy != "" {
+		vars["ansible_host"] = info.Name
+		common += ` -o ProxyCommand="` + proxy + " " + shellQuote(info.Name) + `"`
+	} else {
+		h, p, err := splitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		vars["ansible_host"], vars["ansible_port"] = h, p
 	}
+	vars["ansible_ssh_common_args"] = common
 	if key != "" {
 		vars["ansible_ssh_private_key_file"] = key
 	}
@@ -130,6 +147,9 @@ func splitHostPort(addr string) (string, int, error) {
 	}
 	return h, p, nil
 }
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // groupName makes an Ansible group name of a label: letters, digits and
 // underscores.

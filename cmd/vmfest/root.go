@@ -87,6 +87,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.consoleCommand(),
 		a.ipCommand(),
 		a.sshCommand(),
+		a.sshProxyCommand(),
 		a.networkCommand(),
 		a.volumeCommand(),
 		a.attachCommand(),

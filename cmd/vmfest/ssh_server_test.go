@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,6 +71,31 @@ func TestCLISSHThroughServer(t *testing.T) {
 		{args: on("ssh", "vm", "--", "sh", "-c", "echo out; echo err >&2; exit 7"), code: 7, stdout: "out\n", stderr: "err\n"},
 	} {
 		c.check(t, client)
+	}
+	// Ansible through the inventory the client prints: a ProxyCommand of
+	// vmfest ssh-proxy through the server (the test binary stands in for
+	// vmfest: TestMain), with the client's key.
+	code, host, errOut := runCLI(t, client, on("inventory", "--host", "vm")...)
+	if code != 0 || !strings.Contains(host, "ssh-proxy 'vm'") || !strings.Contains(host, filepath.Join(client, "ssh", "id_ed25519")) {
+		t.Fatalf("inventory --host vm through the server: %s%s", host, errOut)
+	}
+	if ansible, err := exec.LookPath("ansible"); err == nil {
+		_, list, _ := runCLI(t, client, on("inventory", "--list")...)
+		dir := t.TempDir()
+		script := filepath.Join(dir, "inventory")
+		listFile := filepath.Join(dir, "list.json")
+		if err := os.WriteFile(listFile, []byte(list), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(script, []byte("#!/bin/sh\nif [ \"$1\" = --list ]; then cat "+listFile+"; else echo '{}'; fi\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(ansible, "-i", script, "all", "-m", "raw", "-a", "hostname")
+		cmd.Env = append(os.Environ(), "VMFEST_TEST_CLI=1", "ANSIBLE_LOCAL_TEMP="+dir, "ANSIBLE_HOME="+dir, "ANSIBLE_TIMEOUT=60")
+		got, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(got), "vm | CHANGED") {
+			t.Fatalf("ansible through vmfest ssh-proxy: %v\n%s", err, got)
+		}
 	}
 	refused := cliCase{args: on("ssh", "vm", "--wait", "60s", "--", "true"), code: 1,
 		stderr: fmt.Sprintf("ssh to machine vm through vmfest server %s as root: the guest refused the login (tried this client's vmfest key, which a machine created through the server by someone else has only if its creator gave it with --ssh-key)", remote[1])}
