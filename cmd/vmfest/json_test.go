@@ -264,4 +264,26 @@ func checkExec(t *testing.T, home string) {
 	if code, _, errOut := runCLI(t, home, "cp", src, back); code == 0 || !strings.Contains(errOut, "write exactly one side as NAME:/path") {
 		t.Fatalf("cp between two host paths: exit %d, %q", code, errOut)
 	}
+	// Through the guest agent: no network, no key.
+	if code, _, errOut := runCLI(t, home, "cp", "--via", "agent", src, "vm:/root/agent.txt"); code != 0 {
+		t.Fatalf("cp --via agent to the guest: %s", errOut)
+	}
+	if code, _, errOut := runCLI(t, home, "cp", "--via", "agent", "vm:/root/agent.txt", back); code != 0 {
+		t.Fatalf("cp --via agent from the guest: %s", errOut)
+	}
+	if data, err := os.ReadFile(back); err != nil || string(data) != "copied through vmfest cp\n" {
+		t.Fatalf("round trip through the agent: %q, %v", data, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"cp", "--via", "ftp", src, "vm:/tmp"}, `--via "ftp": use ssh or agent`},
+		{[]string{"cp", src, "vm:tmp"}, "give an absolute path in the guest"},
+		{[]string{"cp", "--via", "agent", "vm:/no/such", back}, "no such file or directory in the guest"},
+	} {
+		if code, _, errOut := runCLI(t, home, c.args...); code == 0 || !strings.Contains(errOut, c.want) {
+			t.Fatalf("%v: exit %d, %q; want an error with %q", c.args, code, errOut, c.want)
+		}
+	}
 }

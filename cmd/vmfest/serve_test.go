@@ -43,6 +43,9 @@ func TestCLIAgainstServer(t *testing.T) {
 		{"pause", "vm1"},
 		{"show", "nope"},
 		{"create", "vm1", "--image", disk},
+		{"cp", disk, "vm1:/tmp"},
+		{"cp", "--via", "agent", "vm1:/etc/hostname", home},
+		{"cp", disk, "nope:/tmp"},
 	} {
 		_, _, lerr := run(t, home, args...)
 		_, _, rerr := run(t, home, append(remote, args...)...)
