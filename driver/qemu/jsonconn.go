@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -220,6 +221,13 @@ func (c *rpcConn) receive(ctx context.Context, command, id string) (json.RawMess
 			return nil, fmt.Errorf("%s: malformed reply %q", what, truncate(line))
 		}
 		if r.Event != "" {
+			continue
+		}
+		if r.ID == nil && r.Error != nil && strings.HasPrefix(r.Error.Desc, "JSON parse error") {
+			// A complaint about bytes that are not our request (which is
+			// always valid JSON): qemu-ga answers the 0xFF of a sync an
+			// earlier client queued before the agent started, at times
+			// only after later requests, and with no id to tell it by.
 			continue
 		}
 		if r.ID != nil {

@@ -231,6 +231,7 @@ func TestAgentExecuteSkipsOtherLines(t *testing.T) {
 		{"echoed id", "guest-ping", "", `{"return": {"ok": 1}, "id": %s}`, `{"ok": 1}`, ""},
 		{"no id", "guest-ping", "", `{"return": 7}`, `7`, ""},
 		{"late sync", "guest-ping", "\xff{\"return\": 12345}\n", `{"return": 8, "id": %s}`, `8`, ""},
+		{"stray sync byte", "guest-ping", `{"error": {"class": "GenericError", "desc": "JSON parse error, stray '\ufffd'"}}` + "\n", `{"return": 9, "id": %s}`, `9`, ""},
 		{"other id", "guest-ping", `{"return": "stale", "id": "vmfest-0-1"}` + "\n" + `{"return": "num", "id": 3}` + "\n", `{"return": "fresh", "id": %s}`, `"fresh"`, ""},
 		{"error", "guest-frobnicate", "", `{"error": {"class": "CommandNotFound", "desc": "no"}, "id": %s}`, "", "guest agent guest-frobnicate: CommandNotFound: no"},
 		{"empty", "guest-ping", "", `{"id": %s}`, "", "neither return nor error"},
