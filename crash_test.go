@@ -45,6 +45,10 @@ func TestMain(m *testing.M) {
 		os.Exit(helperNets())
 	case "start":
 		os.Exit(helperStart())
+	case "volumes":
+		os.Exit(helperVolumes())
+	case "volume-op":
+		os.Exit(helperVolumeOp())
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv("VMFEST_HELPER"))
 		os.Exit(2)
@@ -544,5 +548,276 @@ func TestCorruptRecordDoesNotStopListing(t *testing.T) {
 	}
 	if len(found) != 1 || found[0].Kind != "corrupt-record" || found[0].Machine != "b" || found[0].Fixed {
 		t.Fatalf("doctor = %+v", found)
+	}
+}
+
+// crashAt returns the crash hook of a helper: it kills the process at the
+// point VMFEST_HELPER_CRASH names (nil when none is named).
+func crashAt() func(string) {
+	point := os.Getenv("VMFEST_HELPER_CRASH")
+	if point == "" {
+		return nil
+	}
+	return func(p string) {
+		if p == point {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+}
+
+// crashVolumeSize is the size of the volumes the crash helpers make.
+const crashVolumeSize = 64 << 20
+
+// helperVolumes creates, attaches, moves, detaches and removes volumes
+// v0-v2 among the powered-off machines m0 and m1 until killed.
+func helperVolumes() int {
+	l, _ := helperServer()
+	at := crashAt()
+	ctx := context.Background()
+	os.Stdout.Write([]byte("ready\n"))
+	for i := 0; ; i++ {
+		v := fmt.Sprintf("v%d", i%3)
+		u, attached := l.volumeUsers()[v]
+		_, err := l.readVolume(v)
+		switch {
+		case err != nil:
+			l.createVolume(ctx, VolumeSpec{Name: v, Size: crashVolumeSize}, at)
+		case attached:
+			(&localMachine{l: l, name: u.machine}).Detach(ctx, Attachment{Volume: v})
+		case i%2 == 0:
+			(&localMachine{l: l, name: fmt.Sprintf("m%d", i/3%2)}).attach(ctx, Attachment{Volume: v}, at)
+		default:
+			l.removeVolume(ctx, v, at)
+		}
+	}
+}
+
+// helperVolumeOp runs one volume operation, VMFEST_HELPER_OP (create,
+// remove or attach) of volume v on machine m, and kills itself at the
+// point VMFEST_HELPER_CRASH.
+func helperVolumeOp() int {
+	l, _ := helperServer()
+	at := crashAt()
+	ctx := context.Background()
+	var err error
+	switch op := os.Getenv("VMFEST_HELPER_OP"); op {
+	case "create":
+		_, err = l.createVolume(ctx, VolumeSpec{Name: "v", Size: crashVolumeSize}, at)
+	case "remove":
+		err = l.removeVolume(ctx, "v", at)
+	case "attach":
+		_, err = (&localMachine{l: l, name: "m"}).attach(ctx, Attachment{Volume: "v"}, at)
+	default:
+		err = fmt.Errorf("unknown operation %q", op)
+	}
+	fmt.Fprintln(os.Stderr, "the operation ended without reaching", os.Getenv("VMFEST_HELPER_CRASH"), err)
+	return 1
+}
+
+// runUntilKilled runs cmd and fails the test unless it dies of SIGKILL
+// (its crash point) within a minute.
+func runUntilKilled(t *testing.T, cmd *exec.Cmd, point string) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("%s: helper ended without reaching the point: %v", point, err)
+		}
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s: the point was never reached", point)
+	}
+}
+
+// TestVolumeCrashPoints kills a process at each named point of
+// CreateVolume, RemoveVolume and Attach in turn. Whatever the point, after
+// the sweep the volume is whole or absent, the machine holds it or not
+// (and then it is free), and the next operation on it works.
+func TestVolumeCrashPoints(t *testing.T) {
+	l := newTestServer(t)
+	img := blankImage(t, l.Home())
+	ctx := ctxTimeout(t, 2*time.Minute)
+	m, err := l.Instance(ctx, "m", ImageSpec(img), HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		op, point string
+		// before brings the state to where op starts: the volume v absent
+		// (create), free (remove, attach).
+		exists, attached bool
+	}{
+		{"create", "volume-create:mkdir", false, false},
+		{"create", "volume-create:disk", false, false},
+		{"create", "volume-create:record", false, false},
+		{"create", "volume-create:renamed", true, false},
+		{"remove", "volume-remove:moved", false, false},
+		{"remove", "volume-remove:removed", false, false},
+		{"attach", "attach:claimed", true, false},
+		{"attach", "attach:written", true, true},
+	} {
+		t.Run(c.point, func(t *testing.T) {
+			// The state op starts from: no volume for create, a free one
+			// otherwise.
+			if _, err := m.Detach(ctx, Attachment{Volume: "v"}); err != nil && !errors.Is(err, ErrNotFound) {
+				t.Fatal(err)
+			}
+			_, err := l.Volume(ctx, "v")
+			switch {
+			case c.op == "create" && err == nil:
+				if err := l.RemoveVolume(ctx, "v"); err != nil {
+					t.Fatal(err)
+				}
+			case c.op != "create" && err != nil:
+				if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "v", Size: crashVolumeSize}); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			cmd := helperCmd(t, "volume-op", l.Home(), img.Location)
+			cmd.Env = append(cmd.Env, "VMFEST_HELPER_OP="+c.op, "VMFEST_HELPER_CRASH="+c.point)
+			runUntilKilled(t, cmd, c.point)
+
+			l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			found, err := l2.Doctor(ctx, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range found {
+				if !f.Fixed {
+					t.Errorf("doctor found what it could not fix: %+v", f)
+				}
+			}
+			checkVolumesWhole(t, l2, c.point)
+			checkWhole(t, l2, 0)
+			v, err := l2.Volume(ctx, "v")
+			if exists := err == nil; exists != c.exists {
+				t.Fatalf("the volume exists: %v (%v), want %v", exists, err, c.exists)
+			}
+			if attached := v.Machine == "m"; attached != c.attached {
+				t.Fatalf("the volume is attached to %q, want attached to m: %v", v.Machine, c.attached)
+			}
+			info, err := m.Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if held := len(info.Media) > 0; held != c.attached {
+				t.Fatalf("the machine's media = %+v, want attached: %v", info.Media, c.attached)
+			}
+
+			// The next operation works from what the crash left.
+			switch {
+			case !c.exists:
+				if _, err := l2.CreateVolume(ctx, VolumeSpec{Name: "v", Size: crashVolumeSize}); err != nil {
+					t.Fatalf("create after the crash: %v", err)
+				}
+			case !c.attached:
+				if _, err := m.Attach(ctx, Attachment{Volume: "v"}); err != nil {
+					t.Fatalf("attach after the crash: %v", err)
+				}
+			default:
+				if err := l2.RemoveVolume(ctx, "v"); !errors.Is(err, ErrWrongState) {
+					t.Fatalf("remove an attached volume after the crash: %v, want it refused", err)
+				}
+			}
+		})
+	}
+}
+
+// TestCrashVolumes kills a process that creates, attaches, moves and
+// removes volumes at random moments, many times: after each kill and the
+// sweep every volume is whole, every volume a machine's slot names exists,
+// and no volume is in two machines' slots.
+func TestCrashVolumes(t *testing.T) {
+	trials := 60
+	if testing.Short() {
+		trials = 15
+	}
+	l := newTestServer(t)
+	img := blankImage(t, l.Home())
+	ctx := context.Background()
+	for _, n := range []string{"m0", "m1"} {
+		if _, err := l.Instance(ctx, n, ImageSpec(img), HardwareModel("micro")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	partial, attached := 0, 0
+	for trial := 0; trial < trials; trial++ {
+		killDuring(t, "volumes", l.Home(), img.Location, 100*time.Millisecond)
+		partial += len(hiddenEntries(l.home.VolumesPath()))
+		l2, err := NewLocal(Config{Home: l.Home(), Logger: l.log})
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if _, err := l2.Doctor(ctx, true); err != nil {
+			t.Fatalf("trial %d: doctor: %v", trial, err)
+		}
+		checkVolumesWhole(t, l2, fmt.Sprintf("trial %d", trial))
+		checkWhole(t, l2, trial)
+		attached += len(l2.volumeUsers())
+	}
+	t.Logf("%d trials; %d half-made or half-removed volumes were swept; %d volumes were found attached after a kill", trials, partial, attached)
+	if attached == 0 {
+		t.Error("no kill left a volume attached: the helper never got as far as attaching")
+	}
+}
+
+// checkVolumesWhole asserts, after a sweep, that volumes/ holds whole
+// volumes only (a record and a qcow2 disk of the recorded size), that
+// every volume a machine's slot names exists, and that none is in two
+// machines' slots.
+func checkVolumesWhole(t *testing.T, l *Local, when string) {
+	t.Helper()
+	ctx := context.Background()
+	if left := hiddenEntries(l.home.VolumesPath()); len(left) > 0 {
+		t.Fatalf("%s: left after the sweep: %v", when, left)
+	}
+	entries, err := os.ReadDir(l.home.VolumesPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		vr, err := l.readVolume(e.Name())
+		if err != nil {
+			t.Fatalf("%s: volume %s is not whole: %v", when, e.Name(), err)
+		}
+		size, err := disk.New("").VirtualSize(ctx, l.home.VolumeDisk(vr.Name), spec.DiskFormatQCOW2)
+		if err != nil || size != int64(vr.Size) {
+			t.Fatalf("%s: volume %s's disk: %d bytes, %v; want a qcow2 of %d", when, vr.Name, size, err, int64(vr.Size))
+		}
+	}
+	names, err := l.machineNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := map[string]string{}
+	for _, n := range names {
+		r, err := l.readRecord(n)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		for _, pm := range r.media() {
+			v := pm.dev.Volume
+			if v == "" {
+				continue
+			}
+			if other, ok := holder[v]; ok {
+				t.Fatalf("%s: volume %s is in the slots of machines %s and %s", when, v, other, n)
+			}
+			holder[v] = n
+			if _, err := l.readVolume(v); err != nil {
+				t.Fatalf("%s: machine %s's slot %s names volume %s: %v", when, n, pm.at, v, err)
+			}
+		}
 	}
 }
