@@ -117,6 +117,68 @@ func TestLockDirTimeoutAndRemoval(t *testing.T) {
 	}
 }
 
+// TestFlockAbandonedWait: a wait that ends with its context neither keeps
+// the lock once the holder lets go nor delays the next waiter, and a
+// waiter gets a lock as soon as it is released.
+func TestFlockAbandonedWait(t *testing.T) {
+	dir := t.TempDir()
+	held, err := LockDir(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := LockDir(ctx, dir)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want the deadline", err)
+		}
+	}
+	held.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lk, ok, err := TryLockDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			lk.Unlock()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the lock is still held 5 s after its holder let go: an abandoned wait kept it")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// A blocked waiter gets the lock the moment it is let go.
+	held, err = LockDir(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan time.Time, 1)
+	go func() {
+		lk, err := LockDir(context.Background(), dir)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- time.Now()
+		lk.Unlock()
+	}()
+	time.Sleep(200 * time.Millisecond) // long past any polling backoff
+	released := time.Now()
+	held.Unlock()
+	select {
+	case at := <-got:
+		if d := at.Sub(released); d > 40*time.Millisecond {
+			t.Logf("waiter got the lock %v after its release (a loaded machine?)", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter did not get the lock within 5 s of its release")
+	}
+}
+
 func TestOpen(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "home")
 	h, err := Open(root)
