@@ -154,7 +154,7 @@ func (m *localMachine) copier(ctx context.Context, via, op string, kind byte, p 
 		case via == CopyViaSSH:
 			return nil, false, fmt.Errorf("%s machine %s via ssh: %w", op, m.name, err)
 		}
-		slog.Debug("copy: ssh does not answer, using the guest agent", "machine", m.name, "err", err)
+		m.l.log.Debug("copy: ssh does not answer, using the guest agent", "machine", m.name, "err", err)
 	}
 	d, err := m.drv(r)
 	if err != nil {
@@ -167,7 +167,7 @@ func (m *localMachine) copier(ctx context.Context, via, op string, kind byte, p 
 	if err != nil {
 		return nil, false, fmt.Errorf("%s machine %s: the guest agent did not answer: %w", op, m.name, err)
 	}
-	c := &agentCopier{a: a}
+	c := &agentCopier{a: a, log: m.l.log}
 	ok, err := c.test(ctx, kind, p)
 	if err != nil {
 		a.Close()
@@ -330,7 +330,8 @@ func guestCommandError(code int, stderr []byte) error {
 // the guest, written or read with the agent's file calls, and the guest's
 // tar run with guest-exec.
 type agentCopier struct {
-	a driver.Agent
+	a   driver.Agent
+	log *slog.Logger
 }
 
 func (c *agentCopier) via() string  { return CopyViaAgent }
@@ -351,7 +352,7 @@ func (c *agentCopier) remove(ctx context.Context, p string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if code, _, err := c.sh(rctx, `rm -f "$1"`, p); err != nil || code != 0 {
-		slog.Warn("copy: could not remove the temporary file in the guest", "path", p, "exit", code, "err", err)
+		c.log.Warn("copy: could not remove the temporary file in the guest", "path", p, "exit", code, "err", err)
 	}
 }
 
