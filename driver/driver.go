@@ -56,6 +56,12 @@ const (
 	// Aborted: the hypervisor died without a clean power-off (killed or
 	// crashed), or the guest hit an error it cannot continue from.
 	Aborted State = "aborted"
+	// Saved: the machine's memory and device state are on disk (see
+	// Saver). A driver reports it for a hypervisor that holds a machine
+	// whose state it has just written out or is reading back in; vmfest
+	// reports it too for a machine whose saved-state file is there and
+	// whose hypervisor is not running.
+	Saved State = "saved"
 )
 
 // Features says what a driver can do.
@@ -187,6 +193,12 @@ type StartSpec struct {
 	NICs []NIC
 	// Seed, when set, is a cloud-init NoCloud ISO to attach read-only.
 	Seed string
+	// Incoming, when set, is a file Saver.Save wrote: the machine resumes
+	// from it instead of booting, with the same hardware, disks and NICs
+	// it was saved with. Start then returns once the whole state is read
+	// back, the guest's CPUs still stopped (Started.Restored says in which
+	// state it was saved); the file is not changed or removed.
+	Incoming string
 }
 
 // Drive returns the file in the given slot, if the spec gives one.
@@ -203,6 +215,10 @@ func (s StartSpec) Drive(controller string, slot int) (Drive, bool) {
 type Started struct {
 	// Accel is the accelerator the machine runs on: kvm or tcg.
 	Accel string
+	// Restored, for a start from StartSpec.Incoming, is the state the
+	// machine was saved in (Running or Paused); the guest is held stopped
+	// until Resume. Empty for a boot.
+	Restored State
 }
 
 // Status is a machine's run state, derived afresh on every call.
@@ -273,8 +289,22 @@ type GuestAgent interface {
 	Agent(ctx context.Context, m Machine) (Agent, error)
 }
 
-// Driver is a hypervisor as vmfest's orchestration uses it. Saved state,
-// snapshots and clones will be further interfaces a driver may implement,
+// Saver is a driver that writes a machine's memory and device state to a
+// file and later resumes the machine from it (StartSpec.Incoming);
+// announced by Features.MemorySnapshots. Called with the machine's lock
+// held.
+type Saver interface {
+	// Save writes the running or paused machine's state to a new file at
+	// path (which must not exist), synced to disk, in a format of the
+	// driver's own. It returns with the hypervisor still alive and holding
+	// the machine stopped (Status: Saved) until PowerOff or Kill, so the
+	// caller can commit the file first. On error the file is removed and
+	// the machine runs on (or stays paused) as it was. ctx bounds the save.
+	Save(ctx context.Context, m Machine, path string) error
+}
+
+// Driver is a hypervisor as vmfest's orchestration uses it. Saved state is
+// the further interface Saver; snapshots and clones will be more, all
 // announced by Features.MemorySnapshots.
 type Driver interface {
 	// Info names the driver and says what it can do.

@@ -36,6 +36,9 @@ const (
 	StoppingFile = "stopping"
 	CIDataISO    = "cidata.iso"
 	UserDataFile = "user-data"
+	// SavedStateFile holds a saved machine's memory and device state; it
+	// is written as SavedStateFile+".new" and renamed into place.
+	SavedStateFile = "saved.state"
 )
 
 // File names inside a volume directory.

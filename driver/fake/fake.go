@@ -52,14 +52,20 @@ type Driver struct {
 type machine struct {
 	spec    driver.StartSpec
 	state   driver.State
+	held    driver.State // the state Save found (running, paused) while state is Saved
 	pid     int
+	boot    int // which boot the guest's memory is from (kept by a save and resume)
+	clock   int // how many times guest-set-time was called
 	since   time.Time
 	starts  int
 	console []byte
 	ips     map[string]string // MAC -> IPv4
 }
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver = (*Driver)(nil)
+	_ driver.Saver  = (*Driver)(nil)
+)
 
 // New returns a fake driver with no machines.
 func New(o Options) *Driver {
@@ -76,6 +82,9 @@ func (d *Driver) Info() driver.Info {
 		PowerButton:  true,
 		GuestAgent:   true,
 		Console:      true,
+		// Save and StartSpec.Incoming: the state file holds the guest's
+		// boot number and run state.
+		MemorySnapshots: true,
 	}
 	if d.opts.Features != nil {
 		f = *d.opts.Features
@@ -84,7 +93,8 @@ func (d *Driver) Info() driver.Info {
 }
 
 // Fail makes the next call of op (Start, Status, Pause, Resume,
-// PowerButton, PowerOff, Kill, WaitExit, Clean, Forget, Console, Agent)
+// PowerButton, PowerOff, Kill, WaitExit, Clean, Forget, Console, Agent,
+// Save)
 // return err, once.
 func (d *Driver) Fail(op string, err error) {
 	d.mu.Lock()
@@ -170,7 +180,63 @@ func (d *Driver) setLocked(m *machine, st driver.State) {
 }
 
 func alive(st driver.State) bool {
-	return st == driver.Running || st == driver.Paused || st == driver.Stopping
+	return st == driver.Running || st == driver.Paused || st == driver.Stopping || st == driver.Saved
+}
+
+// Boot returns which boot the guest's memory in dir is from: a start that
+// boots counts one more, a resume from a saved state keeps the count the
+// state was saved with (as a real guest keeps its processes).
+func (d *Driver) Boot(dir string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.get(dir).boot
+}
+
+// ClockSets returns how many times the guest agent of the machine in dir
+// was asked to set the guest's clock (guest-set-time).
+func (d *Driver) ClockSets(dir string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.get(dir).clock
+}
+
+// savedFile is what the fake writes to a saved-state file.
+type savedFile struct {
+	Magic string       `json:"magic"`
+	Boot  int          `json:"boot"`
+	State driver.State `json:"state"`
+}
+
+const savedMagic = "vmfest-fake-saved-state"
+
+// Save implements driver.Saver: it writes the guest's boot number and run
+// state to path and holds the machine as Saved until PowerOff or Kill.
+func (d *Driver) Save(ctx context.Context, dm driver.Machine, path string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.failed("Save"); err != nil {
+		return err
+	}
+	m := d.get(dm.Dir)
+	if m.state != driver.Running && m.state != driver.Paused {
+		return fmt.Errorf("fake Save: machine %s is %s", dm.Name, m.state)
+	}
+	data, err := json.Marshal(savedFile{Magic: savedMagic, Boot: m.boot, State: m.state})
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("fake Save: %w", err)
+	}
+	_, werr := f.Write(data)
+	if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("fake Save: %w", err)
+	}
+	m.held = m.state
+	d.setLocked(m, driver.Saved)
+	return nil
 }
 
 // Start implements driver.Lifecycle. It checks what a hypervisor would:
@@ -225,9 +291,28 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 			}
 		}
 	}
+	var restored driver.State
+	boot := m.boot + 1
+	if s.Incoming != "" {
+		data, err := os.ReadFile(s.Incoming)
+		if err != nil {
+			return driver.Started{}, fmt.Errorf("fake: saved state: %w", err)
+		}
+		var sf savedFile
+		if err := json.Unmarshal(data, &sf); err != nil || sf.Magic != savedMagic {
+			return driver.Started{}, fmt.Errorf("fake: saved state %s: not a fake saved state (%v)", s.Incoming, err)
+		}
+		boot, restored = sf.Boot, sf.State
+	}
 	d.pid++
-	m.spec, m.pid, m.since = s, d.pid, time.Now()
+	m.spec, m.pid, m.since, m.boot = s, d.pid, time.Now(), boot
 	m.starts++
+	if restored != "" {
+		// Loaded with the guest's CPUs held until Resume, as -S does.
+		m.console = append(m.console, fmt.Sprintf("fake: %s resumed\n", s.Name)...)
+		d.setLocked(m, driver.Paused)
+		return driver.Started{Accel: "tcg", Restored: restored}, nil
+	}
 	m.console = append(m.console[:0], fmt.Sprintf("fake: %s booted\n", s.Name)...)
 	d.setLocked(m, driver.Running)
 	return driver.Started{Accel: "tcg"}, nil
@@ -268,7 +353,9 @@ func (d *Driver) Pause(ctx context.Context, m driver.Machine) error {
 
 // Resume implements driver.Lifecycle.
 func (d *Driver) Resume(ctx context.Context, m driver.Machine) error {
-	return d.transition("Resume", m, driver.Running, driver.Paused)
+	// A Saved machine is held by its hypervisor, which can continue it
+	// as a QEMU in postmigrate does.
+	return d.transition("Resume", m, driver.Running, driver.Paused, driver.Saved)
 }
 
 // PowerButton implements driver.Lifecycle: the guest powers off after
@@ -299,7 +386,7 @@ func (d *Driver) PowerButton(ctx context.Context, dm driver.Machine) error {
 
 // PowerOff implements driver.Lifecycle.
 func (d *Driver) PowerOff(ctx context.Context, m driver.Machine) error {
-	return d.transition("PowerOff", m, driver.PoweredOff, driver.Running, driver.Paused, driver.Stopping, driver.PoweredOff)
+	return d.transition("PowerOff", m, driver.PoweredOff, driver.Running, driver.Paused, driver.Stopping, driver.Saved, driver.PoweredOff)
 }
 
 // Kill implements driver.Lifecycle: the machine reads as aborted until
@@ -393,7 +480,8 @@ type agent struct {
 	dir string
 }
 
-// Execute answers guest-ping, guest-sync and guest-network-get-interfaces.
+// Execute answers guest-ping, guest-set-time and
+// guest-network-get-interfaces.
 func (a *agent) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	a.d.mu.Lock()
 	defer a.d.mu.Unlock()
@@ -403,6 +491,9 @@ func (a *agent) Execute(ctx context.Context, command string, args any) (json.Raw
 	}
 	switch command {
 	case "guest-ping":
+		return json.RawMessage("{}"), nil
+	case "guest-set-time":
+		m.clock++
 		return json.RawMessage("{}"), nil
 	case "guest-network-get-interfaces":
 		type addr struct {

@@ -105,6 +105,11 @@ type Config struct {
 	// Drives are the files in the other storage slots (volumes, a user's
 	// disks, ISOs).
 	Drives []driver.Drive
+	// Incoming, when set, is a saved-state file positioned at its
+	// migration stream: QEMU gets it as descriptor 3 and loads the machine
+	// from it (-incoming fd:3) instead of booting, its CPUs held stopped
+	// (-S) until a QMP cont.
+	Incoming *os.File
 }
 
 // NICBackend is the host end of one adapter: the tap QEMU creates for a
@@ -175,6 +180,9 @@ func (c Config) Args() ([]string, error) {
 	}
 	if c.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")
+	}
+	if c.Incoming != nil {
+		args = append(args, "-S", "-incoming", "fd:"+strconv.Itoa(incomingFD))
 	}
 	if h.Firmware == spec.FirmwareEFI {
 		fw := c.OVMF

@@ -32,7 +32,10 @@ type Driver struct {
 	opts Options
 }
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver = (*Driver)(nil)
+	_ driver.Saver  = (*Driver)(nil)
+)
 
 // New returns the QEMU driver; it fails on an accelerator it does not know
 // or cannot use on this host.
@@ -61,6 +64,8 @@ func (d *Driver) Info() driver.Info {
 		PowerButton:  true,
 		GuestAgent:   true,
 		Console:      true,
+		// Saved state (Save, StartSpec.Incoming).
+		MemorySnapshots: true,
 	}}
 }
 
@@ -84,10 +89,25 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		CIData:   s.Seed,
 		Drives:   s.Drives,
 	}
+	var restored driver.State
+	if s.Incoming != "" {
+		f, h, err := openIncoming(s.Incoming)
+		if err != nil {
+			return driver.Started{}, err
+		}
+		defer f.Close()
+		cfg.Incoming, restored = f, h.State
+	}
 	if err := Start(ctx, cfg); err != nil {
 		return driver.Started{}, err
 	}
-	return driver.Started{Accel: accel}, nil
+	if cfg.Incoming != nil {
+		if err := waitIncoming(ctx, s.Dir); err != nil {
+			Kill(s.Dir)
+			return driver.Started{}, err
+		}
+	}
+	return driver.Started{Accel: accel, Restored: restored}, nil
 }
 
 // Status implements driver.Lifecycle.

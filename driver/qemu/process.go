@@ -84,6 +84,9 @@ func Inspect(ctx context.Context, dir string) (State, error) {
 	switch st.Status {
 	case "running":
 		return Running, nil
+	case "inmigrate", "postmigrate":
+		// Loading a saved state, or holding one it has written out.
+		return driver.Saved, nil
 	case "shutdown":
 		return Stopping, nil
 	case "internal-error", "guest-panicked", "io-error":
@@ -115,6 +118,11 @@ func Start(ctx context.Context, cfg Config) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cfg.Incoming != nil {
+		// Descriptor 3 in QEMU; the daemonized QEMU inherits it through
+		// its fork and reads the migration stream from it.
+		cmd.ExtraFiles = []*os.File{cfg.Incoming}
+	}
 	if err := cmd.Run(); err != nil {
 		msg, _ := os.ReadFile(cfg.Path(LogFile))
 		msg = bytes.TrimSpace(msg)

@@ -3,7 +3,13 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP is a client connection to a QEMU Machine Protocol socket. It is not
@@ -115,4 +121,29 @@ func QueryStatus(ctx context.Context, socket string) (Status, error) {
 		return Status{}, fmt.Errorf("qmp query-status: %w", err)
 	}
 	return s, nil
+}
+
+// SendFD hands f to QEMU under name (QMP getfd, the descriptor passed with
+// SCM_RIGHTS beside the command), for a later command that names it (a
+// migration URI fd:name). QEMU keeps its own duplicate: f stays open here.
+func (q *QMP) SendFD(ctx context.Context, name string, f *os.File) error {
+	uc, ok := q.c.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("qmp getfd: the QMP connection is not a Unix socket")
+	}
+	q.c.nextID++
+	id := q.c.prefix + strconv.Itoa(q.c.nextID)
+	msg, err := json.Marshal(request{Execute: "getfd", Arguments: map[string]string{"fdname": name}, ID: id})
+	if err != nil {
+		return fmt.Errorf("qmp getfd: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	uc.SetWriteDeadline(deadline(ctx))
+	if _, _, err := uc.WriteMsgUnix(append(msg, '\n'), unix.UnixRights(int(f.Fd())), nil); err != nil {
+		return timeoutErr("qmp getfd", err)
+	}
+	_, err = q.c.receive(ctx, "getfd", id)
+	return err
 }
