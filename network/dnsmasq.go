@@ -200,10 +200,16 @@ func (m *Manager) writeConfig(n Network, allocs []Allocation) (bool, error) {
 }
 
 // reloadHosts gives a running dnsmasq the reservations (it is restarted:
-// see DnsmasqConfig). The caller holds the network's lock.
+// see DnsmasqConfig). Without one it does nothing: Up writes the
+// configuration from the allocations before it starts dnsmasq, so creating
+// a machine on a network that is down (the common case) costs no write of
+// it. The caller holds the network's lock.
 func (m *Manager) reloadHosts(ctx context.Context, n Network, allocs []Allocation) error {
+	if m.dnsmasqPID(n) == 0 {
+		return nil
+	}
 	changed, err := m.writeConfig(n, allocs)
-	if err != nil || !changed || m.dnsmasqPID(n) == 0 {
+	if err != nil || !changed {
 		return err
 	}
 	if err := m.stopDnsmasq(ctx, n); err != nil {

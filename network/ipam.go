@@ -39,7 +39,25 @@ func readAllocations(dir string) ([]Allocation, error) {
 	return out, nil
 }
 
+// writeAllocations replaces the allocations file of the network directory
+// dir, durably (the directory is synced).
 func writeAllocations(dir string, allocs []Allocation) error {
+	if err := replaceAllocations(dir, allocs); err != nil {
+		return err
+	}
+	return store.SyncDir(dir)
+}
+
+// replaceAllocations replaces the allocations file of dir, its content
+// synced but not the directory (see store.ReplaceFile): the caller holds
+// the network's lock and syncs the directory once it has let go.
+//
+// That keeps one of the two fsyncs of a change out of the lock, safely:
+// every allocations file renamed into place has its content on disk
+// first, and each change starts from the file the previous one left, so
+// whichever rename the directory's sync makes durable carries this
+// change too (only the owner's own release takes an allocation out).
+func replaceAllocations(dir string, allocs []Allocation) error {
 	sort.Slice(allocs, func(i, j int) bool {
 		a, b := allocs[i], allocs[j]
 		if a.IP != b.IP {
@@ -59,26 +77,39 @@ func writeAllocations(dir string, allocs []Allocation) error {
 	if err != nil {
 		return err
 	}
-	return store.WriteFileAtomic(filepath.Join(dir, AllocationsFile), append(data, '\n'), 0o644)
+	return store.ReplaceFile(filepath.Join(dir, AllocationsFile), append(data, '\n'), 0o644)
 }
 
 // Allocate records a machine NIC on the network and, on a host-only
 // network, reserves the lowest free address for it (the host's .1, the
 // network and broadcast addresses are never given). a.IP is ignored. It
 // holds the network's lock, so concurrent allocations (in any process)
-// never hand one address out twice. The reservation is passed on to a
-// running dnsmasq at once.
+// never hand one address out twice; the allocation is on disk when it
+// returns. The reservation is passed on to a running dnsmasq at once.
 func (m *Manager) Allocate(ctx context.Context, name string, a Allocation) (Allocation, error) {
 	n, err := m.Get(name)
 	if err != nil {
 		return Allocation{}, err
 	}
-	lk, err := m.Lock(ctx, name)
+	a, err = m.allocate(ctx, n, a)
+	if err != nil {
+		return Allocation{}, err
+	}
+	if err := store.SyncDir(m.Path(name)); err != nil {
+		return Allocation{}, fmt.Errorf("network %s: %w", name, err)
+	}
+	return a, nil
+}
+
+// allocate is Allocate's decision and its write, under the network's lock
+// (held for no more than that: the directory is synced after).
+func (m *Manager) allocate(ctx context.Context, n Network, a Allocation) (Allocation, error) {
+	lk, err := m.Lock(ctx, n.Name)
 	if err != nil {
 		return Allocation{}, err
 	}
 	defer lk.Unlock()
-	allocs, err := m.Allocations(name)
+	allocs, err := m.Allocations(n.Name)
 	if err != nil {
 		return Allocation{}, err
 	}
@@ -96,8 +127,8 @@ func (m *Manager) Allocate(ctx context.Context, name string, a Allocation) (Allo
 		a.IP = ip.String()
 	}
 	allocs = append(allocs, a)
-	if err := writeAllocations(m.Path(name), allocs); err != nil {
-		return Allocation{}, fmt.Errorf("network %s: %w", name, err)
+	if err := replaceAllocations(m.Path(n.Name), allocs); err != nil {
+		return Allocation{}, fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	if n.Kind == KindHostOnly {
 		if err := m.reloadHosts(ctx, n, allocs); err != nil {
@@ -163,6 +194,18 @@ func holds(allocs []Allocation, owner string) bool {
 }
 
 func (m *Manager) release(ctx context.Context, n Network, owner string) error {
+	if err := m.releaseLocked(ctx, n, owner); err != nil {
+		return err
+	}
+	if err := store.SyncDir(m.Path(n.Name)); err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// releaseLocked is release under the network's lock; the caller syncs the
+// directory after.
+func (m *Manager) releaseLocked(ctx context.Context, n Network, owner string) error {
 	lk, err := m.Lock(ctx, n.Name)
 	if err != nil {
 		return err
@@ -178,7 +221,7 @@ func (m *Manager) release(ctx context.Context, n Network, owner string) error {
 			kept = append(kept, a)
 		}
 	}
-	if err := writeAllocations(m.Path(n.Name), kept); err != nil {
+	if err := replaceAllocations(m.Path(n.Name), kept); err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	if n.Kind == KindHostOnly {

@@ -156,7 +156,13 @@ func TestAllocateConcurrently(t *testing.T) {
 	if err != nil || len(allocs) != n {
 		t.Fatalf("persisted %d allocations, %v", len(allocs), err)
 	}
-	conf, err := os.ReadFile(filepath.Join(m.Path("net"), DnsmasqConf))
+	// The network is down, so its dnsmasq.conf is written when it comes up
+	// (Up), from the allocations.
+	nw, err := m.Get("net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := DnsmasqConfig(nw, m.Path("net"), allocs)
 	if err != nil || strings.Count(string(conf), "dhcp-host=") != n || !strings.Contains(string(conf), "dhcp-host=52:54:00:00:00:00,10.77.0.") {
 		t.Fatalf("dnsmasq.conf:\n%s (%v)", conf, err)
 	}
@@ -285,6 +291,22 @@ func TestRuntime(t *testing.T) {
 	// dnsmasq restarted, by the next Up.
 	leases := filepath.Join(m.Path(n.Name), LeasesFile)
 	lk.Unlock()
+	// An allocation while dnsmasq runs reaches its configuration at once,
+	// and so does its release.
+	b, err := m.Allocate(ctx, n.Name, Allocation{Owner: "o2", Machine: "m2", MAC: "52:54:00:00:00:bb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := fmt.Sprintf("dhcp-host=52:54:00:00:00:bb,%s,m2", b.IP)
+	if conf, err := os.ReadFile(filepath.Join(m.Path(n.Name), DnsmasqConf)); err != nil || !strings.Contains(string(conf), host) || m.DnsmasqRunning(n) == 0 {
+		t.Fatalf("after an allocation, dnsmasq runs: %v; its configuration (%v):\n%s", m.DnsmasqRunning(n) != 0, err, conf)
+	}
+	if _, err := m.Release(ctx, "o2"); err != nil {
+		t.Fatal(err)
+	}
+	if conf, err := os.ReadFile(filepath.Join(m.Path(n.Name), DnsmasqConf)); err != nil || strings.Contains(string(conf), host) || m.DnsmasqRunning(n) == 0 {
+		t.Fatalf("after a release, dnsmasq runs: %v; its configuration (%v):\n%s", m.DnsmasqRunning(n) != 0, err, conf)
+	}
 	if err := m.stopDnsmasq(ctx, n); err != nil {
 		t.Fatal(err)
 	}

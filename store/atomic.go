@@ -10,6 +10,19 @@ import (
 // either the old content or the new, never a mix: temporary file in the same
 // directory, fsync, rename, fsync of the directory.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := ReplaceFile(path, data, perm); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// ReplaceFile is WriteFileAtomic without its last step, the fsync of the
+// directory: a reader sees the old content or the new, and the new content
+// is on disk before it is renamed into place, but the rename itself may not
+// survive a crash until the caller syncs the directory (SyncDir). It lets a
+// caller that holds a lock for the change sync the directory after letting
+// go, keeping one fsync out of the lock.
+func ReplaceFile(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -39,7 +52,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	ok = true
-	return SyncDir(dir)
+	return nil
 }
 
 // SyncDir fsyncs a directory so that renames inside it are durable.
