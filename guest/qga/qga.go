@@ -139,6 +139,7 @@ func init() {
 		"guest-get-osinfo":             {(*Agent).osinfo, true},
 		"guest-get-host-name":          {(*Agent).hostname, true},
 		"guest-get-time":               {(*Agent).time, true},
+		"guest-set-time":               {(*Agent).setTime, true},
 		"guest-exec":                   {(*Agent).exec, true},
 		"guest-exec-status":            {(*Agent).execStatus, true},
 		"guest-file-open":              {(*Agent).fileOpen, true},
