@@ -199,6 +199,10 @@ type StartSpec struct {
 	// back, the guest's CPUs still stopped (Started.Restored says in which
 	// state it was saved); the file is not changed or removed.
 	Incoming string
+	// Snapshot, when set, names an internal snapshot of Disk holding
+	// memory (see Snapshotter): the machine starts from it, running where
+	// it was when the snapshot was taken, instead of booting.
+	Snapshot string
 }
 
 // Drive returns the file in the given slot, if the spec gives one.

@@ -110,6 +110,9 @@ type Config struct {
 	// from it (-incoming fd:3) instead of booting, its CPUs held stopped
 	// (-S) until a QMP cont.
 	Incoming *os.File
+	// LoadVM, when set, is an internal snapshot of Disk with memory that
+	// the machine starts from (-loadvm), running where it was.
+	LoadVM string
 }
 
 // NICBackend is the host end of one adapter: the tap QEMU creates for a
@@ -183,6 +186,9 @@ func (c Config) Args() ([]string, error) {
 	}
 	if c.Incoming != nil {
 		args = append(args, "-S", "-incoming", "fd:"+strconv.Itoa(incomingFD))
+	}
+	if c.LoadVM != "" {
+		args = append(args, "-loadvm", c.LoadVM)
 	}
 	if h.Firmware == spec.FirmwareEFI {
 		fw := c.OVMF

@@ -87,6 +87,7 @@ func TestArgs(t *testing.T) {
 			"-drive if=none,id=ctl0-3,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=1,drive=ctl0-3",
 			`-blockdev {"driver":"raw","node-name":"ctl1-0","file":"ctl1-0-file","discard":"unmap"} -device virtio-blk-pci,drive=ctl1-0`,
 		}, []string{"cidata-scsi", "ctl1-0,bootindex"}},
+		{"loadvm", hw(nil), AccelTCG, []string{"-loadvm s1"}, []string{"-incoming"}},
 		{"sata boot", hw(func(h *spec.Hardware) {
 			h.Storage = []spec.Controller{{Name: "SATA", Bus: spec.BusSATA}}
 			h.BootMountPoint = &spec.MountPoint{Controller: "SATA", Slot: 3}
@@ -98,6 +99,9 @@ func TestArgs(t *testing.T) {
 				NICs: []NICBackend{{Tap: "vmt0"}, {Tap: "vmt1", SSHPort: 2222}, {}}}
 			if strings.HasPrefix(tt.name, "cidata") || strings.HasPrefix(tt.name, "drives") {
 				cfg.CIData = "/m/x/cidata.iso"
+			}
+			if tt.name == "loadvm" {
+				cfg.LoadVM = "s1"
 			}
 			if strings.HasPrefix(tt.name, "drives") {
 				cfg.Drives = []driver.Drive{

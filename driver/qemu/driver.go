@@ -88,6 +88,7 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		NICs:     s.NICs,
 		CIData:   s.Seed,
 		Drives:   s.Drives,
+		LoadVM:   s.Snapshot,
 	}
 	var restored driver.State
 	if s.Incoming != "" {
