@@ -47,6 +47,7 @@ type Driver struct {
 	machines map[string]*machine
 	fail     map[string]error
 	pid      int
+	snaps    map[string][]snapshot // by disk path
 }
 
 type machine struct {
@@ -69,7 +70,7 @@ var (
 
 // New returns a fake driver with no machines.
 func New(o Options) *Driver {
-	return &Driver{opts: o, changed: make(chan struct{}), machines: map[string]*machine{}, fail: map[string]error{}, pid: 4000000}
+	return &Driver{opts: o, changed: make(chan struct{}), machines: map[string]*machine{}, fail: map[string]error{}, pid: 4000000, snaps: map[string][]snapshot{}}
 }
 
 // Info implements driver.Driver.
@@ -303,6 +304,13 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 			return driver.Started{}, fmt.Errorf("fake: saved state %s: not a fake saved state (%v)", s.Incoming, err)
 		}
 		boot, restored = sf.Boot, sf.State
+	}
+	if s.Snapshot != "" {
+		sn, ok := d.snapshot(s.Disk.Path, s.Snapshot)
+		if !ok || sn.MemorySize == 0 {
+			return driver.Started{}, fmt.Errorf("fake: -loadvm %s: no snapshot with memory of that name in %s", s.Snapshot, s.Disk.Path)
+		}
+		boot = sn.boot
 	}
 	d.pid++
 	m.spec, m.pid, m.since, m.boot = s, d.pid, time.Now(), boot
