@@ -50,7 +50,7 @@ cloud-image:
 
 # The cloud-init suite: boots the real cloud image (about a minute under TCG).
 test-cloud: cloud-image
-	VMFEST_CLOUD_IMAGE=$(abspath $(CLOUD_META)) go test -count=1 -v -timeout 10m ./test/cloud/
+	VMFEST_CLOUD_IMAGE=$(abspath $(CLOUD_META)) go test -count=1 -v -timeout 20m ./test/cloud/
 
 # Unit tests only: no guest is booted.
 test-short: vet

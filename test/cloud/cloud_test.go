@@ -8,6 +8,8 @@ package cloud_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -173,14 +175,16 @@ const diskSize = 4 << 30
 // NIC 0, NAT NIC 1) with a user-data and a disk larger than the image, and
 // checks what cloud-init made of it, one subtest per promise: the host
 // name, the image's user with vmfest's key, NIC 0 configured by DHCP with
-// the address vmfest reserved, the user's user-data, and the root file
-// system grown to the disk.
+// the address vmfest reserved, the user's user-data, the root file
+// system grown to the disk, a volume formatted and written, and an ISO in
+// the dvd drive read by its label. A second boot, of another machine,
+// reads the volume back after the first machine is destroyed.
 func TestCloudInit(t *testing.T) {
 	image := cloudImage(t)
 	if !netnstest.Enter(t) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // ~90 s alone; more on a busy host
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // ~90 s alone; more on a busy host (the second boot has its own)
 	defer cancel()
 	l := newLocal(t)
 	const name = "cloudy"
@@ -190,7 +194,15 @@ func TestCloudInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	hw.DiskSize = diskSize
-	m, err := l.Instance(ctx, name, vmfest.ImageSpec(image), vmfest.HardwareSpec(hw), vmfest.WithUserData([]byte(userData)))
+	// A volume and an ISO, each in the first free slot of micro's IDE
+	// controller (the volume in slot 1, the ISO in the dvd drive of slot
+	// 2, which moves the seed to a drive of its own).
+	if _, err := l.CreateVolume(ctx, vmfest.VolumeSpec{Name: volumeName, Size: volumeSize}); err != nil {
+		t.Fatal(err)
+	}
+	media := testutil.WriteISO(t, filepath.Join(t.TempDir(), "media.iso"), mediaLabel, map[string][]byte{mediaFile: mediaData})
+	m, err := l.Instance(ctx, name, vmfest.ImageSpec(image), vmfest.HardwareSpec(hw), vmfest.WithUserData([]byte(userData)),
+		vmfest.WithAttachment(vmfest.Attachment{Volume: volumeName}), vmfest.WithAttachment(vmfest.Attachment{ISO: media}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +276,9 @@ func TestCloudInit(t *testing.T) {
 		}
 	})
 	t.Run("growpart", func(t *testing.T) {
-		out := run(ctx, t, l, m, "sh", "-c", "lsblk -bdno SIZE /dev/sda; df -B1 --output=size / | tail -n 1")
+		// The root file system's disk, whatever its name among the
+		// machine's disks.
+		out := run(ctx, t, l, m, "sh", "-c", `lsblk -bdno SIZE "/dev/$(lsblk -no PKNAME "$(findmnt -nvo SOURCE /)")"; df -B1 --output=size / | tail -n 1`)
 		f := strings.Fields(out)
 		if len(f) != 2 {
 			t.Fatalf("lsblk and df said %q", out)
@@ -281,12 +295,169 @@ func TestCloudInit(t *testing.T) {
 			t.Errorf("the root file system is %d bytes on a %d-byte disk: not grown", root, disk)
 		}
 	})
+	var volumeData []byte
+	t.Run("volume", func(t *testing.T) {
+		volumeData = writeVolume(ctx, t, m)
+	})
+	t.Run("dvd", func(t *testing.T) {
+		// Mounted by its label, read-only (a CD-ROM drive takes no
+		// writes), and read back whole.
+		got := guestSh(ctx, t, m, nil, `
+			dev=$(waitdev LABEL `+mediaLabel+`)
+			mkdir -p /mnt/media
+			mount -o ro "$dev" /mnt/media
+			findmnt -no OPTIONS /mnt/media | tr , '\n' | grep -qx ro || { echo "mounted read-write" >&2; exit 1; }
+			cat /mnt/media/`+mediaFile+`
+			umount /mnt/media`)
+		if !bytes.Equal(got, mediaData) {
+			t.Errorf("the ISO's %s read %d bytes in the guest (sha256 %x), want its %d bytes (sha256 %x)", mediaFile, len(got), sha256.Sum256(got), len(mediaData), sha256.Sum256(mediaData))
+		}
+	})
 
 	if err := m.PowerDown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Destroy(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if volumeData == nil {
+		return // the volume subtest failed: nothing to carry over
+	}
+	t.Run("volume on a second machine", func(t *testing.T) {
+		checkVolumeMoves(t, l, image, volumeData)
+	})
+}
+
+// The volume attached to the cloud-init suite's machine: formatted and
+// written there, read back from a second machine after the first is
+// destroyed. Its size, unlike the other disks', finds it in the guest.
+const (
+	volumeName = "data"
+	volumeSize = 1 << 30
+	volumeFile = "payload"
+)
+
+// The ISO put in the machine's dvd drive.
+const (
+	mediaLabel = "VMFEST_MEDIA"
+	mediaFile  = "readme"
+)
+
+var mediaData = bytes.Repeat([]byte("read from vmfest's ISO in a dvd slot\n"), 4096)
+
+// guestShell is prepended to every guestSh script: root's PATH, and
+// waitdev KEY VALUE, which prints the one block device whose KEY (SIZE in
+// bytes, LABEL) is VALUE, waiting up to 60 s for udev and the kernel.
+const guestShell = `set -eu
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+waitdev() {
+	for i in $(seq 60); do
+		case $1 in
+		SIZE) d=$(lsblk -bdpno NAME,SIZE,TYPE | awk -v s="$2" '$2 == s && $3 == "disk" { print $1 }') ;;
+		LABEL) d=$(blkid -L "$2" || true) ;;
+		esac
+		if [ -n "$d" ]; then
+			[ "$(echo "$d" | wc -l)" -eq 1 ] || { echo "more than one device has $1 $2: $d" >&2; return 1; }
+			echo "$d"
+			return 0
+		fi
+		sleep 1
+	done
+	echo "no block device with $1 $2:" >&2
+	lsblk -bpo NAME,SIZE,TYPE,LABEL >&2
+	return 1
+}
+`
+
+// guestSh runs script with sh as root in the guest through the guest agent
+// (Machine.Exec) and returns its standard output, failing the test on a
+// non-zero exit.
+func guestSh(ctx context.Context, t *testing.T, m vmfest.Machine, stdin []byte, script string) []byte {
+	t.Helper()
+	ectx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	res, err := m.Exec(ectx, vmfest.ExecRequest{Command: []string{"/bin/sh", "-c", guestShell + script}, Stdin: stdin})
+	if err != nil {
+		t.Fatalf("exec %s: %v", script, err)
+	}
+	if res.ExitCode != 0 || res.StdoutTruncated {
+		t.Fatalf("exec %s: exit status %d (stdout truncated: %v)\nstderr: %s", script, res.ExitCode, res.StdoutTruncated, res.Stderr)
+	}
+	return res.Stdout
+}
+
+// writeVolume formats the volume attached to m (found by its size) with
+// ext4, writes a MiB of random bytes into a file on it, unmounts it and
+// returns the bytes.
+func writeVolume(ctx context.Context, t *testing.T, m vmfest.Machine) []byte {
+	t.Helper()
+	data := make([]byte, 1<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	guestSh(ctx, t, m, data, fmt.Sprintf(`
+		dev=$(waitdev SIZE %d)
+		mkfs.ext4 -q -F -L vmfestdata "$dev"
+		mkdir -p /mnt/data
+		mount "$dev" /mnt/data
+		cat > /mnt/data/%s
+		umount /mnt/data
+		sync`, volumeSize, volumeFile))
+	return data
+}
+
+// checkVolumeMoves attaches the volume to a second machine (the first is
+// destroyed), boots it and reads the file back byte for byte.
+func checkVolumeMoves(t *testing.T, l *vmfest.Local, image spec.Image, want []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	if v, err := l.Volume(ctx, volumeName); err != nil || v.Machine != "" {
+		t.Fatalf("after its machine was destroyed, the volume reads %+v, %v: want it kept, attached to nothing", v, err)
+	}
+	m, err := l.Instance(ctx, "second", vmfest.ImageSpec(image), vmfest.HardwareModel("micro"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := m.ConsoleLog(context.Background())
+			t.Logf("console of the second machine:\n%s", b)
+		}
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		m.PowerDown(cctx)
+		m.Destroy(cctx)
+	})
+	at, err := m.Attach(ctx, vmfest.Attachment{Volume: volumeName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatalf("WaitReady: %v", err)
+	}
+	t.Logf("second boot: guest agent ready after %s; the volume is in slot %s", time.Since(start).Round(100*time.Millisecond), at)
+	got := guestSh(ctx, t, m, nil, fmt.Sprintf(`
+		dev=$(waitdev SIZE %d)
+		[ "$(blkid -o value -s LABEL "$dev")" = vmfestdata ] || { echo "$dev holds no file system labelled vmfestdata" >&2; exit 1; }
+		mkdir -p /mnt/data
+		mount -o ro "$dev" /mnt/data
+		cat /mnt/data/%s
+		umount /mnt/data`, volumeSize, volumeFile))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes back from the volume (sha256 %x), want the %d written by the first machine (sha256 %x)", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RemoveVolume(ctx, volumeName); err != nil {
+		t.Errorf("remove the volume once free: %v", err)
 	}
 }
 
