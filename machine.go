@@ -43,6 +43,14 @@ func (m *localMachine) locked(ctx context.Context, fn func(r record, st State) e
 	if err != nil {
 		return err
 	}
+	if runs(st.State) && hasSavedState(m.dir()) {
+		// A resume that finished but was cut short before it removed the
+		// file: the guest runs on from it, so the file must never be
+		// resumed again.
+		if err := discardSavedState(m.dir()); err != nil {
+			return fmt.Errorf("machine %s: %w", m.name, err)
+		}
+	}
 	return fn(r, st.State)
 }
 
@@ -168,12 +176,15 @@ func (m *localMachine) cleanAfterExit(ctx context.Context) error {
 // PowerDown implements Machine.
 func (m *localMachine) PowerDown(ctx context.Context) error {
 	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("power-down", st, Running, Paused, Stopping, Aborted); err != nil {
+		if err := m.need("power-down", st, Running, Paused, Stopping, Aborted, Saved); err != nil {
 			return err
 		}
 		d, err := m.drv(r)
 		if err != nil {
 			return err
+		}
+		if st == Saved {
+			return m.discardSaved(ctx, d, r, "power-down")
 		}
 		if st != Aborted {
 			if err := d.PowerOff(ctx, m.ref(r)); err != nil {
@@ -203,16 +214,23 @@ func (m *localMachine) destroy(ctx context.Context, o destroyOptions, at func(po
 		}
 	}
 	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("destroy", st, PoweredOff, Aborted); err != nil {
+		if err := m.need("destroy", st, PoweredOff, Aborted, Saved); err != nil {
 			return err
 		}
-		// What the driver keeps outside the directory (a libvirt domain)
-		// goes first: a crash after this leaves a whole machine, whose
-		// next start defines it again.
 		d, err := m.drv(r)
 		if err != nil {
 			return err
 		}
+		if st == Saved {
+			// A hypervisor that still holds the saved state goes first;
+			// the file goes with the directory.
+			if err := m.endSavedRun(ctx, d, r); err != nil {
+				return fmt.Errorf("destroy machine %s: %w", m.name, err)
+			}
+		}
+		// What the driver keeps outside the directory (a libvirt domain)
+		// goes first: a crash after this leaves a whole machine, whose
+		// next start defines it again.
 		if err := d.Forget(ctx, m.ref(r)); err != nil {
 			return fmt.Errorf("destroy machine %s: %w", m.name, err)
 		}

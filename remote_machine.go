@@ -31,6 +31,9 @@ func (m *remoteMachine) action(ctx context.Context, action string) error {
 // Start implements Machine.
 func (m *remoteMachine) Start(ctx context.Context) error { return m.action(ctx, "start") }
 
+// Save implements Machine.
+func (m *remoteMachine) Save(ctx context.Context) error { return m.action(ctx, "save") }
+
 // Pause implements Machine.
 func (m *remoteMachine) Pause(ctx context.Context) error { return m.action(ctx, "pause") }
 

@@ -17,7 +17,7 @@ import (
 // Start implements Machine.
 func (m *localMachine) Start(ctx context.Context) error {
 	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("start", st, PoweredOff, Aborted); err != nil {
+		if err := m.need("start", st, PoweredOff, Aborted, Saved); err != nil {
 			return err
 		}
 		return m.start(ctx, r, nil)
@@ -35,7 +35,11 @@ type starting struct {
 	drives []driver.Drive
 	net    *network.Attachment
 	seed   string // the cloud-init seed ISO, if any
-	undo   []func()
+	// incoming is the saved-state file the machine resumes from (empty:
+	// it boots); restored is the state it was saved in.
+	incoming string
+	restored driver.State
+	undo     []func()
 }
 
 // step is one named start-up step.
@@ -54,6 +58,8 @@ var startSteps = []step{
 	{"write the cloud-init seed", writeSeed},
 	{"launch the machine", launch},
 	{"plug the NICs into their networks", plugNICs},
+	{"discard the saved state", discardResumed},
+	{"continue the resumed guest", continueResumed},
 }
 
 // start runs startSteps, undoing what was done if one fails. after, when
@@ -79,12 +85,29 @@ func (m *localMachine) start(ctx context.Context, r record, after func(step stri
 			after(st.name)
 		}
 	}
-	m.l.log.Debug("machine started", "machine", m.name, "driver", s.drv.Info().Name, "accel", s.r.Accel)
+	m.l.log.Debug("machine started", "machine", m.name, "driver", s.drv.Info().Name, "accel", s.r.Accel, "resumed", s.incoming != "")
+	if s.restored == Running {
+		m.setClock(ctx, s.drv, s.r)
+	}
 	return nil
 }
 
+// cleanLastRun removes what the last run left. A saved machine resumes
+// from its saved-state file; a hypervisor that still holds that state (it
+// was killed with vmfest before it ended, or a resume was cut short before
+// the guest was continued) is ended first.
 func cleanLastRun(ctx context.Context, s *starting) error {
 	clearStopping(s.m.dir())
+	if hasSavedState(s.m.dir()) {
+		if err := checkSaver(s.drv); err != nil {
+			return err
+		}
+		if err := s.m.endSavedRun(ctx, s.drv, s.r); err != nil {
+			return err
+		}
+		s.incoming = savedStatePath(s.m.dir())
+		return nil
+	}
 	return s.drv.Clean(ctx, s.m.ref(s.r))
 }
 
@@ -222,10 +245,12 @@ func launch(ctx context.Context, s *starting) error {
 		Drives:   s.drives,
 		NICs:     nicBackends(s.net),
 		Seed:     s.seed,
+		Incoming: s.incoming,
 	})
 	if err != nil {
 		return memoryError(err, r.Hardware.MemorySize)
 	}
+	s.restored = started.Restored
 	s.undo = append(s.undo, func() {
 		ctx := context.Background()
 		s.drv.Kill(ctx, m.ref(r))

@@ -27,7 +27,37 @@ func (m *localMachine) status(ctx context.Context, r record) (driver.Status, err
 	if st.State == Running && isStopping(m.dir()) {
 		st.State = Stopping
 	}
-	return st, nil
+	return savedStatus(st, hasSavedState(m.dir())), nil
+}
+
+// savedStatus is the machine's state given its driver's status and
+// whether its saved-state file is there (see save.go for the protocol):
+//
+//   - file, and no hypervisor (powered off, or killed: aborted): saved;
+//   - file, and a hypervisor holding a state it wrote or reads (driver
+//     Saved): saved;
+//   - driver Saved and no file: a save that never committed (the file was
+//     not yet renamed into place), so the guest is whole in a hypervisor
+//     that holds it stopped: paused, and Resume continues it;
+//   - file, and a guest that runs or is paused: a resume that finished
+//     (its guest may have run), so the file is stale; the state is the
+//     driver's, and the next locked operation removes the file.
+func savedStatus(st driver.Status, file bool) driver.Status {
+	switch {
+	case st.State == Saved && !file:
+		st.State = Paused
+	case file && (st.State == PoweredOff || st.State == Aborted):
+		st.State = Saved
+	}
+	return st
+}
+
+// savedStatePath is the machine directory's saved-state file.
+func savedStatePath(dir string) string { return filepath.Join(dir, store.SavedStateFile) }
+
+func hasSavedState(dir string) bool {
+	_, err := os.Lstat(savedStatePath(dir))
+	return err == nil
 }
 
 // markStopping records that the power button was pressed and the guest is

@@ -25,8 +25,9 @@ import (
 	"github.com/vmfest/vmfest/spec"
 )
 
-// State is a machine's run state: powered-off, running, paused, stopping or
-// aborted (its hypervisor died without a clean power-off).
+// State is a machine's run state: powered-off, running, paused, stopping,
+// aborted (its hypervisor died without a clean power-off) or saved (its
+// memory and device state on disk, see Machine.Save).
 type State = driver.State
 
 // The machine states.
@@ -36,6 +37,7 @@ const (
 	Paused     = driver.Paused
 	Stopping   = driver.Stopping
 	Aborted    = driver.Aborted
+	Saved      = driver.Saved
 )
 
 // Image chooses a machine's image: an installed image model by id, or a
@@ -251,8 +253,17 @@ type Machine interface {
 	// Name is the machine's name.
 	Name() string
 	// Start boots a powered-off or aborted machine and returns once QEMU
-	// runs (not when the guest is ready: see WaitReady).
+	// runs (not when the guest is ready: see WaitReady). A saved machine
+	// resumes instead, exactly where it was saved (running, or paused if
+	// it was saved paused), its guest's clock set through the guest agent;
+	// the saved state is then discarded.
 	Start(ctx context.Context) error
+	// Save writes a running or paused machine's memory and device state
+	// beside its disk and ends its hypervisor: the machine is then saved
+	// until Start resumes it, or PowerDown or Destroy discards the state.
+	// A driver without Features.MemorySnapshots refuses it
+	// (driver.ErrUnsupported).
+	Save(ctx context.Context) error
 	// Pause freezes a running machine's CPUs.
 	Pause(ctx context.Context) error
 	// Resume continues a paused machine.
