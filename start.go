@@ -39,6 +39,9 @@ type starting struct {
 	// it boots); restored is the state it was saved in.
 	incoming string
 	restored driver.State
+	// snapshot is the memory snapshot of the disk the machine starts from
+	// (empty: it boots).
+	snapshot string
 	undo     []func()
 }
 
@@ -65,7 +68,18 @@ var startSteps = []step{
 // start runs startSteps, undoing what was done if one fails. after, when
 // set (by crash tests), is called after each step.
 func (m *localMachine) start(ctx context.Context, r record, after func(step string)) (err error) {
-	s := &starting{m: m, r: r}
+	return m.run(ctx, &starting{m: m, r: r}, after)
+}
+
+// startFromSnapshot starts the powered-off machine from its memory
+// snapshot tag: it runs where it was when the snapshot was taken.
+func (m *localMachine) startFromSnapshot(ctx context.Context, r record, tag string) error {
+	return m.run(ctx, &starting{m: m, r: r, snapshot: tag}, nil)
+}
+
+// run runs startSteps for s.
+func (m *localMachine) run(ctx context.Context, s *starting, after func(step string)) (err error) {
+	r := s.r
 	if s.drv, err = m.drv(r); err != nil {
 		return err
 	}
@@ -86,7 +100,7 @@ func (m *localMachine) start(ctx context.Context, r record, after func(step stri
 		}
 	}
 	m.l.log.Debug("machine started", "machine", m.name, "driver", s.drv.Info().Name, "accel", s.r.Accel, "resumed", s.incoming != "")
-	if s.restored == Running {
+	if s.restored == Running || s.snapshot != "" {
 		m.setClock(ctx, s.drv, s.r)
 	}
 	return nil
@@ -246,6 +260,7 @@ func launch(ctx context.Context, s *starting) error {
 		NICs:     nicBackends(s.net),
 		Seed:     s.seed,
 		Incoming: s.incoming,
+		Snapshot: s.snapshot,
 	})
 	if err != nil {
 		return memoryError(err, r.Hardware.MemorySize)

@@ -301,6 +301,18 @@ type Machine interface {
 	// network, no key) and returns how it ended, bounded by ctx
 	// (DefaultExecTimeout when ctx has no deadline).
 	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
+	// TakeSnapshot takes snapshot name of the machine, inside its
+	// overlay: its disk and memory when it runs or is paused (paused for
+	// as long as that takes), its disk when it is powered off.
+	TakeSnapshot(ctx context.Context, name string) (Snapshot, error)
+	// Snapshots lists the machine's snapshots, oldest first.
+	Snapshots(ctx context.Context) ([]Snapshot, error)
+	// RestoreSnapshot goes back to snapshot name: a memory snapshot
+	// brings the machine back running where it was (started from it when
+	// powered off); a disk snapshot reverts a powered-off machine's disk.
+	RestoreSnapshot(ctx context.Context, name string) error
+	// DeleteSnapshot deletes snapshot name.
+	DeleteSnapshot(ctx context.Context, name string) error
 	// Attach puts a volume, a disk or an ISO in a storage slot of a
 	// powered-off machine (the slot given, else the first free one) and
 	// returns the slot. On error nothing changes.

@@ -193,10 +193,14 @@ var routeTable = []route{
 	{"GET", "/v1/machines/{name}/ip", "machine-ip", func(s *Server) handlerFunc { return s.machineIP }},
 	{"GET", "/v1/machines/{name}/console", "machine-console", func(s *Server) handlerFunc { return s.machineConsole }},
 	{"GET", "/v1/machines/{name}/ssh", "machine-ssh", func(s *Server) handlerFunc { return s.tunnelSSH }},
-
-	{"GET", "/v1/models", "models", func(s *Server) handlerFunc { return s.listModels }},
+	{"GET", "/v1/machines/{name}/snapshots", "machine-snapshots", func(s *Server) handlerFunc { return s.listSnapshots }},
+	{"POST", "/v1/machines/{name}/snapshots", "machine-snapshots", func(s *Server) handlerFunc { return s.takeSnapshot }},
+	{"DELETE", "/v1/machines/{name}/snapshots/{snapshot}", "machine-snapshot", func(s *Server) handlerFunc { return s.deleteSnapshot }},
+	{"POST", "/v1/machines/{name}/snapshots/{snapshot}/restore", "machine-snapshot-restore", func(s *Server) handlerFunc { return s.restoreSnapshot }},
 	{"POST", "/v1/machines/{name}/attach", "machine-attach", func(s *Server) handlerFunc { return s.attachMachine }},
 	{"POST", "/v1/machines/{name}/detach", "machine-detach", func(s *Server) handlerFunc { return s.detachMachine }},
+
+	{"GET", "/v1/models", "models", func(s *Server) handlerFunc { return s.listModels }},
 	{"POST", "/v1/models", "models", func(s *Server) handlerFunc { return s.setupModel }},
 	{"GET", "/v1/models/{id}", "model", func(s *Server) handlerFunc { return s.getModel }},
 	{"DELETE", "/v1/models/{id}", "model", func(s *Server) handlerFunc { return s.removeModel }},
@@ -210,13 +214,13 @@ var routeTable = []route{
 	{"POST", "/v1/networks", "networks", func(s *Server) handlerFunc { return s.createNetwork }},
 	{"DELETE", "/v1/networks/{name}", "network", func(s *Server) handlerFunc { return s.removeNetwork }},
 
-	{"GET", "/v1/operations", "operations", func(s *Server) handlerFunc { return s.listOperations }},
-	{"GET", "/v1/operations/{id}", "operation", func(s *Server) handlerFunc { return s.getOperation }},
 	{"GET", "/v1/volumes", "volumes", func(s *Server) handlerFunc { return s.listVolumes }},
 	{"POST", "/v1/volumes", "volumes", func(s *Server) handlerFunc { return s.createVolume }},
 	{"GET", "/v1/volumes/{name}", "volume", func(s *Server) handlerFunc { return s.getVolume }},
 	{"DELETE", "/v1/volumes/{name}", "volume", func(s *Server) handlerFunc { return s.removeVolume }},
 
+	{"GET", "/v1/operations", "operations", func(s *Server) handlerFunc { return s.listOperations }},
+	{"GET", "/v1/operations/{id}", "operation", func(s *Server) handlerFunc { return s.getOperation }},
 	{"GET", "/v1/operations/{id}/wait", "operation-wait", func(s *Server) handlerFunc { return s.waitOperation }},
 	{"DELETE", "/v1/operations/{id}", "operation", func(s *Server) handlerFunc { return s.cancelOperation }},
 

@@ -91,6 +91,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.sshProxyCommand(),
 		a.networkCommand(),
 		a.volumeCommand(),
+		a.snapshotCommand(),
 		a.attachCommand(),
 		a.detachCommand(),
 		a.hardwareCommand(),

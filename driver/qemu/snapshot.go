@@ -27,7 +27,7 @@ var _ driver.Snapshotter = (*Driver)(nil)
 // Snapshots implements driver.Snapshotter with qemu-img info, which reads
 // the snapshot table of a disk in use too (--force-share).
 func (d *Driver) Snapshots(ctx context.Context, m driver.Machine, disk string, running bool) ([]driver.Snapshot, error) {
-	out, err := d.qemuImg(ctx, "info", "--output=json", "--force-share", "-f", "qcow2", disk)
+	out, err := d.qemuImg(ctx, "info", "--output=json", "--force-share", diskOnly(disk))
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func (d *Driver) Snapshots(ctx context.Context, m driver.Machine, disk string, r
 // SaveSnapshot implements driver.Snapshotter.
 func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	if !running {
-		_, err := d.qemuImg(ctx, "snapshot", "-f", "qcow2", "-c", tag, disk)
+		_, err := d.qemuImg(ctx, "snapshot", "-c", tag, diskOnly(disk))
 		return err
 	}
 	return d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true)
@@ -68,7 +68,7 @@ func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 // LoadSnapshot implements driver.Snapshotter.
 func (d *Driver) LoadSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	if !running {
-		_, err := d.qemuImg(ctx, "snapshot", "-f", "qcow2", "-a", tag, disk)
+		_, err := d.qemuImg(ctx, "snapshot", "-a", tag, diskOnly(disk))
 		return err
 	}
 	return d.snapshotJob(ctx, m, disk, "snapshot-load", tag, true)
@@ -77,7 +77,7 @@ func (d *Driver) LoadSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 // DeleteSnapshot implements driver.Snapshotter.
 func (d *Driver) DeleteSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	if !running {
-		_, err := d.qemuImg(ctx, "snapshot", "-f", "qcow2", "-d", tag, disk)
+		_, err := d.qemuImg(ctx, "snapshot", "-d", tag, diskOnly(disk))
 		return err
 	}
 	return d.snapshotJob(ctx, m, disk, "snapshot-delete", tag, false)
@@ -159,6 +159,18 @@ func formatNode(ctx context.Context, q *QMP, disk string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("the machine has no qcow2 disk %s open", disk)
+}
+
+// diskOnly names the qcow2 file disk to qemu-img as itself alone: its
+// format given, and no backing file opened (whatever its header names),
+// which a snapshot of the file does not need.
+func diskOnly(disk string) string {
+	spec, _ := json.Marshal(map[string]any{
+		"driver":  "qcow2",
+		"file":    map[string]string{"driver": "file", "filename": disk},
+		"backing": nil,
+	})
+	return "json:" + string(spec)
 }
 
 // qemuImg runs qemu-img and returns its stdout, or an error with its own

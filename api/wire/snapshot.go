@@ -1,0 +1,6 @@
+package wire
+
+// SnapshotRequest is the body of POST /v1/machines/{name}/snapshots.
+type SnapshotRequest struct {
+	Name string `json:"name"`
+}
