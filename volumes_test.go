@@ -303,3 +303,73 @@ func TestMediaInSlots(t *testing.T) {
 		t.Fatalf("after Set: %+v", info.Hardware)
 	}
 }
+
+// TestHotPlug: a running machine takes a disk on a virtio controller (one
+// is added) and lets it go again; a disk on an IDE slot, or an ISO with no
+// empty dvd drive but the seed's, needs it powered off.
+func TestHotPlug(t *testing.T) {
+	l, fk := newFakeServer(t, fake.Options{})
+	ctx := ctxTimeout(t, 30*time.Second)
+	dir := t.TempDir()
+	m, err := l.Instance(ctx, "hot", ImageSpec(blankImage(t, dir)), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "v", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mdir := l.home.MachinePath("hot")
+	_, err = m.Attach(ctx, Attachment{Volume: "v", Slot: &spec.MountPoint{Controller: spec.DefaultIDEName, Slot: 1}})
+	mustErr(t, err, ErrInvalid, "a disk goes to a free slot of a virtio controller")
+	at, err := m.Attach(ctx, Attachment{Volume: "v"})
+	if err != nil || at != (spec.MountPoint{Controller: VolumesController, Slot: 0}) {
+		t.Fatalf("hot Attach = %v, %v", at, err)
+	}
+	if s, _ := fk.Started(mdir); len(s.Drives) != 1 || s.Drives[0].Disk.Path != l.home.VolumeDisk("v") {
+		t.Fatalf("the running machine's drives: %+v", s.Drives)
+	}
+	if v, _ := l.Volume(ctx, "v"); v.Machine != "hot" {
+		t.Fatalf("the volume after a hot attach: %+v", v)
+	}
+	// A failed plug leaves the record as it was.
+	before, _ := os.ReadFile(filepath.Join(mdir, "machine.json"))
+	if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "w", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	fk.Fail("PlugDrive", errors.New("device_add refused"))
+	if _, err := m.Attach(ctx, Attachment{Volume: "w"}); err == nil || !strings.Contains(err.Error(), "device_add refused") {
+		t.Fatalf("a failing plug: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(mdir, "machine.json")); string(after) != string(before) {
+		t.Fatal("a failed hot plug changed the record")
+	}
+	if v, _ := l.Volume(ctx, "w"); v.Machine != "" {
+		t.Fatalf("a failed hot plug left the volume held: %+v", v)
+	}
+	// The seed's dvd drive is not an ISO's.
+	iso := fakeISO(t, filepath.Join(dir, "a.iso"))
+	cloud := blankImage(t, t.TempDir())
+	cloud.CloudInit = true
+	c, err := l.Instance(ctx, "cloud", ImageSpec(cloud), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Attach(ctx, Attachment{ISO: iso})
+	mustErr(t, err, ErrInvalid, "no empty dvd drive")
+	// Detach while running: the virtio disk goes.
+	if at, err := m.Detach(ctx, Attachment{Volume: "v"}); err != nil || at.Controller != VolumesController {
+		t.Fatalf("hot Detach = %v, %v", at, err)
+	}
+	if s, _ := fk.Started(mdir); len(s.Drives) != 0 {
+		t.Fatalf("the running machine's drives after detach: %+v", s.Drives)
+	}
+	if v, _ := l.Volume(ctx, "v"); v.Machine != "" {
+		t.Fatalf("the volume after a hot detach: %+v", v)
+	}
+}

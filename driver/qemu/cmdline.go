@@ -309,7 +309,7 @@ func (c Config) storageArgs() ([]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
 			}
-			device += ",drive=" + driveID
+			device += ",drive=" + driveID + ",id=" + driveID + "-dev"
 			if boot {
 				device += ",bootindex=0"
 			}

@@ -36,8 +36,8 @@ func TestArgs(t *testing.T) {
 			"-pidfile /m/x/qemu.pid", "-daemonize",
 			`-blockdev {"driver":"file","node-name":"ctl0-0-file","filename":"/img/d.qcow2","discard":"unmap"}`,
 			`-blockdev {"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":null,"discard":"unmap"}`,
-			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0",
-			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
+			"-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,id=ctl0-0-dev,bootindex=0",
+			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2,id=ctl0-2-dev",
 			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=",
 			"-netdev user,id=net1,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
 		}, []string{"-cpu host", "acpi=off", "cidata", "file=/img/d.qcow2"}},
@@ -53,7 +53,7 @@ func TestArgs(t *testing.T) {
 		}), AccelTCG, []string{"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no", "-netdev tap,id=net1,ifname=vmt1,script=no,downscript=no -device e1000,netdev=net1"}, []string{"user,"}},
 		{"kvm uses the host cpu", hw(nil), AccelKVM, []string{"accel=kvm", "-cpu host"}, nil},
 		{"acpi off", hw(func(h *spec.Hardware) { h.ACPIEnabled = spec.Bool(false) }), AccelTCG, []string{"pc,accel=tcg,acpi=off"}, nil},
-		{"cidata in the empty dvd slot", hw(nil), AccelTCG, []string{"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2"}, []string{"cidata-scsi"}},
+		{"cidata in the empty dvd slot", hw(nil), AccelTCG, []string{"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2,id=ctl0-2-dev"}, []string{"cidata-scsi"}},
 		{"cidata without a dvd slot", hw(func(h *spec.Hardware) {
 			h.Storage = []spec.Controller{{Name: "VirtIO", Bus: spec.BusVirtio}}
 			h.BootMountPoint = &spec.MountPoint{Controller: "VirtIO", Slot: 0}
@@ -73,25 +73,25 @@ func TestArgs(t *testing.T) {
 			}
 			h.BootMountPoint = &spec.MountPoint{Controller: "VirtIO", Slot: 1}
 		}), AccelTCG, []string{
-			"-device ahci,id=ctl0", "-device ide-cd,bus=ctl0.1,drive=ctl0-1",
-			"-device virtio-scsi-pci,id=ctl1", "-device scsi-cd,bus=ctl1.0,channel=0,scsi-id=2,lun=0,drive=ctl1-2",
-			"-device virtio-blk-pci,drive=ctl2-1,bootindex=0",
+			"-device ahci,id=ctl0", "-device ide-cd,bus=ctl0.1,drive=ctl0-1,id=ctl0-1-dev",
+			"-device virtio-scsi-pci,id=ctl1", "-device scsi-cd,bus=ctl1.0,channel=0,scsi-id=2,lun=0,drive=ctl1-2,id=ctl1-2-dev",
+			"-device virtio-blk-pci,drive=ctl2-1,id=ctl2-1-dev,bootindex=0",
 		}, []string{"ide.0"}},
 		{"drives: a volume, a raw disk and an ISO", hw(func(h *spec.Hardware) {
 			h.Storage[0].Devices = []*spec.Device{nil, {DeviceType: spec.DeviceHardDisk, Volume: "data"}, {DeviceType: spec.DeviceDVD, Location: "/iso/a,b.iso"}, {DeviceType: spec.DeviceDVD}}
 			h.Storage = append(h.Storage, spec.Controller{Name: "V", Bus: spec.BusVirtio, Devices: []*spec.Device{{DeviceType: spec.DeviceHardDisk, Location: "/d/raw.img"}}})
 		}), AccelTCG, []string{
 			`-blockdev {"driver":"file","node-name":"ctl0-1-file","filename":"/vol/data.qcow2","discard":"unmap"}`,
-			`-blockdev {"driver":"qcow2","node-name":"ctl0-1","file":"ctl0-1-file","backing":null,"discard":"unmap"} -device ide-hd,bus=ide.0,unit=1,drive=ctl0-1 `,
-			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/iso/a,,b.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2",
-			"-drive if=none,id=ctl0-3,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=1,drive=ctl0-3",
-			`-blockdev {"driver":"raw","node-name":"ctl1-0","file":"ctl1-0-file","discard":"unmap"} -device virtio-blk-pci,drive=ctl1-0`,
+			`-blockdev {"driver":"qcow2","node-name":"ctl0-1","file":"ctl0-1-file","backing":null,"discard":"unmap"} -device ide-hd,bus=ide.0,unit=1,drive=ctl0-1,id=ctl0-1-dev `,
+			"-drive if=none,id=ctl0-2,media=cdrom,readonly=on,file=/iso/a,,b.iso,format=raw -device ide-cd,bus=ide.1,unit=0,drive=ctl0-2,id=ctl0-2-dev",
+			"-drive if=none,id=ctl0-3,media=cdrom,readonly=on,file=/m/x/cidata.iso,format=raw -device ide-cd,bus=ide.1,unit=1,drive=ctl0-3,id=ctl0-3-dev",
+			`-blockdev {"driver":"raw","node-name":"ctl1-0","file":"ctl1-0-file","discard":"unmap"} -device virtio-blk-pci,drive=ctl1-0,id=ctl1-0-dev`,
 		}, []string{"cidata-scsi", "ctl1-0,bootindex"}},
 		{"loadvm", hw(nil), AccelTCG, []string{"-loadvm s1"}, []string{"-incoming"}},
 		{"sata boot", hw(func(h *spec.Hardware) {
 			h.Storage = []spec.Controller{{Name: "SATA", Bus: spec.BusSATA}}
 			h.BootMountPoint = &spec.MountPoint{Controller: "SATA", Slot: 3}
-		}), AccelTCG, []string{"-device ide-hd,bus=ctl0.3,drive=ctl0-3,bootindex=0"}, nil},
+		}), AccelTCG, []string{"-device ide-hd,bus=ctl0.3,drive=ctl0-3,id=ctl0-3-dev,bootindex=0"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -222,7 +222,7 @@ func TestDiskNodes(t *testing.T) {
 			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
 				t.Fatalf("-blockdev nodes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
 			}
-			if line := strings.Join(args, " "); !strings.Contains(line, "-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,bootindex=0") {
+			if line := strings.Join(args, " "); !strings.Contains(line, "-device ide-hd,bus=ide.0,unit=0,drive=ctl0-0,id=ctl0-0-dev,bootindex=0") {
 				t.Errorf("the boot device is not on the top node: %s", line)
 			}
 		})
