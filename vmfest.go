@@ -313,13 +313,16 @@ type Machine interface {
 	RestoreSnapshot(ctx context.Context, name string) error
 	// DeleteSnapshot deletes snapshot name.
 	DeleteSnapshot(ctx context.Context, name string) error
-	// Attach puts a volume, a disk or an ISO in a storage slot of a
-	// powered-off machine (the slot given, else the first free one) and
-	// returns the slot. On error nothing changes.
+	// Attach puts a volume, a disk or an ISO in a storage slot of the
+	// machine (the slot given, else the first free one) and returns the
+	// slot; a running or paused machine gets it hot-plugged (a disk on a
+	// virtio controller, an ISO in an empty dvd drive) when its driver
+	// can. On error nothing changes.
 	Attach(ctx context.Context, a Attachment) (spec.MountPoint, error)
 	// Detach takes the volume, disk or ISO a names (or what a.Slot holds)
-	// out of a powered-off machine and returns the slot it was in; the
-	// file itself is kept.
+	// out of the machine and returns the slot it was in; the file itself
+	// is kept. From a running machine a virtio disk is unplugged once the
+	// guest lets it go.
 	Detach(ctx context.Context, a Attachment) (spec.MountPoint, error)
 	// CopyIn unpacks the tar stream r in a running guest: its one top
 	// entry lands inside dst when dst is a directory there, else becomes

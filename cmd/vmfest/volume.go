@@ -223,13 +223,17 @@ func (a *app) attachCommand() *cobra.Command {
 	var f mediaFlags
 	cmd := &cobra.Command{
 		Use:   "attach NAME [VOLUME] [--iso FILE | --disk FILE] [--slot CONTROLLER:N]",
-		Short: "Put a volume, an ISO or a disk in a storage slot of a powered-off machine",
+		Short: "Put a volume, an ISO or a disk in a storage slot of a machine",
 		Long: `Put a volume (by name), an ISO (--iso, read-only in a dvd slot) or a disk
 image of your own (--disk, written by the guest, never deleted by vmfest) in
-a storage slot of a powered-off machine: --slot, else the first free one. A
-disk goes to a virtio controller named Volumes when no slot is free; an ISO
-goes to an empty dvd drive first. A volume or a disk is one machine's at a
-time; an ISO may be in any number of machines.
+a storage slot of a machine: --slot, else the first free one. A disk goes
+to a virtio controller named Volumes when no slot is free; an ISO goes to
+an empty dvd drive first. A volume or a disk is one machine's at a time; an
+ISO may be in any number of machines.
+
+A running machine gets it hot-plugged: a disk in a free slot of a virtio
+controller (the guest sees a new virtio disk), an ISO in an empty dvd drive
+other than the cloud-init seed's.
 
   vmfest attach web data                   # the volume data
   vmfest attach web --iso ./tools.iso
@@ -247,10 +251,12 @@ func (a *app) detachCommand() *cobra.Command {
 	var f mediaFlags
 	cmd := &cobra.Command{
 		Use:   "detach NAME [VOLUME] [--iso FILE | --disk FILE | --slot CONTROLLER:N]",
-		Short: "Take a volume, an ISO or a disk out of a powered-off machine (the file is kept)",
-		Long: `Take a volume, an ISO or a disk out of a powered-off machine, named as it
-was attached or by its slot alone. The file itself is kept; a dvd slot
-stays as an empty drive.`,
+		Short: "Take a volume, an ISO or a disk out of a machine (the file is kept)",
+		Long: `Take a volume, an ISO or a disk out of a machine, named as it was attached
+or by its slot alone. The file itself is kept; a dvd slot stays as an empty
+drive. From a running machine a disk on a virtio controller is unplugged
+once the guest lets it go, and an ISO's medium is removed; other disks
+need it powered off.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.slotCommand(cmd, args, f, "detached", "detach", vmfest.Machine.Detach)
