@@ -105,76 +105,76 @@ func (m *localMachine) Snapshots(ctx context.Context) ([]Snapshot, error) {
 	return out, err
 }
 
-// RestoreSnapshot implements Machine. A memory snapshot brings the machine
-// back running as it was when taken (started from it when powered off); a
-// disk snapshot reverts a powered-off machine's disk. What the machine
-// wrote since is lost; the snapshot stays.
-func (m *localMachine) RestoreSnapshot(ctx context.Context, name string) error {
+// snapshotCall is one call on a snapshot: the machine's record, how the
+// driver keeps its snapshots, and the snapshot itself.
+type snapshotCall struct {
+	r       record
+	sn      driver.Snapshotter
+	disk    string
+	running bool // the hypervisor has the disk open
+	snap    Snapshot
+}
+
+// onSnapshot runs fn under the machine's lock on its existing snapshot
+// name, in a state that op allows (running, paused, powered off).
+func (m *localMachine) onSnapshot(ctx context.Context, op, name string, fn func(c snapshotCall) error) error {
 	if err := store.ValidateName("snapshot", name); err != nil {
 		return apiError(err)
 	}
 	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("restore a snapshot of", st, Running, Paused, PoweredOff, Aborted); err != nil {
+		if err := m.need(op, st, Running, Paused, PoweredOff, Aborted); err != nil {
 			return err
 		}
-		sn, disk, err := m.snapshotter(r)
-		if err != nil {
+		c := snapshotCall{r: r, running: hasDisk(st)}
+		var err error
+		if c.sn, c.disk, err = m.snapshotter(r); err != nil {
 			return err
 		}
-		running := hasDisk(st)
-		snaps, err := sn.Snapshots(ctx, m.ref(r), disk, running)
+		snaps, err := c.sn.Snapshots(ctx, m.ref(r), c.disk, c.running)
 		if err != nil {
-			return fmt.Errorf("restore machine %s: %w", m.name, err)
+			return fmt.Errorf("%s machine %s: %w", op, m.name, err)
 		}
 		i := slices.IndexFunc(snaps, func(s Snapshot) bool { return s.Tag == name })
 		if i < 0 {
 			return snapshotNotFound(m.name, name, snaps)
 		}
-		snap := snaps[i]
+		c.snap = snaps[i]
+		return fn(c)
+	})
+}
+
+// RestoreSnapshot implements Machine. A memory snapshot brings the machine
+// back running as it was when taken (started from it when powered off); a
+// disk snapshot reverts a powered-off machine's disk. What the machine
+// wrote since is lost; the snapshot stays.
+func (m *localMachine) RestoreSnapshot(ctx context.Context, name string) error {
+	return m.onSnapshot(ctx, "restore a snapshot of", name, func(c snapshotCall) error {
 		switch {
-		case running && snap.MemorySize == 0:
+		case c.running && c.snap.MemorySize == 0:
 			return fmt.Errorf("%w: snapshot %q of machine %s holds its disk only, which cannot change under a running guest: power it down first", ErrWrongState, name, m.name)
-		case running:
-			if err := sn.LoadSnapshot(ctx, m.ref(r), disk, name, true); err != nil {
+		case c.running:
+			if err := c.sn.LoadSnapshot(ctx, m.ref(c.r), c.disk, name, true); err != nil {
 				return fmt.Errorf("restore machine %s to %s: %w", m.name, name, err)
 			}
-		case snap.MemorySize == 0:
-			return sn.LoadSnapshot(ctx, m.ref(r), disk, name, false)
+		case c.snap.MemorySize == 0:
+			return c.sn.LoadSnapshot(ctx, m.ref(c.r), c.disk, name, false)
 		default:
 			// Started from it: start sets the clock.
-			return m.startFromSnapshot(ctx, r, name)
+			return m.startFromSnapshot(ctx, c.r, name)
 		}
-		d, err := m.drv(r)
+		d, err := m.drv(c.r)
 		if err != nil {
 			return err
 		}
-		m.setClock(ctx, d, r)
+		m.setClock(ctx, d, c.r)
 		return nil
 	})
 }
 
 // DeleteSnapshot implements Machine.
 func (m *localMachine) DeleteSnapshot(ctx context.Context, name string) error {
-	if err := store.ValidateName("snapshot", name); err != nil {
-		return apiError(err)
-	}
-	return m.locked(ctx, func(r record, st State) error {
-		if err := m.need("delete a snapshot of", st, Running, Paused, PoweredOff, Aborted); err != nil {
-			return err
-		}
-		sn, disk, err := m.snapshotter(r)
-		if err != nil {
-			return err
-		}
-		running := hasDisk(st)
-		snaps, err := sn.Snapshots(ctx, m.ref(r), disk, running)
-		if err != nil {
-			return fmt.Errorf("delete snapshot of machine %s: %w", m.name, err)
-		}
-		if !slices.ContainsFunc(snaps, func(s Snapshot) bool { return s.Tag == name }) {
-			return snapshotNotFound(m.name, name, snaps)
-		}
-		if err := sn.DeleteSnapshot(ctx, m.ref(r), disk, name, running); err != nil {
+	return m.onSnapshot(ctx, "delete a snapshot of", name, func(c snapshotCall) error {
+		if err := c.sn.DeleteSnapshot(ctx, m.ref(c.r), c.disk, name, c.running); err != nil {
 			return fmt.Errorf("delete snapshot %s of machine %s: %w", name, m.name, err)
 		}
 		return nil

@@ -43,26 +43,31 @@ func (s *Server) takeSnapshot(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) error {
-	snap, err := pathName(r, "snapshot", "snapshot")
-	if err != nil {
-		return err
-	}
-	m, err := s.pathMachine(r)
-	if err != nil {
-		return err
-	}
-	if err := m.RestoreSnapshot(r.Context(), snap); err != nil {
-		return err
-	}
-	s.events.machine(m.Name(), "restored")
-	info, err := m.Info(r.Context())
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, info)
+	return s.onSnapshot(r, func(m vmfest.Machine, snap string) error {
+		if err := m.RestoreSnapshot(r.Context(), snap); err != nil {
+			return err
+		}
+		s.events.machine(m.Name(), "restored")
+		info, err := m.Info(r.Context())
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, info)
+	})
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) error {
+	return s.onSnapshot(r, func(m vmfest.Machine, snap string) error {
+		if err := m.DeleteSnapshot(r.Context(), snap); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+// onSnapshot runs fn on the machine and snapshot the path names.
+func (s *Server) onSnapshot(r *http.Request, fn func(m vmfest.Machine, snap string) error) error {
 	snap, err := pathName(r, "snapshot", "snapshot")
 	if err != nil {
 		return err
@@ -71,11 +76,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := m.DeleteSnapshot(r.Context(), snap); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return fn(m, snap)
 }
 
 // pathMachine finds the machine the path's {name} names.
