@@ -43,7 +43,7 @@ func (l *Local) instance(ctx context.Context, name string, image Image, hardware
 		return nil, fmt.Errorf("create machine %s: %w", name, err)
 	}
 	defer busy.Unlock()
-	r := record{Name: name, Created: time.Now().UTC(), Driver: l.drivers.dflt.Info().Name}
+	r := record{Name: name, Created: time.Now().UTC(), Driver: l.drivers.dflt.Info().Name, GenID: newGenID()}
 	if o.driver != "" {
 		d, err := l.drivers.get(o.driver)
 		if err != nil {

@@ -312,6 +312,10 @@ func (m *localMachine) Info(ctx context.Context) (Info, error) {
 		ImageSpec:    r.Image,
 		Labels:       r.Labels,
 		UserData:     r.UserData,
+		GenerationID: r.GenID,
+	}
+	if r.Reidentify != nil {
+		info.ReidentifyPending = r.Reidentify.Source
 	}
 	if info.Image == "" {
 		info.Image = r.Image.Location

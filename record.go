@@ -47,6 +47,15 @@ type record struct {
 	// Net is the machine's networking: instance id, network allocations,
 	// SSH forwards (see networks.go).
 	Net netRecord `json:"net"`
+	// GenID is the machine's VM generation ID (a GUID), given to its
+	// guest by a vmgenid device; a clone gets a new one. Records of an
+	// older vmfest have none, and their machines no such device.
+	GenID string `json:"genid,omitempty"`
+	// Reidentify, when set, says the machine is a clone started from its
+	// source's memory whose guest still has to take the clone's own
+	// identity (see reidentify.go): set before the clone first starts,
+	// cleared once its guest has it; each start tries again.
+	Reidentify *reidentifyRecord `json:"reidentify,omitempty"`
 }
 
 func (r record) disk(dir string) string {

@@ -20,7 +20,18 @@ func (m *localMachine) Start(ctx context.Context) error {
 		if err := m.need("start", st, PoweredOff, Aborted, Saved); err != nil {
 			return err
 		}
-		return m.start(ctx, r, nil)
+		if err := m.start(ctx, r, nil); err != nil {
+			return err
+		}
+		if r.Reidentify != nil {
+			// A clone whose guest has not yet taken its own identity.
+			if d, err := m.drv(r); err == nil {
+				if err := m.reidentify(ctx, d); err != nil {
+					m.l.log.Warn("the clone runs with its source's identity", "machine", m.name, "err", err)
+				}
+			}
+		}
+		return nil
 	})
 }
 
@@ -261,6 +272,7 @@ func launch(ctx context.Context, s *starting) error {
 		Seed:     s.seed,
 		Incoming: s.incoming,
 		Snapshot: s.snapshot,
+		GenID:    r.GenID,
 	})
 	if err != nil {
 		return memoryError(err, r.Hardware.MemorySize)

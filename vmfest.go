@@ -264,6 +264,20 @@ type Machine interface {
 	// A driver without Features.MemorySnapshots refuses it
 	// (driver.ErrUnsupported).
 	Save(ctx context.Context) error
+	// Clone makes a new machine named name from this one, which it never
+	// changes: the same image, hardware, labels, user-data and driver, new
+	// MACs, network reservations and VM generation ID, and a copy of its
+	// overlay over the same base. Of a powered-off or aborted machine the
+	// clone is powered off. Of a saved, running or paused one (a running
+	// or paused one is held stopped only while its state is written and
+	// its overlay copied) the clone resumes from its memory, running
+	// within a second, and its guest is then re-identified through the
+	// guest agent: its MACs, DHCP addresses, host name and randomness. A
+	// guest without an agent keeps its source's identity: the clone is
+	// returned with an error wrapping ErrNotReidentified, and each start
+	// tries again. A machine without an overlay, or with a volume or a
+	// disk of the user's in a slot, is refused (ErrUnsupported).
+	Clone(ctx context.Context, name string) (Machine, error)
 	// Pause freezes a running machine's CPUs.
 	Pause(ctx context.Context) error
 	// Resume continues a paused machine.
@@ -397,6 +411,13 @@ type Info struct {
 	UserData bool `json:"user-data,omitempty"`
 	// Media are the volumes, disks and ISOs in its storage slots.
 	Media []MediaInfo `json:"media,omitempty"`
+	// GenerationID is the VM generation ID its guest sees (a GUID; none
+	// for a machine of an older vmfest).
+	GenerationID string `json:"generation-id,omitempty"`
+	// ReidentifyPending names the source of a clone whose guest still has
+	// that source's identity (see Machine.Clone); its next start tries
+	// again.
+	ReidentifyPending string `json:"reidentify-pending,omitempty"`
 }
 
 // MediaInfo is a volume, a disk or an ISO in a machine's storage slot.

@@ -186,6 +186,7 @@ var routeTable = []route{
 	{"GET", "/v1/machines/{name}/state", "machine-state", func(s *Server) handlerFunc { return s.machineState }},
 	{"POST", "/v1/machines/{name}/{action}", "machine-action", func(s *Server) handlerFunc { return s.machineAction }},
 	{"POST", "/v1/machines/{name}/save", "machine-save", func(s *Server) handlerFunc { return s.saveMachine }},
+	{"POST", "/v1/machines/{name}/clone", "machine-clone", func(s *Server) handlerFunc { return s.cloneMachine }},
 	{"POST", "/v1/machines/{name}/labels", "machine-labels", func(s *Server) handlerFunc { return s.relabelMachine }},
 	{"POST", "/v1/machines/{name}/exec", "machine-exec", func(s *Server) handlerFunc { return s.execMachine }},
 	{"PUT", "/v1/machines/{name}/files", "machine-files", func(s *Server) handlerFunc { return s.copyIn }},

@@ -203,6 +203,34 @@ type StartSpec struct {
 	// memory (see Snapshotter): the machine starts from it, running where
 	// it was when the snapshot was taken, instead of booting.
 	Snapshot string
+	// GenID, when set, is the machine's VM generation ID (a GUID,
+	// 8-4-4-4-12 hex): the hypervisor gives the guest a vmgenid device
+	// holding it, and writes it into the guest again when the machine
+	// resumes from Incoming, so a clone's guest sees a new one. Empty: no
+	// such device (a machine of an older vmfest, whose saved state was
+	// written without it).
+	GenID string
+}
+
+// ValidGenID says whether s is a GUID as StartSpec.GenID takes it.
+func ValidGenID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Drive returns the file in the given slot, if the spec gives one.

@@ -75,6 +75,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.simpleCommand("resume", "Continue paused machines", vmfest.Running, func(cmd *cobra.Command, m vmfest.Machine) error { return m.Resume(cmd.Context()) }),
 		a.stopCommand(),
 		a.saveCommand(),
+		a.cloneCommand(),
 		a.simpleCommand("power-down", "Pull the plug on machines (hard off)", vmfest.PoweredOff, func(cmd *cobra.Command, m vmfest.Machine) error { return m.PowerDown(cmd.Context()) }),
 		a.destroyCommand(),
 		a.listCommand(),

@@ -155,6 +155,12 @@ func domainXML(s driver.StartSpec, p domainParams) (*libvirtxml.Domain, error) {
 		OnCrash:    "destroy",
 		Devices:    &libvirtxml.DomainDeviceList{},
 	}
+	if s.GenID != "" {
+		if !driver.ValidGenID(s.GenID) {
+			return nil, fmt.Errorf("VM generation ID %q: must be a GUID (8-4-4-4-12 hex digits)", s.GenID)
+		}
+		d.GenID = &libvirtxml.DomainGenID{Value: s.GenID}
+	}
 	switch p.Accel {
 	case qemu.AccelKVM:
 		d.Type = "kvm"

@@ -113,6 +113,9 @@ type Config struct {
 	// LoadVM, when set, is an internal snapshot of Disk with memory that
 	// the machine starts from (-loadvm), running where it was.
 	LoadVM string
+	// GenID, when set, is the VM generation ID given to the guest by a
+	// vmgenid device (driver.StartSpec.GenID).
+	GenID string
 }
 
 // NICBackend is the host end of one adapter: the tap QEMU creates for a
@@ -189,6 +192,15 @@ func (c Config) Args() ([]string, error) {
 	}
 	if c.LoadVM != "" {
 		args = append(args, "-loadvm", c.LoadVM)
+	}
+	if c.GenID != "" {
+		if !driver.ValidGenID(c.GenID) {
+			return nil, fmt.Errorf("VM generation ID %q: must be a GUID (8-4-4-4-12 hex digits)", c.GenID)
+		}
+		// The device's GUID is not part of the migration stream: a
+		// machine resumed from a saved state gets the one given here,
+		// written into its memory when the state is loaded.
+		args = append(args, "-device", "vmgenid,guid="+c.GenID)
 	}
 	if h.Firmware == spec.FirmwareEFI {
 		fw := c.OVMF

@@ -89,6 +89,7 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		CIData:   s.Seed,
 		Drives:   s.Drives,
 		LoadVM:   s.Snapshot,
+		GenID:    s.GenID,
 	}
 	var restored driver.State
 	if s.Incoming != "" {

@@ -1,0 +1,286 @@
+package vmfest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/spec"
+)
+
+// Re-identification. A clone started from its source's memory runs the
+// source's guest: the hypervisor gives it the clone's MACs and VM
+// generation ID (QEMU writes the new GUID into the guest as the state
+// loads), but the guest keeps what it had set itself — the source's MAC on
+// each NIC (the migrated virtio-net state wins over the command line), the
+// source's address and DHCP client, its host name. reidentify tells the
+// guest, through its guest agent:
+//
+//   - each NIC, found by the source's MAC, takes the clone's (link down,
+//     address, up) and its DHCP client starts again with it: the tiny
+//     guest's udhcpc is ended and started with the arguments it ran with
+//     (its hostname:OLD option becomes the new name); another guest gets
+//     `networkctl reconfigure`, `dhclient -r; dhclient` or
+//     `nmcli device reapply`, the first it has;
+//   - the host name (hostname, hostnamectl when present, /etc/hostname,
+//     the 127.0.1.1 line of /etc/hosts);
+//   - 64 bytes of the host's randomness written to /dev/urandom, beside
+//     the vmgenid device (a guest kernel without a vmgenid driver does not
+//     reseed from it);
+//
+// and then waits until every NIC has the clone's MAC and each host-only
+// NIC its reserved address. Start has already set the clock. The record's
+// Reidentify flag is set before the clone first runs and cleared only
+// here, so a crash or a failure is visible and the next start tries again.
+// A guest without an agent keeps the source's identity.
+
+// reidentifyRecord is a clone's pending re-identification.
+type reidentifyRecord struct {
+	// Source is the machine it was cloned from.
+	Source string `json:"source"`
+	// MACs are the source's MACs by NIC slot: the guest's until it is
+	// re-identified.
+	MACs []string `json:"macs"`
+	// Since is when the clone was made.
+	Since time.Time `json:"since"`
+}
+
+// ReidentifyTimeout bounds a clone's re-identification when its context
+// has no deadline: the guest agent's answer, the commands and the DHCP
+// renewals.
+const ReidentifyTimeout = 60 * time.Second
+
+// ErrNotReidentified is wrapped by the error of a clone whose guest could
+// not be re-identified: the clone exists and runs, with its source's MACs
+// (in the guest), address and host name, and its next start tries again.
+var ErrNotReidentified = errors.New("the clone's guest still has its source's identity")
+
+// reidentifyScript runs in the guest: sh -c SCRIPT vmfest-reidentify
+// NEWNAME [IFACE NEWMAC]..., the host's randomness on stdin.
+const reidentifyScript = `set -u
+new=$1; shift
+cat >/dev/urandom 2>/dev/null
+old=$(hostname 2>/dev/null || true)
+if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$new" 2>/dev/null; then :; else
+	hostname "$new" || exit 1
+	printf '%s\n' "$new" >/etc/hostname 2>/dev/null
+fi
+[ -w /etc/hosts ] && sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1 $new/" /etc/hosts 2>/dev/null
+pause() { sleep 0.02 2>/dev/null || sleep 1; }
+while [ $# -ge 2 ]; do
+	ifc=$1 mac=$2; shift 2
+	pid= args=
+	for p in /proc/[0-9]*; do
+		c=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null) || continue
+		case "${c%%
+*}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
+		printf '%s\n' "$c" | grep -qx -- "$ifc" || continue
+		pid=${p#/proc/} args=$c
+		break
+	done
+	if [ -n "$pid" ]; then
+		kill "$pid" 2>/dev/null
+		i=0
+		while kill -0 "$pid" 2>/dev/null && [ $i -lt 250 ]; do pause; i=$((i + 1)); done
+	fi
+	ip link set dev "$ifc" down || exit 1
+	ip link set dev "$ifc" address "$mac" || exit 1
+	ip link set dev "$ifc" up || exit 1
+	if [ -n "$pid" ]; then
+		(
+			IFS='
+'
+			set -f
+			set -- $(printf '%s\n' "$args" | awk -v o="hostname:$old" -v n="hostname:$new" '{ if ($0 == o) print n; else print }')
+			if command -v setsid >/dev/null 2>&1; then
+				setsid "$@" </dev/null >/dev/null 2>&1 &
+			else
+				"$@" </dev/null >/dev/null 2>&1 &
+			fi
+		)
+	elif command -v networkctl >/dev/null 2>&1 && networkctl reconfigure "$ifc" >/dev/null 2>&1; then :
+	elif command -v dhclient >/dev/null 2>&1; then dhclient -r "$ifc" >/dev/null 2>&1; dhclient -nw "$ifc" >/dev/null 2>&1
+	elif command -v nmcli >/dev/null 2>&1; then nmcli device reapply "$ifc" >/dev/null 2>&1
+	fi
+done
+exit 0
+`
+
+// reidentify re-identifies the running clone's guest (see above) and
+// clears its record's flag. ctx bounds it (ReidentifyTimeout when it has
+// no deadline). The error wraps ErrNotReidentified.
+func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ReidentifyTimeout)
+		defer cancel()
+	}
+	begun := time.Now()
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w: machine %s: %w", ErrNotReidentified, m.name, err)
+		}
+	}()
+	r, err := m.l.readRecord(m.name)
+	if err != nil {
+		return err
+	}
+	if r.Reidentify == nil {
+		return nil
+	}
+	if info := d.Info(); !info.Features.GuestAgent {
+		return fmt.Errorf("the %s driver has no guest agent", info.Name)
+	}
+	a, err := d.Agent(ctx, m.ref(r))
+	if err != nil {
+		return fmt.Errorf("its guest agent did not answer: %w", err)
+	}
+	defer a.Close()
+	ifs, err := driver.Interfaces(ctx, a)
+	if err != nil {
+		return err
+	}
+	names, err := reidentifyPlan(r, ifs)
+	if err != nil {
+		return err
+	}
+	args := []string{"-c", reidentifyScript, "vmfest-reidentify", m.name}
+	for i, n := range names {
+		if n != "" {
+			args = append(args, n, strings.ToLower(r.Hardware.Network[i].MACAddress))
+		}
+	}
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	res, err := driver.Exec(ctx, a, driver.ExecRequest{Path: "/bin/sh", Args: args, Stdin: seed})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("the re-identification in the guest failed (exit %d): %s", res.ExitCode, strings.TrimSpace(string(res.Stderr)))
+	}
+	if err := waitReidentified(ctx, a, r); err != nil {
+		return err
+	}
+	cur, err := m.l.readRecord(m.name)
+	if err != nil {
+		return err
+	}
+	cur.Reidentify = nil
+	if err := writeRecord(m.dir(), cur); err != nil {
+		return err
+	}
+	m.l.log.Debug("clone re-identified", "machine", m.name, "source", r.Reidentify.Source, "took", time.Since(begun))
+	return nil
+}
+
+// reidentifyPlan names, by NIC slot, the guest interface that must take
+// the clone's MAC: the one with the source's MAC. A slot whose interface
+// already has the clone's MAC (the guest booted afresh) or that is
+// unplugged needs nothing ("").
+func reidentifyPlan(r record, ifs []driver.Interface) ([]string, error) {
+	byMAC := map[string]string{}
+	for _, f := range ifs {
+		byMAC[strings.ToLower(f.HWAddress)] = f.Name
+	}
+	names := make([]string, len(r.Hardware.Network))
+	for i, n := range r.Hardware.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue
+		}
+		mac := strings.ToLower(n.MACAddress)
+		if _, ok := byMAC[mac]; ok {
+			continue
+		}
+		old := ""
+		if i < len(r.Reidentify.MACs) {
+			old = strings.ToLower(r.Reidentify.MACs[i])
+		}
+		name, ok := byMAC[old]
+		if !ok || old == "" {
+			return nil, fmt.Errorf("network[%d]: the guest has no interface with the source's MAC %s or the clone's %s", i, old, mac)
+		}
+		names[i] = name
+	}
+	return names, nil
+}
+
+// waitReidentified polls the guest agent until every plugged NIC has the
+// clone's MAC and each one with a host-only reservation its address.
+func waitReidentified(ctx context.Context, a driver.Agent, r record) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ifs, err := driver.Interfaces(ctx, a)
+		missing := ""
+		if err == nil {
+			missing = notYetReidentified(r, ifs)
+			if missing == "" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("waiting for the guest's new addresses: %w", err)
+			}
+			return fmt.Errorf("waiting for the guest's new addresses: %s: %w", missing, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// notYetReidentified says what the guest does not have yet, "" when it has
+// it all.
+func notYetReidentified(r record, ifs []driver.Interface) string {
+	for i, n := range r.Hardware.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue
+		}
+		mac := strings.ToLower(n.MACAddress)
+		var found *driver.Interface
+		for j := range ifs {
+			if strings.ToLower(ifs[j].HWAddress) == mac {
+				found = &ifs[j]
+			}
+		}
+		if found == nil {
+			return fmt.Sprintf("network[%d] has not got MAC %s", i, mac)
+		}
+		want := ""
+		if i < len(r.Net.NICs) && n.AttachmentType == spec.AttachHostOnly {
+			want = r.Net.NICs[i].IP
+		}
+		if want == "" {
+			continue
+		}
+		has := false
+		for _, ip := range found.IPAddresses {
+			has = has || ip.Address == want
+		}
+		if !has {
+			return fmt.Sprintf("network[%d] (%s) has not got its address %s", i, found.Name, want)
+		}
+	}
+	return ""
+}
+
+// hostName asks the guest agent for the guest's host name.
+func hostName(ctx context.Context, a driver.Agent) (string, error) {
+	raw, err := a.Execute(ctx, "guest-get-host-name", nil)
+	if err != nil {
+		return "", err
+	}
+	var v struct {
+		HostName string `json:"host-name"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", fmt.Errorf("guest-get-host-name: %w", err)
+	}
+	return v.HostName, nil
+}
