@@ -257,6 +257,7 @@ func (m *localMachine) cloneLive(ctx context.Context, d driver.Driver, r record,
 // the clone is made.
 func (c *localMachine) startClone(ctx context.Context) error {
 	var d driver.Driver
+	paused := false
 	err := c.locked(ctx, func(r record, st State) error {
 		if err := c.need("start", st, Saved); err != nil {
 			return err
@@ -265,10 +266,20 @@ func (c *localMachine) startClone(ctx context.Context) error {
 		if d, err = c.drv(r); err != nil {
 			return err
 		}
-		return c.start(ctx, r, nil)
+		s := &starting{m: c, r: r}
+		if err := c.run(ctx, s, nil); err != nil {
+			return err
+		}
+		paused = s.restored == Paused
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("machine %s is cloned (saved, from its source's memory) but did not start: %w", c.name, err)
+	}
+	if paused {
+		// Of a paused source: the clone is paused too, and its guest is
+		// re-identified when it is resumed.
+		return nil
 	}
 	if err := c.reidentify(ctx, d); err != nil {
 		return fmt.Errorf("machine %s is cloned and runs, but %w; its next start tries again", c.name, err)

@@ -105,6 +105,13 @@ func (m *localMachine) Resume(ctx context.Context) error {
 		if err := d.Resume(ctx, m.ref(r)); err != nil {
 			return fmt.Errorf("resume machine %s: %w", m.name, err)
 		}
+		if r.Reidentify != nil {
+			// A clone of a paused machine, resumed for the first time.
+			m.setClock(ctx, d, r)
+			if err := m.reidentify(ctx, d); err != nil {
+				m.l.log.Warn("the clone runs with its source's identity", "machine", m.name, "err", err)
+			}
+		}
 		return nil
 	})
 }

@@ -1,0 +1,296 @@
+package vmfest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
+)
+
+// cloneHardware is the micro shape (512 MiB) with one host-only NIC.
+func cloneHardware() Hardware {
+	h := spec.BuiltinHardware()["micro"]
+	h.Network = []spec.NIC{{AttachmentType: spec.AttachHostOnly}}
+	return HardwareSpec(h)
+}
+
+// fileSum is the SHA-256 of a file's content.
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// guestGenID reads the VM generation ID from the guest's memory where its
+// ACPI tables tell the guest to look: the SSDT's VGIA (a DWORD, read in the
+// guest through the agent) plus 40 (the ADDR method's offset). The guest
+// kernel's /dev/mem does not reach that reserved page, so the 16 bytes are
+// read from the guest's physical memory through QEMU's monitor (xp). It
+// returns the GUID in QEMU's UUID form.
+func guestGenID(ctx context.Context, t *testing.T, l *Local, m Machine) string {
+	t.Helper()
+	script := `for f in /sys/firmware/acpi/tables/SSDT*; do
+	a=$(od -A n -t x1 -v "$f" | tr -s ' \n' '  ' | grep -o '56 47 49 41 0c [0-9a-f][0-9a-f] [0-9a-f][0-9a-f] [0-9a-f][0-9a-f] [0-9a-f][0-9a-f]' | head -n 1)
+	[ -n "$a" ] || continue
+	set -- $a
+	echo $((0x$9$8$7$6 + 40))
+	exit 0
+done
+exit 1`
+	addr := guestRun(ctx, t, m, script)
+	raw, err := qemu.RunQMP(ctx, filepath.Join(l.home.MachinePath(m.Name()), store.QMPSocket), "human-monitor-command", map[string]string{"command-line": "xp /16xb " + addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	// "ADDR: 0x.. 0x.. ..." lines.
+	var hexs strings.Builder
+	for _, line := range strings.Split(out, "\n") {
+		_, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Fields(rest) {
+			hexs.WriteString(strings.TrimPrefix(f, "0x"))
+		}
+	}
+	b, err := hex.DecodeString(hexs.String())
+	if err != nil || len(b) != 16 {
+		t.Fatalf("the guest's vmgenid buffer at %s: %q", addr, out)
+	}
+	// QEMU stores the GUID little-endian in its first three fields.
+	for _, r := range [][2]int{{0, 4}, {4, 6}, {6, 8}} {
+		for i, j := r[0], r[1]-1; i < j; i, j = i+1, j-1 {
+			b[i], b[j] = b[j], b[i]
+		}
+	}
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// hostGenID asks the clone's QEMU which VM generation ID it gives.
+func hostGenID(ctx context.Context, t *testing.T, l *Local, name string) string {
+	t.Helper()
+	raw, err := qemu.RunQMP(ctx, filepath.Join(l.home.MachinePath(name), store.QMPSocket), "query-vm-generation-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		GUID string `json:"guid"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.GUID
+}
+
+// TestCloneSaved boots the tiny guest on a host-only network, saves it,
+// and clones it twice: both clones run at once from its memory (its
+// process, same pid), with their own MACs (in the guest), host-only
+// addresses (their reservations), host names and VM generation IDs (in
+// the guest's memory), and ping each other; the source's disk and saved
+// state are unchanged and it resumes as it was. Then a clone of a running
+// machine, which runs on.
+func TestCloneSaved(t *testing.T) {
+	image := tinyImage(t)
+	needRoot(t)
+	l := newTestServer(t)
+	var logs syncBuffer
+	l.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx := ctxTimeout(t, 6*time.Minute)
+	src := bootTiny(ctx, t, l, "src", image, cloneHardware())
+	srcAddr, err := src.IP(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := guestRun(ctx, t, src, "sleep 100000 >/dev/null 2>&1 & echo $!")
+	srcHost := guestRun(ctx, t, src, "hostname")
+	if err := src.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir := l.home.MachinePath("src")
+	diskSum, stateSum := fileSum(t, filepath.Join(dir, store.DiskFile)), fileSum(t, savedStatePath(dir))
+
+	names := []string{"c1", "c2"}
+	clones := make([]Machine, len(names))
+	took := make([]time.Duration, len(names))
+	var wg sync.WaitGroup
+	errs := make([]error, len(names))
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			begun := time.Now()
+			clones[i], errs[i] = src.Clone(ctx, n)
+			took[i] = time.Since(begun)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			if clones[i] != nil {
+				log, _ := clones[i].ConsoleLog(ctx)
+				t.Logf("console of %s:\n%s", names[i], log)
+			}
+			t.Fatalf("clone %s: %v", names[i], err)
+		}
+	}
+	t.Logf("two clones of a saved 512 MiB machine at once, each running and re-identified after %v", took)
+
+	srcInfo, err := src.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	unique := func(what, v, who string) {
+		t.Helper()
+		if v == "" {
+			t.Fatalf("%s of %s is empty", what, who)
+		}
+		if prev, ok := seen[what+"="+v]; ok {
+			t.Fatalf("%s %s of %s is also %s's", what, v, who, prev)
+		}
+		seen[what+"="+v] = who
+	}
+	unique("mac", strings.ToLower(srcInfo.HardwareSpec.Network[0].MACAddress), "src")
+	unique("ip", srcAddr.IP, "src")
+	unique("host", srcHost, "src")
+	unique("genid", srcInfo.GenerationID, "src")
+	addrs := make([]string, len(clones))
+	for i, c := range clones {
+		n := names[i]
+		expectState(t, c, Running)
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.ReidentifyPending != "" {
+			t.Fatalf("%s: still to be re-identified", n)
+		}
+		mac := strings.ToLower(info.HardwareSpec.Network[0].MACAddress)
+		unique("mac", mac, n)
+		if got := guestRun(ctx, t, c, "cat /sys/class/net/eth0/address"); got != mac {
+			t.Fatalf("%s: the guest's eth0 has MAC %s, want %s", n, got, mac)
+		}
+		a, err := c.IP(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = a.IP
+		unique("ip", a.IP, n)
+		if got := guestRun(ctx, t, c, "ip -4 -o addr show dev eth0"); !strings.Contains(got, " "+a.IP+"/") {
+			t.Fatalf("%s: eth0 has %q, want %s", n, got, a.IP)
+		}
+		host := guestRun(ctx, t, c, "hostname")
+		if host != n {
+			t.Fatalf("%s: host name %q", n, host)
+		}
+		unique("host", host, n)
+		unique("genid", info.GenerationID, n)
+		if got := hostGenID(ctx, t, l, n); got != info.GenerationID {
+			t.Fatalf("%s: QEMU gives generation id %s, the record says %s", n, got, info.GenerationID)
+		}
+		if got := guestGenID(ctx, t, l, c); got != info.GenerationID {
+			t.Fatalf("%s: the guest's memory holds generation id %s, want %s", n, got, info.GenerationID)
+		}
+		// From the source's memory: its process runs on.
+		if got := guestRun(ctx, t, c, "kill -0 "+pid+" && echo alive"); got != "alive" {
+			t.Fatalf("%s: the source's process %s: %q", n, pid, got)
+		}
+	}
+	// Over host-only, each way.
+	guestRun(ctx, t, clones[0], "ping -c 1 -W 10 "+addrs[1])
+	guestRun(ctx, t, clones[1], "ping -c 1 -W 10 "+addrs[0])
+
+	if fileSum(t, filepath.Join(dir, store.DiskFile)) != diskSum || fileSum(t, savedStatePath(dir)) != stateSum {
+		t.Fatal("a clone changed the source's disk or saved state")
+	}
+	expectState(t, src, Saved)
+	if err := src.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := guestRun(ctx, t, src, "hostname; kill -0 "+pid+" && echo alive"); got != srcHost+"\nalive" {
+		t.Fatalf("the source after its clones: %q", got)
+	}
+
+	// A clone of the running source: the source runs on, the clone too.
+	logs.Reset()
+	begun := time.Now()
+	c3, err := src.Clone(ctx, "c3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("clone of a running source: running and re-identified after %v; %s", time.Since(begun), held(logs.String()))
+	expectState(t, src, Running)
+	guestRun(ctx, t, src, "touch /root/after-clone")
+	if got := guestRun(ctx, t, c3, "hostname; kill -0 "+pid+" && echo alive"); got != "c3\nalive" {
+		t.Fatalf("the clone of the running source: %q", got)
+	}
+	a3, err := c3.IP(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestRun(ctx, t, src, "ping -c 1 -W 10 "+a3.IP)
+}
+
+// held finds how long the source was held in the clone's log.
+func held(log string) string {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "source held for a clone") {
+			if i := strings.Index(line, "held="); i >= 0 {
+				return "source " + strings.Fields(line[i:])[0]
+			}
+		}
+	}
+	return "source hold not logged"
+}
+
+// syncBuffer is a bytes buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}

@@ -1,0 +1,532 @@
+package vmfest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/driver/fake"
+	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/store"
+)
+
+// Clones against the fake driver (-short): the states a clone is made
+// from, its refusals, what a failure leaves, and that the source's files
+// never change. Against real QEMU: clone_e2e_test.go.
+
+// execFake is the fake driver whose guest agent also runs guest-exec (as
+// a guest that does what it is told), recording each command.
+type execFake struct {
+	*fake.Driver
+	mu    sync.Mutex
+	execs map[string][][]string // by machine name
+}
+
+func (d *execFake) Agent(ctx context.Context, m driver.Machine) (driver.Agent, error) {
+	a, err := d.Driver.Agent(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return &execAgent{Agent: a, d: d, name: m.Name}, nil
+}
+
+func (d *execFake) commands(name string) [][]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.execs[name])
+}
+
+type execAgent struct {
+	driver.Agent
+	d    *execFake
+	name string
+}
+
+func (a *execAgent) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
+	switch command {
+	case "guest-exec":
+		var req struct {
+			Path string   `json:"path"`
+			Arg  []string `json:"arg"`
+		}
+		js, _ := json.Marshal(args)
+		json.Unmarshal(js, &req)
+		a.d.mu.Lock()
+		a.d.execs[a.name] = append(a.d.execs[a.name], append([]string{req.Path}, req.Arg...))
+		a.d.mu.Unlock()
+		return json.RawMessage(`{"pid": 7}`), nil
+	case "guest-exec-status":
+		return json.RawMessage(`{"exited": true, "exitcode": 0}`), nil
+	}
+	return a.Agent.Execute(ctx, command, args)
+}
+
+// newCloneFake returns a Local on the exec-capable fake and a started
+// machine "src" of it on one NAT NIC, with a label.
+func newCloneFake(t *testing.T) (*Local, *execFake, Machine) {
+	t.Helper()
+	fk := &execFake{Driver: fake.New(fake.Options{}), execs: map[string][][]string{}}
+	l, err := NewLocal(Config{Home: t.TempDir(), Driver: fk, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	m, err := l.Instance(ctx, "src", ImageSpec(blankImage(t, t.TempDir())), natHardware(), WithLabels(map[string]string{"role": "web"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return l, fk, m
+}
+
+// dirSums are the checksums of the files of a machine directory that a
+// clone must never change (its disk, record, saved state, user-data).
+func dirSums(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, n := range []string{store.DiskFile, store.MachineFile, store.SavedStateFile, store.UserDataFile} {
+		data, err := os.ReadFile(filepath.Join(dir, n))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		out[n] = hex.EncodeToString(sum[:])
+	}
+	return out
+}
+
+// noCreating fails when a clone left a hidden directory behind.
+func noCreating(t *testing.T, l *Local) {
+	t.Helper()
+	ents, err := os.ReadDir(l.home.MachinesPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".creating-") {
+			t.Fatalf("left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestFakeCloneStates(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		prep   func(ctx context.Context, m Machine) error
+		source State // the source's state before and after
+		clone  State
+	}{
+		{"powered-off", func(ctx context.Context, m Machine) error { return m.PowerDown(ctx) }, PoweredOff, PoweredOff},
+		{"saved", func(ctx context.Context, m Machine) error { return m.Save(ctx) }, Saved, Running},
+		{"running", func(ctx context.Context, m Machine) error { return nil }, Running, Running},
+		{"paused", func(ctx context.Context, m Machine) error { return m.Pause(ctx) }, Paused, Paused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, fk, m := newCloneFake(t)
+			ctx := ctxTimeout(t, 30*time.Second)
+			if err := tc.prep(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			srcDir := l.home.MachinePath("src")
+			before := dirSums(t, srcDir)
+			bootBefore := fk.Boot(srcDir)
+			c, err := m.Clone(ctx, "c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			expectState(t, m, tc.source)
+			expectState(t, c, tc.clone)
+			if after := dirSums(t, srcDir); !mapsEqual(before, after) {
+				t.Fatalf("the source's files changed:\n%v\n%v", before, after)
+			}
+			noCreating(t, l)
+			sr, err := l.readRecord("src")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cr, err := l.readRecord("c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cr.Net.ID == "" || cr.Net.ID == sr.Net.ID || cr.GenID == "" || cr.GenID == sr.GenID || !driver.ValidGenID(cr.GenID) {
+				t.Fatalf("clone's id %q genid %q, source's %q %q", cr.Net.ID, cr.GenID, sr.Net.ID, sr.GenID)
+			}
+			if cr.Hardware.Network[0].MACAddress == sr.Hardware.Network[0].MACAddress || cr.Labels["role"] != "web" || cr.Image != sr.Image || !cr.Overlay {
+				t.Fatalf("clone's record: %+v", cr)
+			}
+			if tc.clone == Paused {
+				// Re-identified when it is first resumed.
+				if cr.Reidentify == nil || len(fk.commands("c1")) != 0 {
+					t.Fatalf("a paused clone was re-identified: %+v", cr.Reidentify)
+				}
+				if err := c.Resume(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if cr, err = l.readRecord("c1"); err != nil {
+					t.Fatal(err)
+				}
+				tc.clone = Running
+			}
+			if cr.Reidentify != nil {
+				t.Fatalf("the clone is still to be re-identified: %+v", cr.Reidentify)
+			}
+			cdisk, sdisk := filepath.Join(l.home.MachinePath("c1"), store.DiskFile), filepath.Join(srcDir, store.DiskFile)
+			if same(t, cdisk, sdisk) {
+				t.Fatal("the clone's disk is the source's file")
+			}
+			if tc.clone != Running {
+				if len(fk.commands("c1")) != 0 {
+					t.Fatal("a powered-off clone was re-identified")
+				}
+				return
+			}
+			// From the source's memory, and re-identified as c1.
+			if got := fk.Boot(l.home.MachinePath("c1")); got != bootBefore {
+				t.Fatalf("the clone's guest is from boot %d, the source's was %d", got, bootBefore)
+			}
+			cmds := fk.commands("c1")
+			if len(cmds) != 1 || cmds[0][0] != "/bin/sh" || !slices.Contains(cmds[0], "c1") {
+				t.Fatalf("re-identification commands: %q", cmds)
+			}
+			if hasSavedState(l.home.MachinePath("c1")) {
+				t.Fatal("the running clone kept its saved state")
+			}
+			if tc.source == Saved {
+				// The source resumes from its own state, untouched.
+				if err := m.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if got := fk.Boot(srcDir); got != bootBefore {
+					t.Fatalf("the source resumed boot %d, want %d", got, bootBefore)
+				}
+			}
+		})
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// allocated is how many bytes of disk the file at path takes.
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+func same(t *testing.T, a, b string) bool {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(fa, fb)
+}
+
+func TestFakeCloneTwoFromSaved(t *testing.T) {
+	l, fk, m := newCloneFake(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var macs, ids []string
+	for _, n := range []string{"a", "b"} {
+		c, err := m.Clone(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		macs = append(macs, info.HardwareSpec.Network[0].MACAddress)
+		ids = append(ids, info.GenerationID)
+	}
+	if macs[0] == macs[1] || ids[0] == ids[1] {
+		t.Fatalf("clones share MACs %v or generation ids %v", macs, ids)
+	}
+	if len(fk.Running()) != 2 {
+		t.Fatalf("running: %v", fk.Running())
+	}
+	expectState(t, m, Saved)
+	if _, err := m.Clone(ctx, "a"); !errors.Is(err, ErrExists) {
+		t.Fatalf("clone onto an existing machine: %v", err)
+	}
+	noCreating(t, l)
+}
+
+func TestFakeCloneRefused(t *testing.T) {
+	ctx := ctxTimeout(t, 30*time.Second)
+	t.Run("names", func(t *testing.T) {
+		_, _, m := newCloneFake(t)
+		for _, n := range []string{"src", "", "bad/name"} {
+			if _, err := m.Clone(ctx, n); !errors.Is(err, ErrInvalid) {
+				t.Errorf("clone as %q: %v", n, err)
+			}
+		}
+	})
+	t.Run("no overlay", func(t *testing.T) {
+		l, _, _ := newCloneFake(t)
+		img := blankImage(t, t.TempDir())
+		img.Immutable = false
+		m, err := l.Instance(ctx, "mut", ImageSpec(img), natHardware())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Clone(ctx, "c"); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "overlay") {
+			t.Fatalf("clone of a machine without an overlay: %v", err)
+		}
+	})
+	t.Run("volume", func(t *testing.T) {
+		l, _, _ := newCloneFake(t)
+		if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "v", Size: spec.Size(1 << 20)}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := l.Instance(ctx, "withvol", ImageSpec(blankImage(t, t.TempDir())), natHardware(), WithAttachment(Attachment{Volume: "v"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = m.Clone(ctx, "c")
+		if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "storage") || !strings.Contains(err.Error(), "v") {
+			t.Fatalf("clone of a machine holding a volume: %v", err)
+		}
+		if _, err := l.FindMachine(ctx, "c"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a refused clone exists: %v", err)
+		}
+		noCreating(t, l)
+	})
+	t.Run("memory clone without saver", func(t *testing.T) {
+		f := fake.New(fake.Options{Features: &driver.Features{DiskFormats: []string{"qcow2", "raw"}, BackingChain: true, UserNAT: true, Pause: true, GuestAgent: true}})
+		l, err := NewLocal(Config{Home: t.TempDir(), Driver: f, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := l.Instance(ctx, "src", ImageSpec(blankImage(t, t.TempDir())), natHardware())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Clone(ctx, "c"); !errors.Is(err, ErrUnsupported) {
+			t.Fatalf("memory clone on a driver that cannot save: %v", err)
+		}
+		expectState(t, m, Running)
+		if err := m.PowerDown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Clone(ctx, "c"); err != nil {
+			t.Fatalf("powered-off clone on a driver that cannot save: %v", err)
+		}
+	})
+}
+
+// A failed save leaves the source running and nothing of the clone: no
+// machine, no hidden directory, no network reservation.
+func TestFakeCloneFailedSave(t *testing.T) {
+	l, fk, m := newCloneFake(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	srcDir := l.home.MachinePath("src")
+	before := dirSums(t, srcDir)
+	fk.Fail("Save", errors.New("disk full"))
+	if _, err := m.Clone(ctx, "c"); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("clone with a failing save: %v", err)
+	}
+	expectState(t, m, Running)
+	if _, err := l.FindMachine(ctx, "c"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the failed clone exists: %v", err)
+	}
+	noCreating(t, l)
+	if after := dirSums(t, srcDir); !mapsEqual(before, after) {
+		t.Fatal("the source's files changed")
+	}
+	// A failed start of the clone leaves it saved and says so.
+	fk.Fail("Start", errors.New("no memory"))
+	c, err := m.Clone(ctx, "c")
+	if c == nil || err == nil || !strings.Contains(err.Error(), "did not start") {
+		t.Fatalf("clone whose start fails: %v, %v", c, err)
+	}
+	expectState(t, c, Saved)
+	expectState(t, m, Running)
+}
+
+// A crash at each point of a clone leaves no clone or a whole one, and
+// the source as it was.
+func TestFakeClonePoints(t *testing.T) {
+	points := []string{"clone:mkdir", "clone:allocated", "clone:disk", "clone:record", "clone:renamed"}
+	for _, p := range points {
+		t.Run(p, func(t *testing.T) {
+			l, _, m := newCloneFake(t)
+			ctx := ctxTimeout(t, 30*time.Second)
+			if err := m.Save(ctx); err != nil {
+				t.Fatal(err)
+			}
+			errCrash := errors.New("crash")
+			func() {
+				defer func() {
+					if r := recover(); r != nil && r != errCrash {
+						panic(r)
+					}
+				}()
+				m.(*localMachine).clone(ctx, "c", func(at string) {
+					if at == p {
+						panic(errCrash)
+					}
+				})
+			}()
+			expectState(t, m, Saved)
+			_, err := l.FindMachine(ctx, "c")
+			renamed := slices.Index(points, p) >= slices.Index(points, "clone:renamed")
+			if renamed != (err == nil) {
+				t.Fatalf("after a crash at %s: clone found: %v", p, err)
+			}
+			if renamed {
+				c, _ := l.FindMachine(ctx, "c")
+				expectState(t, c, Saved)
+				if info, _ := c.Info(ctx); info.ReidentifyPending != "src" {
+					t.Fatalf("a clone never started does not say it is to be re-identified: %+v", info)
+				}
+				// Its next start resumes and re-identifies it.
+				if err := c.Start(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if info, _ := c.Info(ctx); info.ReidentifyPending != "" {
+					t.Fatalf("still pending after a start: %+v", info)
+				}
+			}
+		})
+	}
+}
+
+// A guest whose agent cannot run commands keeps its source's identity: the
+// clone runs, the error says so, and the flag shows.
+func TestFakeCloneNotReidentified(t *testing.T) {
+	l, fk := newFakeServer(t, fake.Options{})
+	ctx := ctxTimeout(t, 30*time.Second)
+	m, err := l.Instance(ctx, "src", ImageSpec(blankImage(t, t.TempDir())), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Clone(ctx, "c")
+	if c == nil || !errors.Is(err, ErrNotReidentified) {
+		t.Fatalf("clone on a guest without guest-exec: %v, %v", c, err)
+	}
+	expectState(t, c, Running)
+	info, err := c.Info(ctx)
+	if err != nil || info.ReidentifyPending != "src" {
+		t.Fatalf("info %+v, %v", info, err)
+	}
+	if len(fk.Running()) != 2 {
+		t.Fatalf("running: %v", fk.Running())
+	}
+}
+
+func TestReidentifyPlan(t *testing.T) {
+	r := record{Hardware: spec.Hardware{Network: []spec.NIC{
+		{AttachmentType: spec.AttachHostOnly, MACAddress: "52:54:00:00:00:0A"},
+		{AttachmentType: spec.AttachNone, MACAddress: "52:54:00:00:00:0b"},
+		{AttachmentType: spec.AttachNAT, MACAddress: "52:54:00:00:00:0c"},
+	}}, Reidentify: &reidentifyRecord{MACs: []string{"52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"}}}
+	for _, tc := range []struct {
+		name string
+		ifs  []driver.Interface
+		want []string
+		err  string
+	}{
+		{"migrated", []driver.Interface{{Name: "lo"}, {Name: "eth0", HWAddress: "52:54:00:00:00:01"}, {Name: "eth1", HWAddress: "52:54:00:00:00:03"}}, []string{"eth0", "", "eth1"}, ""},
+		{"booted", []driver.Interface{{Name: "eth0", HWAddress: "52:54:00:00:00:0a"}, {Name: "eth1", HWAddress: "52:54:00:00:00:0c"}}, []string{"", "", ""}, ""},
+		{"missing", []driver.Interface{{Name: "eth0", HWAddress: "52:54:00:00:00:01"}}, nil, "network[2]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := reidentifyPlan(r, tc.ifs)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Fatalf("plan = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCopyDiskSparse(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64 << 20
+	for _, off := range []int64{0, 5 << 20, size - 4096} {
+		if _, err := f.WriteAt([]byte(strings.Repeat("x", 4096)), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	dst := filepath.Join(dir, "dst")
+	in, _ := os.Open(src)
+	out, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := copySparse(in, out, size); err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	out.Close()
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if string(a) != string(b) {
+		t.Fatal("the copy differs")
+	}
+	if n := allocated(t, dst); n > 1<<20 {
+		t.Fatalf("the copy of 12 KiB of data takes %d bytes: its holes were written", n)
+	}
+	if err := copyDisk(src, filepath.Join(dir, "dst2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyDisk(src, dst); err == nil {
+		t.Fatal("copyDisk overwrote a file")
+	}
+}
