@@ -139,8 +139,9 @@ type plug struct {
 // SSH forward. The caller starts the hypervisor with the NICs' backends,
 // then calls Plug; on any error, Unlock. Attach itself holds nothing on
 // error.
-func (m *Manager) Attach(ctx context.Context, o Owner, nics []spec.NIC, places []Place, alive func(Allocation) bool) (a *Attachment, err error) {
-	a = &Attachment{m: m, NICs: make([]Backend, len(nics))}
+func (m *Manager) Attach(ctx context.Context, o Owner, nics []spec.NIC, places []Place, alive func(Allocation) bool) (_ *Attachment, err error) {
+	// a, not the result (nil on error), is what holds the locks to let go.
+	a := &Attachment{m: m, NICs: make([]Backend, len(nics))}
 	defer func() {
 		if err != nil {
 			a.Unlock()
