@@ -66,6 +66,7 @@ type Local struct {
 	images   model.Images
 	log      *slog.Logger
 	drivers  *drivers // see drivers.go
+	nets     netsOnce // see networks.go
 }
 
 var _ Server = (*Local)(nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/vmfest/vmfest/network"
@@ -61,8 +62,26 @@ type nicRecord struct {
 	SSHPort int `json:"ssh-port,omitempty"`
 }
 
+// netsOnce is a Local's one network manager, made on first use (which
+// creates networks/ in the state directory): one per Local, so that its
+// goroutines' address allocations are committed together (see
+// network.Manager.Allocate).
+type netsOnce struct {
+	mu sync.Mutex
+	m  *network.Manager
+}
+
 func (l *Local) networks() (*network.Manager, error) {
-	return network.NewManager(filepath.Join(l.home.Root(), store.NetworksDir))
+	l.nets.mu.Lock()
+	defer l.nets.mu.Unlock()
+	if l.nets.m == nil {
+		m, err := network.NewManager(filepath.Join(l.home.Root(), store.NetworksDir))
+		if err != nil {
+			return nil, err
+		}
+		l.nets.m = m
+	}
+	return l.nets.m, nil
 }
 
 // Networks implements Server.

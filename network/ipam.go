@@ -85,57 +85,173 @@ func replaceAllocations(dir string, allocs []Allocation) error {
 // network and broadcast addresses are never given). a.IP is ignored. It
 // holds the network's lock, so concurrent allocations (in any process)
 // never hand one address out twice; the allocation is on disk when it
-// returns. The reservation is passed on to a running dnsmasq at once.
+// returns, and an Allocate that fails leaves nothing allocated unless it
+// failed after the write (see Reserve, which releases the owner then). The
+// reservation is passed on to a running dnsmasq at once.
+//
+// Concurrent calls on one Manager are committed together: the calls that
+// arrive while one waits for the network's lock are decided, written and
+// synced with it, in one write and one fsync (a group commit), each as if
+// made on its own, in the order they arrived.
 func (m *Manager) Allocate(ctx context.Context, name string, a Allocation) (Allocation, error) {
 	n, err := m.Get(name)
 	if err != nil {
 		return Allocation{}, err
 	}
-	a, err = m.allocate(ctx, n, a)
-	if err != nil {
-		return Allocation{}, err
+	for {
+		got, err := m.allocate(ctx, n, a)
+		if errors.Is(err, errLeaderGone) {
+			continue // the call that was to commit this one gave up first
+		}
+		return got, err
 	}
-	if err := store.SyncDir(m.Path(name)); err != nil {
-		return Allocation{}, fmt.Errorf("network %s: %w", name, err)
-	}
-	return a, nil
 }
 
-// allocate is Allocate's decision and its write, under the network's lock
-// (held for no more than that: the directory is synced after).
+// errLeaderGone tells the calls of a batch that its leader stopped waiting
+// for the lock (its context ended) before it took the batch: they try
+// again.
+var errLeaderGone = errors.New("the batch's leader gave up")
+
+// allocBatch is a group of concurrent Allocate calls on one network,
+// committed by the first of them (the leader).
+type allocBatch struct {
+	reqs []Allocation
+	// gone marks the requests withdrawn before the leader took the batch.
+	gone []bool
+	done chan struct{} // closed when out and errs are set
+	out  []Allocation
+	errs []error
+}
+
+// allocate joins the network's open batch, or opens one and commits it,
+// and returns this call's result.
 func (m *Manager) allocate(ctx context.Context, n Network, a Allocation) (Allocation, error) {
-	lk, err := m.Lock(ctx, n.Name)
-	if err != nil {
-		return Allocation{}, err
+	m.mu.Lock()
+	if m.open == nil {
+		m.open = map[string]*allocBatch{}
 	}
-	defer lk.Unlock()
+	b := m.open[n.Name]
+	leader := b == nil
+	if leader {
+		b = &allocBatch{done: make(chan struct{})}
+		m.open[n.Name] = b
+	}
+	i := len(b.reqs)
+	b.reqs = append(b.reqs, a)
+	b.gone = append(b.gone, false)
+	m.mu.Unlock()
+
+	if leader {
+		m.commit(ctx, n, b)
+		return b.out[i], b.errs[i]
+	}
+	select {
+	case <-b.done:
+		return b.out[i], b.errs[i]
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	if m.open[n.Name] == b { // not taken yet: withdraw
+		b.gone[i] = true
+		m.mu.Unlock()
+		return Allocation{}, ctx.Err()
+	}
+	m.mu.Unlock()
+	// Taken: the leader holds the lock and is writing; its result stands.
+	<-b.done
+	return b.out[i], b.errs[i]
+}
+
+// commit is the leader's part: take the network's lock, close the batch
+// to newcomers, decide each request in turn, write the allocations once,
+// let go of the lock, sync the directory, and hand each call its result.
+func (m *Manager) commit(ctx context.Context, n Network, b *allocBatch) {
+	lk, lockErr := m.Lock(ctx, n.Name)
+	m.mu.Lock()
+	if m.open[n.Name] == b {
+		delete(m.open, n.Name)
+	}
+	reqs := b.reqs
+	gone := b.gone
+	m.mu.Unlock()
+	b.out = make([]Allocation, len(reqs))
+	b.errs = make([]error, len(reqs))
+	defer close(b.done)
+	if lockErr != nil {
+		for i := range reqs {
+			b.errs[i] = errLeaderGone
+		}
+		b.errs[0] = lockErr
+		return
+	}
+	// The lock is held: the rest is bounded work, done for every call of
+	// the batch whatever becomes of the leader's context.
+	wrote, err := m.decide(context.WithoutCancel(ctx), n, reqs, gone, b)
+	lk.Unlock()
+	if err == nil && wrote {
+		if serr := store.SyncDir(m.Path(n.Name)); serr != nil {
+			err = fmt.Errorf("network %s: %w", n.Name, serr)
+		}
+	}
+	if err != nil {
+		for i := range reqs {
+			if b.errs[i] == nil {
+				b.out[i], b.errs[i] = Allocation{}, err
+			}
+		}
+	}
+}
+
+// decide gives each request of a batch its allocation (or its error) in
+// b, writes the allocations when any is new and tells a running dnsmasq.
+// The caller holds the network's lock. An error is the whole batch's.
+func (m *Manager) decide(ctx context.Context, n Network, reqs []Allocation, gone []bool, b *allocBatch) (wrote bool, err error) {
 	allocs, err := m.Allocations(n.Name)
 	if err != nil {
-		return Allocation{}, err
+		return false, err
 	}
-	for _, o := range allocs {
+	added := false
+	for i, a := range reqs {
+		if gone[i] {
+			b.errs[i] = context.Canceled // withdrawn: its caller has returned
+			continue
+		}
+		got, isNew, err := allocateIn(n, &allocs, a)
+		b.out[i], b.errs[i] = got, err
+		added = added || isNew
+	}
+	if !added {
+		return false, nil
+	}
+	if err := replaceAllocations(m.Path(n.Name), allocs); err != nil {
+		return false, fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	if n.Kind == KindHostOnly {
+		if err := m.reloadHosts(ctx, n, allocs); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
+// allocateIn decides one allocation against allocs and appends it when it
+// is new (isNew).
+func allocateIn(n Network, allocs *[]Allocation, a Allocation) (got Allocation, isNew bool, err error) {
+	for _, o := range *allocs {
 		if o.Owner == a.Owner && o.Slot == a.Slot {
-			return o, nil // already done (a retried create)
+			return o, false, nil // already done (a retried create)
 		}
 	}
 	a.IP = ""
 	if n.Kind == KindHostOnly {
-		ip, err := freeAddress(n, allocs)
+		ip, err := freeAddress(n, *allocs)
 		if err != nil {
-			return Allocation{}, err
+			return Allocation{}, false, err
 		}
 		a.IP = ip.String()
 	}
-	allocs = append(allocs, a)
-	if err := replaceAllocations(m.Path(n.Name), allocs); err != nil {
-		return Allocation{}, fmt.Errorf("network %s: %w", n.Name, err)
-	}
-	if n.Kind == KindHostOnly {
-		if err := m.reloadHosts(ctx, n, allocs); err != nil {
-			return Allocation{}, err
-		}
-	}
-	return a, nil
+	*allocs = append(*allocs, a)
+	return a, true, nil
 }
 
 // freeAddress returns the lowest address of the subnet, past the host's,

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmfest/vmfest/spec"
@@ -104,10 +105,18 @@ type Spec struct {
 }
 
 // Manager manages the networks under one directory (networks/ of a state
-// directory). It holds no state of its own: it is safe for concurrent use
-// and from several processes at once.
+// directory). Its only state in memory is the batches of concurrent
+// Allocate calls in flight; everything else is on disk, so it is safe for
+// concurrent use and from several processes at once (each with a Manager
+// of its own). Share one Manager between the goroutines of a process so
+// their allocations are committed together.
 type Manager struct {
 	dir string
+
+	mu sync.Mutex
+	// open is each network's batch of Allocate calls still open to
+	// newcomers (see Allocate).
+	open map[string]*allocBatch
 }
 
 // NewManager returns a manager of the networks under dir, creating dir.

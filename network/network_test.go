@@ -118,7 +118,8 @@ func TestNextFreeSubnet(t *testing.T) {
 }
 
 // TestAllocateConcurrently: many allocations at once, from separate
-// managers as separate processes would be, never share an address.
+// managers as separate processes would be and from goroutines sharing one
+// (whose calls are committed in batches), never share an address.
 func TestAllocateConcurrently(t *testing.T) {
 	m := newManager(t)
 	ctx := context.Background()
@@ -133,7 +134,10 @@ func TestAllocateConcurrently(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			other := &Manager{dir: m.dir}
+			other := m
+			if i%2 == 0 {
+				other = &Manager{dir: m.dir}
+			}
 			got[i], errs[i] = other.Allocate(ctx, "net", Allocation{Owner: fmt.Sprintf("id%d", i), Machine: fmt.Sprintf("m%d", i), MAC: fmt.Sprintf("52:54:00:00:00:%02x", i)})
 		}()
 	}
@@ -165,6 +169,115 @@ func TestAllocateConcurrently(t *testing.T) {
 	conf, err := DnsmasqConfig(nw, m.Path("net"), allocs)
 	if err != nil || strings.Count(string(conf), "dhcp-host=") != n || !strings.Contains(string(conf), "dhcp-host=52:54:00:00:00:00,10.77.0.") {
 		t.Fatalf("dnsmasq.conf:\n%s (%v)", conf, err)
+	}
+}
+
+// TestAllocateBatched: calls on one Manager that wait for the network's
+// lock together are committed together, each as if made alone: distinct
+// addresses, ErrFull for the one that finds the subnet full, and a call
+// whose context ends while it waits (the batch's leader among them) gets
+// nothing allocated, while the others go on without it.
+func TestAllocateBatched(t *testing.T) {
+	m := newManager(t)
+	ctx := context.Background()
+	if _, err := m.Create(ctx, Spec{Name: "net", Subnet: "10.79.0.0/28"}); err != nil { // .2 to .14
+		t.Fatal(err)
+	}
+	held, err := m.Lock(ctx, "net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	const n = 16
+	type result struct {
+		a   Allocation
+		err error
+	}
+	results := make([]chan result, n)
+	cancels := make([]context.CancelFunc, n)
+	for i := range n {
+		results[i] = make(chan result, 1)
+		cctx, cancel := context.WithCancel(ctx)
+		cancels[i] = cancel
+		defer cancel()
+		go func() {
+			a, err := m.Allocate(cctx, "net", Allocation{Owner: fmt.Sprintf("id%02d", i), Machine: fmt.Sprintf("m%02d", i), MAC: fmt.Sprintf("52:54:00:00:02:%02x", i)})
+			results[i] <- result{a, err}
+		}()
+	}
+	// All n join one batch while its leader waits for the lock.
+	var owners []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.mu.Lock()
+		if b := m.open["net"]; b != nil && len(b.reqs) == n {
+			for _, r := range b.reqs {
+				owners = append(owners, r.Owner)
+			}
+		}
+		m.mu.Unlock()
+		if owners != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls did not join one batch within 10 s", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var leader, follower int
+	fmt.Sscanf(owners[0], "id%d", &leader)
+	fmt.Sscanf(owners[n-1], "id%d", &follower)
+	got := make([]result, n)
+	for _, i := range []int{follower, leader} {
+		cancels[i]()
+		select {
+		case got[i] = <-results[i]:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("call %d did not return within 10 s of its context's end", i)
+		}
+		if !errors.Is(got[i].err, context.Canceled) {
+			t.Fatalf("call %d, cancelled while waiting: %+v, %v", i, got[i].a, got[i].err)
+		}
+	}
+	held.Unlock()
+	seen := map[string]bool{}
+	full := 0
+	for i := range n {
+		if i == leader || i == follower {
+			continue
+		}
+		select {
+		case got[i] = <-results[i]:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("call %d did not return within 10 s of the lock's release", i)
+		}
+		switch r := got[i]; {
+		case errors.Is(r.err, ErrFull):
+			full++
+		case r.err != nil:
+			t.Fatalf("call %d: %v", i, r.err)
+		case seen[r.a.IP]:
+			t.Fatalf("%s given twice", r.a.IP)
+		default:
+			seen[r.a.IP] = true
+		}
+	}
+	if len(seen) != 13 || full != 1 {
+		t.Fatalf("%d addresses given and %d calls found the subnet full; want 13 and 1", len(seen), full)
+	}
+	allocs, err := m.Allocations("net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range allocs {
+		var i int
+		fmt.Sscanf(a.Owner, "id%d", &i)
+		if r := got[i]; r.err != nil || r.a != a {
+			t.Errorf("persisted %+v; its call returned %+v, %v", a, r.a, r.err)
+		}
+	}
+	if len(allocs) != 13 {
+		t.Errorf("persisted %d allocations, want 13", len(allocs))
 	}
 }
 
