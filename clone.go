@@ -223,7 +223,7 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 	if err := store.SyncDir(l.home.MachinesPath()); err != nil {
 		l.log.Warn("sync machines directory", "err", err)
 	}
-	l.log.Debug("machine cloned", "machine", name, "source", m.name, "source-state", st)
+	l.log.Debug("machine cloned", "machine", name, "source", m.name, "source-state", st, "took", time.Since(nr.Created))
 	return nil
 }
 
@@ -267,9 +267,11 @@ func (c *localMachine) startClone(ctx context.Context) error {
 			return err
 		}
 		s := &starting{m: c, r: r}
+		begun := time.Now()
 		if err := c.run(ctx, s, nil); err != nil {
 			return err
 		}
+		c.l.log.Debug("clone resumed", "machine", c.name, "took", time.Since(begun))
 		paused = s.restored == Paused
 		return nil
 	})

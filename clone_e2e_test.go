@@ -247,6 +247,11 @@ func TestCloneSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("clone of a running source: running and re-identified after %v; %s", time.Since(begun), held(logs.String()))
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "clone") {
+			t.Log(line)
+		}
+	}
 	expectState(t, src, Running)
 	guestRun(ctx, t, src, "touch /root/after-clone")
 	if got := guestRun(ctx, t, c3, "hostname; kill -0 "+pid+" && echo alive"); got != "c3\nalive" {

@@ -3,6 +3,7 @@ package vmfest
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,9 +66,10 @@ var ErrNotReidentified = errors.New("the clone's guest still has its source's id
 const reidentifyScript = `set -u
 new=$1; shift
 cat >/dev/urandom 2>/dev/null
-old=$(hostname 2>/dev/null || true)
+old=
+read -r old </proc/sys/kernel/hostname 2>/dev/null
 if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$new" 2>/dev/null; then :; else
-	hostname "$new" || exit 1
+	{ printf '%s\n' "$new" >/proc/sys/kernel/hostname; } 2>/dev/null || hostname "$new" || exit 1
 	printf '%s\n' "$new" >/etc/hostname 2>/dev/null
 fi
 [ -w /etc/hosts ] && sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1 $new/" /etc/hosts 2>/dev/null
@@ -75,11 +77,21 @@ pause() { sleep 0.02 2>/dev/null || sleep 1; }
 while [ $# -ge 2 ]; do
 	ifc=$1 mac=$2; shift 2
 	pid= args=
-	for p in /proc/[0-9]*; do
+	procs=
+	if command -v pidof >/dev/null 2>&1; then
+		for p in $(pidof udhcpc); do procs="$procs /proc/$p"; done
+	else
+		procs=$(echo /proc/[0-9]*)
+	fi
+	for p in $procs; do
 		c=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null) || continue
 		case "${c%%
 *}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
-		printf '%s\n' "$c" | grep -qx -- "$ifc" || continue
+		case "
+$c
+" in *"
+$ifc
+"*) ;; *) continue ;; esac
 		pid=${p#/proc/} args=$c
 		break
 	done
@@ -96,7 +108,11 @@ while [ $# -ge 2 ]; do
 			IFS='
 '
 			set -f
-			set -- $(printf '%s\n' "$args" | awk -v o="hostname:$old" -v n="hostname:$new" '{ if ($0 == o) print n; else print }')
+			set --
+			for a in $args; do
+				[ "$a" = "hostname:$old" ] && a="hostname:$new"
+				set -- "$@" "$a"
+			done
 			if command -v setsid >/dev/null 2>&1; then
 				setsid "$@" </dev/null >/dev/null 2>&1 &
 			else
@@ -157,13 +173,11 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	}
 	seed := make([]byte, 64)
 	rand.Read(seed)
-	res, err := driver.Exec(ctx, a, driver.ExecRequest{Path: "/bin/sh", Args: args, Stdin: seed})
-	if err != nil {
+	agentAt := time.Since(begun)
+	if err := runScript(ctx, a, args, seed); err != nil {
 		return err
 	}
-	if res.ExitCode != 0 {
-		return fmt.Errorf("the re-identification in the guest failed (exit %d): %s", res.ExitCode, strings.TrimSpace(string(res.Stderr)))
-	}
+	execAt := time.Since(begun)
 	if err := waitReidentified(ctx, a, r); err != nil {
 		return err
 	}
@@ -175,7 +189,7 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	if err := writeRecord(m.dir(), cur); err != nil {
 		return err
 	}
-	m.l.log.Debug("clone re-identified", "machine", m.name, "source", r.Reidentify.Source, "took", time.Since(begun))
+	m.l.log.Debug("clone re-identified", "machine", m.name, "source", r.Reidentify.Source, "agent", agentAt, "commands", execAt, "took", time.Since(begun))
 	return nil
 }
 
@@ -268,6 +282,61 @@ func notYetReidentified(r record, ifs []driver.Interface) string {
 		}
 	}
 	return ""
+}
+
+// scriptPoll is how often runScript asks whether the script has ended:
+// often, since the clone is not ready before it has.
+const scriptPoll = 10 * time.Millisecond
+
+// runScript runs /bin/sh with args in the guest (guest-exec, stdin given)
+// and waits for it, asking every scriptPoll; it is an error unless the
+// script exits 0, with what it wrote to stderr.
+func runScript(ctx context.Context, a driver.Agent, args []string, stdin []byte) error {
+	raw, err := a.Execute(ctx, "guest-exec", map[string]any{
+		"path": "/bin/sh", "arg": args, "capture-output": true,
+		"input-data": base64.StdEncoding.EncodeToString(stdin),
+	})
+	if err != nil {
+		return fmt.Errorf("the guest agent could not run the re-identification: %w", err)
+	}
+	var started struct {
+		PID *int `json:"pid"`
+	}
+	if err := json.Unmarshal(raw, &started); err != nil || started.PID == nil {
+		return fmt.Errorf("the guest agent's guest-exec reply has no pid: %.200s", raw)
+	}
+	tick := time.NewTicker(scriptPoll)
+	defer tick.Stop()
+	for {
+		raw, err := a.Execute(ctx, "guest-exec-status", map[string]int{"pid": *started.PID})
+		if err != nil {
+			return fmt.Errorf("the re-identification in the guest (pid %d): %w", *started.PID, err)
+		}
+		var st struct {
+			Exited   bool   `json:"exited"`
+			ExitCode *int   `json:"exitcode"`
+			ErrData  string `json:"err-data"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("the guest agent's guest-exec-status reply: %w", err)
+		}
+		if st.Exited {
+			if st.ExitCode != nil && *st.ExitCode == 0 {
+				return nil
+			}
+			msg, _ := base64.StdEncoding.DecodeString(st.ErrData)
+			code := "a signal"
+			if st.ExitCode != nil {
+				code = fmt.Sprintf("exit %d", *st.ExitCode)
+			}
+			return fmt.Errorf("the re-identification in the guest failed (%s): %s", code, strings.TrimSpace(string(msg)))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the re-identification in the guest (pid %d) did not end: %w", *started.PID, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // hostName asks the guest agent for the guest's host name.
