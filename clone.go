@@ -183,7 +183,7 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 	src, dst := m.dir(), tmp
 	switch st {
 	case Running, Paused:
-		if err := m.cloneLive(ctx, d, r, st, dst); err != nil {
+		if err := m.cloneLive(ctx, d, r, st, dst, point); err != nil {
 			return fmt.Errorf("clone machine %s: %w", m.name, err)
 		}
 	case Saved:
@@ -232,7 +232,7 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 // flushed; the overlay is copied meanwhile; then a source that ran is
 // continued (a paused one stays paused). However it ends, the source
 // runs, or stays paused, as it was.
-func (m *localMachine) cloneLive(ctx context.Context, d driver.Driver, r record, st State, dir string) (err error) {
+func (m *localMachine) cloneLive(ctx context.Context, d driver.Driver, r record, st State, dir string, point func(string)) (err error) {
 	ref := m.ref(r)
 	begun := time.Now()
 	if err := d.(driver.Saver).Save(ctx, ref, savedStatePath(dir)); err != nil {
@@ -248,6 +248,7 @@ func (m *localMachine) cloneLive(ctx context.Context, d driver.Driver, r record,
 		}
 		m.l.log.Debug("source held for a clone", "machine", m.name, "held", held, "ok", err == nil)
 	}()
+	point("clone:held")
 	return copyDisk(filepath.Join(m.dir(), store.DiskFile), filepath.Join(dir, store.DiskFile))
 }
 
