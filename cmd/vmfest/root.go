@@ -41,6 +41,8 @@ type app struct {
 	// (--driver, env VMFEST_DRIVER); others keep the one they were made
 	// with.
 	driver string
+	// pool chooses a pool of hosts instead (--pool, --host; pool.go).
+	pool poolFlags
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
@@ -68,6 +70,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
 	root.PersistentFlags().StringVar(&a.driver, "driver", os.Getenv("VMFEST_DRIVER"), "hypervisor driver of the machines this command creates (or, with serve, the server creates by default): qemu (default) or libvirt (env VMFEST_DRIVER); a machine keeps the driver it was made with")
 	root.PersistentFlags().StringVar(&a.token, "token", "", "bearer token of a TCP --server (env VMFEST_TOKEN; default, for a server on a loopback address only: --home's token file)")
+	a.addPoolFlags(root)
 	root.AddCommand(
 		a.createCommand(),
 		a.startCommand(),
@@ -98,6 +101,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		a.hardwareCommand(),
 		a.doctorCommand(),
 		a.serveCommand(),
+		a.poolCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print vmfest's version",
@@ -120,6 +124,9 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 // server opens the server the commands talk to: the one at --server, else
 // the local one over --home.
 func (a *app) server() (vmfest.Server, error) {
+	if a.pool.endpoints != "" {
+		return a.poolServer()
+	}
 	if a.remote == "" {
 		l, err := a.local()
 		if err != nil {

@@ -109,6 +109,11 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 				return err
 			}
 			defer s.Close()
+			leave, err := a.joinPool(cmd.Context(), l, lc)
+			if err != nil {
+				return err
+			}
+			defer leave()
 			err = s.Serve(cmd.Context(), lc)
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -128,6 +133,7 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 	cmd.Flags().IntVar(&maxSetups, "max-setups", api.DefaultMaxSetups, "setup-model operations run at once at most")
 	cmd.Flags().BoolVar(&rotate, "rotate-token", false, "replace the TCP bearer token, print it and exit")
 	cmd.Flags().BoolVar(&printToken, "print-token", false, "print the TCP bearer token (made if missing) and exit")
+	a.addServePoolFlags(cmd)
 	return cmd
 }
 

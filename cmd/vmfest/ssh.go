@@ -121,7 +121,7 @@ is the remote command, flags included (vmfest ssh web -l root -- ls -l).`,
 // gives the guest that key), so that vmfest ssh --server logs in with it.
 // A key given twice is given once.
 func (a *app) withOwnKey(keys []string) ([]string, error) {
-	if a.remote == "" || a.remote == "unix://"+filepath.Join(a.home, api.SocketFile) {
+	if (a.remote == "" && a.pool.endpoints == "") || a.remote == "unix://"+filepath.Join(a.home, api.SocketFile) {
 		return keys, nil
 	}
 	_, pub, err := vmfest.LoadSSHKey(a.home)
