@@ -33,10 +33,13 @@ func newFakeServer(t *testing.T, o fake.Options) (*Local, *fake.Driver) {
 	return l, fk
 }
 
-// natHardware is one NAT NIC (the fake makes no taps) on the micro shape.
+// natHardware is one NAT NIC (the fake makes no taps) on the micro shape,
+// with VMFest's IDE storage (boot disk at [IDE Controller, 0]) that the
+// slot tests are written against; micro itself boots from virtio.
 func natHardware() Hardware {
 	h := spec.BuiltinHardware()["micro"]
 	h.Network = []spec.NIC{{AttachmentType: spec.AttachNAT, AdapterType: spec.AdapterVirtio}}
+	h.Storage, h.BootMountPoint = spec.DefaultStorage(), &spec.MountPoint{Controller: spec.DefaultIDEName}
 	return HardwareSpec(h)
 }
 

@@ -2,10 +2,21 @@ package spec
 
 import "sort"
 
+// DefaultVirtioName names the controller of the built-in models' boot disk.
+const DefaultVirtioName = "VirtIO Controller"
+
 // BuiltinHardware returns the built-in hardware models, cloud-style sizes
 // shaped as VMFest's :micro: NIC 0 on the host-only network vmfestnet0 (the
-// address the host reaches the machine at), NIC 1 on NAT (the way out), and
-// one IDE controller with a DVD drive, booting from [IDE Controller, 0].
+// address the host reaches the machine at), NIC 1 on NAT (the way out), the
+// boot disk on a virtio controller, booting from [VirtIO Controller, 0], and
+// VMFest's IDE controller with a DVD drive in slot 2.
+//
+// VMFest's :micro booted from [IDE Controller, 0]. The firmware (SeaBIOS)
+// reads an IDE disk by PIO, a port access per 16-bit word, which under TCG
+// took 2.5 s of the tiny guest's 5.5 s boot; it reads the same 19 MB from a
+// virtio disk in 0.3 s (docs/images.md). Every cloud kernel has virtio_blk,
+// a user's own storage spec is used as written, and the IDE controller
+// stays for DVDs and the cloud-init seed.
 func BuiltinHardware() map[string]Hardware {
 	size := func(mem, cpus int) Hardware {
 		return Hardware{
@@ -15,8 +26,8 @@ func BuiltinHardware() map[string]Hardware {
 				{AttachmentType: AttachHostOnly, AdapterType: AdapterVirtio, HostOnlyInterface: DefaultHostOnlyInterface},
 				{AttachmentType: AttachNAT, AdapterType: AdapterVirtio},
 			},
-			Storage:        DefaultStorage(),
-			BootMountPoint: &MountPoint{Controller: DefaultIDEName, Slot: 0},
+			Storage:        append([]Controller{{Name: DefaultVirtioName, Bus: BusVirtio}}, DefaultStorage()...),
+			BootMountPoint: &MountPoint{Controller: DefaultVirtioName, Slot: 0},
 		}.WithDefaults()
 	}
 	return map[string]Hardware{

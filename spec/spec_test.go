@@ -237,7 +237,7 @@ func TestBuiltinModels(t *testing.T) {
 			t.Errorf("%s = %d MiB/%d CPU, want %d/%d", name, h.MemorySize, h.CPUCount, w[0], w[1])
 		}
 		if len(h.Network) != 2 || h.Network[0].AttachmentType != AttachHostOnly || h.Network[0].HostOnlyInterface != "vmfestnet0" ||
-			h.Network[1].AttachmentType != AttachNAT || h.BootMountPoint.String() != "[IDE Controller, 0]" {
+			h.Network[1].AttachmentType != AttachNAT || h.BootMountPoint.String() != "[VirtIO Controller, 0]" {
 			t.Errorf("%s: %+v", name, h)
 		}
 		if err := h.validate(8); err != nil {

@@ -21,9 +21,11 @@ func testMachine() driver.Machine {
 
 // microSpec is the micro hardware model as vmfest resolves it: host-only
 // NIC 0 on a tap, nat NIC 1 with an SSH forward and a nat-rule, IDE with
-// the boot disk in slot 0 and a DVD in slot 2, a cloud-init seed.
+// the boot disk in slot 0 and a DVD in slot 2 (VMFest's storage; micro's
+// own boots from virtio), a cloud-init seed.
 func microSpec() driver.StartSpec {
 	hw := spec.BuiltinHardware()["micro"]
+	hw.Storage, hw.BootMountPoint = spec.DefaultStorage(), &spec.MountPoint{Controller: spec.DefaultIDEName}
 	hw.Network[0].MACAddress = "52:54:00:aa:00:01"
 	hw.Network[1].MACAddress = "52:54:00:aa:00:02"
 	hw.Network[1].NATRules = []spec.NATRule{{Name: "web", Protocol: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80}}

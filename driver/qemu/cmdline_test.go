@@ -12,6 +12,8 @@ import (
 
 func hw(modify func(*spec.Hardware)) spec.Hardware {
 	h := spec.BuiltinHardware()["micro"]
+	// VMFest's IDE storage, boot disk at [IDE Controller, 0] (micro's own boots from virtio).
+	h.Storage, h.BootMountPoint = spec.DefaultStorage(), &spec.MountPoint{Controller: spec.DefaultIDEName}
 	h.Network[0].MACAddress = "52:54:00:00:00:01"
 	h.Network[1].MACAddress = "52:54:00:00:00:02"
 	if modify != nil {
