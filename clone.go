@@ -290,6 +290,31 @@ func (c *localMachine) startClone(ctx context.Context) error {
 	return nil
 }
 
+// holdCloneLinks is the start step that keeps a clone resuming from its
+// source's memory off its networks: its guest still has the source's MACs
+// and addresses (and QEMU announces them once the state is loaded), so
+// each NIC's link is down until re-identification has given the guest
+// the clone's MAC on it. A driver that cannot set links (driver.Links)
+// leaves them up.
+func holdCloneLinks(ctx context.Context, s *starting) error {
+	if s.incoming == "" || s.r.Reidentify == nil {
+		return nil
+	}
+	ln, ok := s.drv.(driver.Links)
+	if !ok {
+		return nil
+	}
+	for i, n := range s.r.Hardware.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue
+		}
+		if err := ln.SetLink(ctx, s.m.ref(s.r), i, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // copyDisk copies the overlay src to the new file dst, durably: a reflink
 // (FICLONE) where the file system shares extents, else only src's data
 // ranges (SEEK_DATA/SEEK_HOLE, through copy_file_range), dst's holes left

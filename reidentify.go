@@ -35,7 +35,11 @@ import (
 //     reseed from it);
 //
 // and then waits until every NIC has the clone's MAC and each host-only
-// NIC its reserved address. Start has already set the clock. The record's
+// NIC its reserved address. Until the guest has the clone's MAC on a NIC,
+// that NIC's link is down (holdCloneLinks, driver.Links): the guest, and
+// QEMU's announcements after the state loads, would otherwise speak on
+// the network with the source's MAC and address; the script waits for
+// the link before it starts the NIC's DHCP client. Start has already set the clock. The record's
 // Reidentify flag is set before the clone first runs and cleared only
 // here, so a crash or a failure is visible and the next start tries again.
 // A guest without an agent keeps the source's identity.
@@ -103,6 +107,15 @@ $ifc
 	ip link set dev "$ifc" down || exit 1
 	ip link set dev "$ifc" address "$mac" || exit 1
 	ip link set dev "$ifc" up || exit 1
+	# vmfest plugs the link in once it sees the new MAC; the kernel sends
+	# once the link is operationally up.
+	i=0 op=
+	while [ $i -lt 500 ]; do
+		{ read -r op <"/sys/class/net/$ifc/operstate"; } 2>/dev/null
+		[ "$op" = up ] || [ "$op" = unknown ] && break
+		pause
+		i=$((i + 1))
+	done
 	if [ -n "$pid" ]; then
 		(
 			IFS='
@@ -174,7 +187,14 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	seed := make([]byte, 64)
 	rand.Read(seed)
 	agentAt := time.Since(begun)
-	if err := runScript(ctx, a, args, seed); err != nil {
+	pid, err := startScript(ctx, a, args, seed)
+	if err != nil {
+		return err
+	}
+	if err := m.plugReidentified(ctx, d, a, r); err != nil {
+		return err
+	}
+	if err := waitScript(ctx, a, pid); err != nil {
 		return err
 	}
 	execAt := time.Since(begun)
@@ -288,29 +308,79 @@ func notYetReidentified(r record, ifs []driver.Interface) string {
 // often, since the clone is not ready before it has.
 const scriptPoll = 10 * time.Millisecond
 
-// runScript runs /bin/sh with args in the guest (guest-exec, stdin given)
-// and waits for it, asking every scriptPoll; it is an error unless the
-// script exits 0, with what it wrote to stderr.
-func runScript(ctx context.Context, a driver.Agent, args []string, stdin []byte) error {
+// startScript starts /bin/sh with args in the guest (guest-exec, stdin
+// given) and returns its pid there.
+func startScript(ctx context.Context, a driver.Agent, args []string, stdin []byte) (int, error) {
 	raw, err := a.Execute(ctx, "guest-exec", map[string]any{
 		"path": "/bin/sh", "arg": args, "capture-output": true,
 		"input-data": base64.StdEncoding.EncodeToString(stdin),
 	})
 	if err != nil {
-		return fmt.Errorf("the guest agent could not run the re-identification: %w", err)
+		return 0, fmt.Errorf("the guest agent could not run the re-identification: %w", err)
 	}
 	var started struct {
 		PID *int `json:"pid"`
 	}
 	if err := json.Unmarshal(raw, &started); err != nil || started.PID == nil {
-		return fmt.Errorf("the guest agent's guest-exec reply has no pid: %.200s", raw)
+		return 0, fmt.Errorf("the guest agent's guest-exec reply has no pid: %.200s", raw)
+	}
+	return *started.PID, nil
+}
+
+// plugReidentified sets each held NIC's link up (driver.Links) as soon as
+// the guest shows the clone's MAC on it; the
+// script waits for that carrier before it starts the NIC's DHCP client.
+func (m *localMachine) plugReidentified(ctx context.Context, d driver.Driver, a driver.Agent, r record) error {
+	ln, ok := d.(driver.Links)
+	if !ok {
+		return nil
+	}
+	todo := map[int]bool{}
+	for i, n := range r.Hardware.Network {
+		if n.AttachmentType != spec.AttachNone {
+			todo[i] = true
+		}
 	}
 	tick := time.NewTicker(scriptPoll)
 	defer tick.Stop()
+	for len(todo) > 0 {
+		ifs, err := driver.Interfaces(ctx, a)
+		if err == nil {
+			for i := range todo {
+				mac := strings.ToLower(r.Hardware.Network[i].MACAddress)
+				for _, f := range ifs {
+					if strings.ToLower(f.HWAddress) != mac {
+						continue
+					}
+					if err := ln.SetLink(ctx, m.ref(r), i, true); err != nil {
+						return err
+					}
+					delete(todo, i)
+				}
+			}
+		}
+		if len(todo) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the guest to take the clone's MACs (its links stay down): %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// waitScript waits for the guest's script pid to end, asking every
+// scriptPoll; it is an error unless the script exits 0, with what it wrote
+// to stderr.
+func waitScript(ctx context.Context, a driver.Agent, pid int) error {
+	tick := time.NewTicker(scriptPoll)
+	defer tick.Stop()
 	for {
-		raw, err := a.Execute(ctx, "guest-exec-status", map[string]int{"pid": *started.PID})
+		raw, err := a.Execute(ctx, "guest-exec-status", map[string]int{"pid": pid})
 		if err != nil {
-			return fmt.Errorf("the re-identification in the guest (pid %d): %w", *started.PID, err)
+			return fmt.Errorf("the re-identification in the guest (pid %d): %w", pid, err)
 		}
 		var st struct {
 			Exited   bool   `json:"exited"`
@@ -333,7 +403,7 @@ func runScript(ctx context.Context, a driver.Agent, args []string, stdin []byte)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the re-identification in the guest (pid %d) did not end: %w", *started.PID, ctx.Err())
+			return fmt.Errorf("the re-identification in the guest (pid %d) did not end: %w", pid, ctx.Err())
 		case <-tick.C:
 		}
 	}

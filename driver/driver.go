@@ -335,6 +335,16 @@ type Saver interface {
 	Save(ctx context.Context, m Machine, path string) error
 }
 
+// Links is a driver that plugs and unplugs the virtual cable of a running
+// machine's NICs (by slot): while a link is down the guest sees no
+// carrier and the hypervisor passes no frame either way. vmfest keeps a
+// clone that resumed from its source's memory off its networks this way
+// until its guest has taken the clone's MACs. Called with the machine's
+// lock held, or while a start or a clone that holds it waits.
+type Links interface {
+	SetLink(ctx context.Context, m Machine, slot int, up bool) error
+}
+
 // Driver is a hypervisor as vmfest's orchestration uses it. Saved state is
 // the further interface Saver; snapshots and clones will be more, all
 // announced by Features.MemorySnapshots.
