@@ -152,6 +152,10 @@ func (h *Host) register(ctx context.Context) (<-chan *clientv3.LeaseKeepAliveRes
 	h.mu.Lock()
 	h.lease = lease.ID
 	h.mu.Unlock()
+	if err := h.claim(ctx, lease.ID); err != nil {
+		h.cli.Revoke(context.WithoutCancel(ctx), lease.ID)
+		return nil, err
+	}
 	if err := h.refresh(ctx); err != nil {
 		h.cli.Revoke(context.WithoutCancel(ctx), lease.ID)
 		return nil, err
@@ -212,6 +216,46 @@ func (h *Host) reregister(ctx context.Context) <-chan *clientv3.LeaseKeepAliveRe
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, h.cfg.TTL)
+	}
+}
+
+// claim takes the host's id in the pool for lease: it waits, bounded by
+// ctx, while another lease holds the id (this host's previous run, killed
+// less than a TTL ago, or another host given the same id).
+func (h *Host) claim(ctx context.Context, lease clientv3.LeaseID) error {
+	key := h.keys.host(h.cfg.ID)
+	first, err := json.Marshal(h.capacity(ctx))
+	if err != nil {
+		return err
+	}
+	held := func() error {
+		return fmt.Errorf("%w: pool host id %s is held by a live lease (another host with this id, or this host's previous run less than its TTL ago): %w", vmfest.ErrExists, h.cfg.ID, ctx.Err())
+	}
+	for waited := false; ; waited = true {
+		resp, err := h.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(first), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			if waited && ctx.Err() != nil {
+				return held()
+			}
+			return fmt.Errorf("pool host %s: claim its id: %w", h.cfg.ID, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 1 && clientv3.LeaseID(kvs[0].Lease) == lease {
+			return nil
+		}
+		h.log.Info("pool: another lease holds this host id; waiting for it to run out", "host", h.cfg.ID)
+		select {
+		case <-ctx.Done():
+			return held()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strings"
@@ -210,7 +211,11 @@ func (p *Pool) remote(h HostRecord) (*vmfest.Remote, error) {
 	if u, err := url.Parse(h.URL); err == nil && u.Scheme != "unix" && h.TokenSHA256 != "" {
 		tok, ok := p.o.tokens[h.TokenSHA256]
 		if !ok {
-			return nil, fmt.Errorf("%w: pool host %s (%s) takes a token this client was not given (its SHA-256 begins %s): give it with --token or pool.WithTokens", fs.ErrPermission, h.ID, h.URL, h.TokenSHA256[:12])
+			return nil, fmt.Errorf("%w: pool host %s (%s) takes a token this client was not given (its SHA-256 begins %s): give it with --token or pool.WithTokens", fs.ErrPermission, h.ID, h.URL, h.TokenSHA256[:min(12, len(h.TokenSHA256))])
+		}
+		// As the CLI's --server: no token in clear across a network.
+		if u.Scheme == "http" && !loopback(u.Hostname()) {
+			return nil, fmt.Errorf("%w: pool host %s advertises %s: plain http reaches only a host on this machine (the token would cross the network in clear); serve it over https (--tls-cert, --tls-key)", fs.ErrPermission, h.ID, h.URL)
 		}
 		opts = append(opts, vmfest.WithToken(tok))
 	}
@@ -256,4 +261,13 @@ func isVmfestError(err error) bool {
 		}
 	}
 	return errors.As(err, &se)
+}
+
+// loopback reports whether host (a URL's host name) is this machine.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Zone() == "" && ip.Unmap().IsLoopback()
 }

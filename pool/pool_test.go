@@ -28,7 +28,7 @@ import (
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // freePorts returns n loopback ports free now.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ls []net.Listener
 	var out []int
@@ -54,7 +54,7 @@ type cluster struct {
 	endpoints []string
 }
 
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t testing.TB, n int) *cluster {
 	t.Helper()
 	ports := freePorts(t, 2*n)
 	peers := map[string]string{}
@@ -99,7 +99,7 @@ func newCluster(t *testing.T, n int) *cluster {
 	return c
 }
 
-func (c *cluster) client(t *testing.T) *clientv3.Client {
+func (c *cluster) client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	cli, err := pool.NewClient(pool.Etcd{Endpoints: c.endpoints})
 	if err != nil {
@@ -126,7 +126,7 @@ const (
 	testRefresh = 300 * time.Millisecond
 )
 
-func newHost(t *testing.T, cli *clientv3.Client, id, prefix, allowed string) *host {
+func newHost(t testing.TB, cli *clientv3.Client, id, prefix, allowed string) *host {
 	t.Helper()
 	home := t.TempDir()
 	l, err := vmfest.NewLocal(vmfest.Config{Home: home, Driver: fake.New(fake.Options{}), Logger: quiet()})
@@ -151,7 +151,7 @@ func newHost(t *testing.T, cli *clientv3.Client, id, prefix, allowed string) *ho
 	return h
 }
 
-func (h *host) join(t *testing.T) {
+func (h *host) join(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -203,7 +203,7 @@ type testPool struct {
 	image spec.Image
 }
 
-func newTestPool(t *testing.T) *testPool {
+func newTestPool(t testing.TB) *testPool {
 	t.Helper()
 	c := newCluster(t, 3)
 	allowed := t.TempDir()
@@ -480,6 +480,12 @@ func TestReconcile(t *testing.T) {
 	tp := newTestPool(t)
 	ctx := ctxT(t)
 	a := tp.hosts[0]
+	// A second host under a's id waits for a's lease, and gives up.
+	jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := pool.Join(jctx, a.cli, a.cfg); !errors.Is(err, vmfest.ErrExists) {
+		t.Fatalf("join under a live host's id: %v, want ErrExists", err)
+	}
 	direct, err := a.local.Instance(ctx, "direct", vmfest.ImageSpec(tp.image), vmfest.HardwareSpec(natOnly))
 	if err != nil {
 		t.Fatal(err)

@@ -278,7 +278,6 @@ func (a *app) poolHostsCommand() *cobra.Command {
 
 func gib(b int64) string { return fmt.Sprintf("%.1fG", float64(b)/(1<<30)) }
 
-
 func (a *app) poolDrainCommand() *cobra.Command {
 	var undo bool
 	cmd := &cobra.Command{
