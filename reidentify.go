@@ -408,18 +408,3 @@ func waitScript(ctx context.Context, a driver.Agent, pid int) error {
 		}
 	}
 }
-
-// hostName asks the guest agent for the guest's host name.
-func hostName(ctx context.Context, a driver.Agent) (string, error) {
-	raw, err := a.Execute(ctx, "guest-get-host-name", nil)
-	if err != nil {
-		return "", err
-	}
-	var v struct {
-		HostName string `json:"host-name"`
-	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", fmt.Errorf("guest-get-host-name: %w", err)
-	}
-	return v.HostName, nil
-}
