@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -34,6 +35,7 @@ type execFake struct {
 	*fake.Driver
 	mu    sync.Mutex
 	execs map[string][][]string // by machine name
+	links map[string][]string   // SetLink calls by machine name
 }
 
 func (d *execFake) Agent(ctx context.Context, m driver.Machine) (driver.Agent, error) {
@@ -42,6 +44,21 @@ func (d *execFake) Agent(ctx context.Context, m driver.Machine) (driver.Agent, e
 		return nil, err
 	}
 	return &execAgent{Agent: a, d: d, name: m.Name}, nil
+}
+
+// SetLink implements driver.Links: it records each call as "SLOT up" or
+// "SLOT down".
+func (d *execFake) SetLink(ctx context.Context, m driver.Machine, slot int, up bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.links[m.Name] = append(d.links[m.Name], fmt.Sprintf("%d %s", slot, map[bool]string{true: "up", false: "down"}[up]))
+	return nil
+}
+
+func (d *execFake) linkCalls(name string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.links[name])
 }
 
 func (d *execFake) commands(name string) [][]string {
@@ -79,7 +96,7 @@ func (a *execAgent) Execute(ctx context.Context, command string, args any) (json
 // machine "src" of it on one NAT NIC, with a label.
 func newCloneFake(t *testing.T) (*Local, *execFake, Machine) {
 	t.Helper()
-	fk := &execFake{Driver: fake.New(fake.Options{}), execs: map[string][][]string{}}
+	fk := &execFake{Driver: fake.New(fake.Options{}), execs: map[string][][]string{}, links: map[string][]string{}}
 	l, err := NewLocal(Config{Home: t.TempDir(), Driver: fk, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +223,13 @@ func TestFakeCloneStates(t *testing.T) {
 			cmds := fk.commands("c1")
 			if len(cmds) != 1 || cmds[0][0] != "/bin/sh" || !slices.Contains(cmds[0], "c1") {
 				t.Fatalf("re-identification commands: %q", cmds)
+			}
+			// Off its network from the load until re-identified.
+			if got := fk.linkCalls("c1"); !slices.Equal(got, []string{"0 down", "0 up"}) {
+				t.Fatalf("the clone's links: %q", got)
+			}
+			if got := fk.linkCalls("src"); len(got) != 0 {
+				t.Fatalf("the source's links were touched: %q", got)
 			}
 			if hasSavedState(l.home.MachinePath("c1")) {
 				t.Fatal("the running clone kept its saved state")
