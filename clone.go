@@ -285,7 +285,7 @@ func (c *localMachine) startClone(ctx context.Context) error {
 		return nil
 	}
 	if err := c.reidentify(ctx, d); err != nil {
-		return fmt.Errorf("machine %s is cloned and runs, but %w; its next start tries again", c.name, err)
+		return fmt.Errorf("machine %s is cloned and runs, off its networks, but %w; save and start it to try again, or power it down and start it to boot it with its own identity", c.name, err)
 	}
 	return nil
 }

@@ -41,8 +41,11 @@ import (
 // the network with the source's MAC and address; the script waits for
 // the link before it starts the NIC's DHCP client. Start has already set the clock. The record's
 // Reidentify flag is set before the clone first runs and cleared only
-// here, so a crash or a failure is visible and the next start tries again.
-// A guest without an agent keeps the source's identity.
+// here, so a crash or a failure is visible and the next start from the
+// saved state tries again (a start that boots afresh just clears it: the
+// guest comes up with the clone's MACs). A guest without an agent keeps
+// the source's identity, off its networks, until it is powered down and
+// started again.
 
 // reidentifyRecord is a clone's pending re-identification.
 type reidentifyRecord struct {
@@ -62,7 +65,8 @@ const ReidentifyTimeout = 60 * time.Second
 
 // ErrNotReidentified is wrapped by the error of a clone whose guest could
 // not be re-identified: the clone exists and runs, with its source's MACs
-// (in the guest), address and host name, and its next start tries again.
+// (in the guest), address and host name, its links down where the driver
+// holds them; a start from its saved state tries again.
 var ErrNotReidentified = errors.New("the clone's guest still has its source's identity")
 
 // reidentifyScript runs in the guest: sh -c SCRIPT vmfest-reidentify
@@ -140,6 +144,37 @@ done
 exit 0
 `
 
+// retryReidentify is the re-identification of a start of a clone whose
+// guest never took its identity: a guest resumed from the source's memory
+// is re-identified now; one that booted afresh (the clone was powered
+// down) came up with the clone's MACs, as a clone of a powered-off
+// machine does, so the flag just goes.
+func (m *localMachine) retryReidentify(ctx context.Context, r record, resumed bool) {
+	if !resumed {
+		cur, err := m.l.readRecord(m.name)
+		if err == nil {
+			cur.Reidentify = nil
+			err = writeRecord(m.dir(), cur)
+		}
+		if err != nil {
+			m.l.log.Warn("clear the clone's re-identification", "machine", m.name, "err", err)
+		}
+		return
+	}
+	d, err := m.drv(r)
+	if err == nil {
+		err = m.reidentify(ctx, d)
+	}
+	if err != nil {
+		m.l.log.Warn("the clone runs with its source's identity", "machine", m.name, "err", err)
+	}
+}
+
+// reidentifyAgentWait bounds the wait for the guest agent of a clone
+// resumed from memory: its agent ran when the state was taken, so it
+// answers at once or never.
+const reidentifyAgentWait = 15 * time.Second
+
 // reidentify re-identifies the running clone's guest (see above) and
 // clears its record's flag. ctx bounds it (ReidentifyTimeout when it has
 // no deadline). The error wraps ErrNotReidentified.
@@ -165,7 +200,9 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	if info := d.Info(); !info.Features.GuestAgent {
 		return fmt.Errorf("the %s driver has no guest agent", info.Name)
 	}
-	a, err := d.Agent(ctx, m.ref(r))
+	actx, cancel := context.WithTimeout(ctx, reidentifyAgentWait)
+	a, err := d.Agent(actx, m.ref(r))
+	cancel()
 	if err != nil {
 		return fmt.Errorf("its guest agent did not answer: %w", err)
 	}

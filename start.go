@@ -25,11 +25,7 @@ func (m *localMachine) Start(ctx context.Context) error {
 		}
 		if r.Reidentify != nil {
 			// A clone whose guest has not yet taken its own identity.
-			if d, err := m.drv(r); err == nil {
-				if err := m.reidentify(ctx, d); err != nil {
-					m.l.log.Warn("the clone runs with its source's identity", "machine", m.name, "err", err)
-				}
-			}
+			m.retryReidentify(ctx, r, st == Saved)
 		}
 		return nil
 	})

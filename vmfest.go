@@ -274,9 +274,11 @@ type Machine interface {
 	// within a second, and its guest is then re-identified through the
 	// guest agent: its MACs, DHCP addresses, host name and randomness. A
 	// guest without an agent keeps its source's identity: the clone is
-	// returned with an error wrapping ErrNotReidentified, and each start
-	// tries again. A machine without an overlay, or with a volume or a
-	// disk of the user's in a slot, is refused (ErrUnsupported).
+	// returned with an error wrapping ErrNotReidentified, its NICs'
+	// links down (driver.Links), and a start from its saved state tries
+	// again (a start after a power-down boots it with its own MACs). A
+	// machine without an overlay, or with a volume or a disk of the
+	// user's in a slot, is refused (ErrUnsupported).
 	Clone(ctx context.Context, name string) (Machine, error)
 	// Pause freezes a running machine's CPUs.
 	Pause(ctx context.Context) error

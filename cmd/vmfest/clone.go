@@ -28,7 +28,9 @@ re-identified through its guest agent: each NIC takes the clone's MAC and
 renews its DHCP address, the host name becomes NEW, the clock is set, and
 the guest gets fresh randomness. A guest without an agent keeps SOURCE's
 MACs, address and host name in the guest: vmfest says so, marks the clone
-(reidentify-pending in "show") and tries again at its next start.
+(reidentify-pending in "show --json") and keeps its NICs unplugged; saving
+and starting it tries again, powering it down and starting it boots it with
+its own MACs.
 
 A machine without an overlay (a mutable image), or with a volume or a disk
 of yours in a slot, cannot be cloned; ISOs are shared.`,
