@@ -18,6 +18,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/fake"
 	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/pool"
@@ -128,8 +129,21 @@ const (
 
 func newHost(t testing.TB, cli *clientv3.Client, id, prefix, allowed string) *host {
 	t.Helper()
-	home := t.TempDir()
-	l, err := vmfest.NewLocal(vmfest.Config{Home: home, Driver: fake.New(fake.Options{}), Logger: quiet()})
+	return newHostOn(t, cli, id, prefix, allowed, fake.New(fake.Options{}))
+}
+
+// newHostOn is newHost with the driver drv (nil: QEMU, the default).
+func newHostOn(t testing.TB, cli *clientv3.Client, id, prefix, allowed string, drv driver.Driver) *host {
+	t.Helper()
+	home, err := os.MkdirTemp("", "vmfpool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // runs last
+		testutil.KillMachines(home)
+		os.RemoveAll(home)
+	})
+	l, err := vmfest.NewLocal(vmfest.Config{Home: home, Driver: drv, Accel: os.Getenv("VMFEST_ACCEL"), Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
