@@ -241,7 +241,7 @@ func (u *unreachable) State(context.Context) (vmfest.State, error) { return Unre
 // Info reports the name and the Unreachable state, with no error, so
 // that a listing prints the machine beside the others.
 func (u *unreachable) Info(context.Context) (vmfest.Info, error) {
-	return vmfest.Info{Name: u.name, State: Unreachable, Labels: map[string]string{"pool-host": u.host}}, nil
+	return vmfest.Info{Name: u.name, State: Unreachable}, nil
 }
 func (u *unreachable) Start(context.Context) error { return u.err() }
 func (u *unreachable) Save(context.Context) error  { return u.err() }
