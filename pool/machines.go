@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -31,6 +32,9 @@ func (p *Pool) Instance(ctx context.Context, name string, image vmfest.Image, ha
 		return nil, fmt.Errorf("%w: machine %q (on pool host %s)", vmfest.ErrExists, name, r.Host)
 	}
 	h, err := p.place(v, image)
+	if errors.Is(err, errNoModelHost) {
+		h, err = p.installModel(ctx, v, image.Model, err)
+	}
 	if err != nil {
 		return nil, err
 	}

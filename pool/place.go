@@ -3,7 +3,9 @@ package pool
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sort"
 	"time"
@@ -60,7 +62,7 @@ func (p *Pool) place(v view, image vmfest.Image) (HostRecord, error) {
 		case len(open) == 0:
 			return HostRecord{}, fmt.Errorf("%w: pool: no host takes new machines (%d live, the others draining)", vmfest.ErrUnavailable, len(v.hosts))
 		default:
-			return HostRecord{}, fmt.Errorf("%w: image model %q is on no pool host that takes new machines (%v): install it with vmfest --pool ... setup-model", vmfest.ErrNotFound, image.Model, open)
+			return HostRecord{}, fmt.Errorf("%w: image model %q is on no pool host that takes new machines (%v): install it with vmfest --pool ... setup-model: %w", vmfest.ErrNotFound, image.Model, open, errNoModelHost)
 		}
 	}
 	for _, r := range v.res {
@@ -84,6 +86,58 @@ func (p *Pool) place(v view, image vmfest.Image) (HostRecord, error) {
 		return a.ID < b.ID
 	})
 	return list[0].HostRecord, nil
+}
+
+// errNoModelHost is wrapped by place's error when hosts take machines
+// but none of them holds the image model.
+var errNoModelHost = errors.New("no host holds the model")
+
+// installModel installs image model id on the host the policy chooses
+// among those that take machines, from the source URL it was installed
+// from on a host that holds it (a draining one too), with its digest and
+// metadata; it returns that host, or notFound when no host holds the
+// model or its source is not an http(s) URL (a path is a path on its
+// host only).
+func (p *Pool) installModel(ctx context.Context, v view, id string, notFound error) (HostRecord, error) {
+	var from *HostRecord
+	for _, h := range v.sortedHosts() {
+		if slices.Contains(h.Models, id) {
+			from = &h
+			break
+		}
+	}
+	if from == nil {
+		return HostRecord{}, notFound
+	}
+	fr, err := p.remote(*from)
+	if err != nil {
+		return HostRecord{}, err
+	}
+	mi, err := fr.Model(ctx, id)
+	if err != nil {
+		return HostRecord{}, fmt.Errorf("pool host %s: %w", from.ID, err)
+	}
+	if u, err := url.Parse(mi.Source); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return HostRecord{}, fmt.Errorf("%w (it is on draining host %s, installed from %q, not a URL another host can fetch)", notFound, from.ID, mi.Source)
+	}
+	to, err := p.place(v, vmfest.Image{})
+	if err != nil {
+		return HostRecord{}, err
+	}
+	tr, err := p.remote(to)
+	if err != nil {
+		return HostRecord{}, err
+	}
+	// The digest of what the first host downloaded: every host gets the
+	// same bytes.
+	meta := mi.Spec
+	meta.Location = "" // the source host's file; the target makes its own
+	opts := vmfest.SetupOptions{ID: id, Meta: &meta, SHA256: mi.SHA256}
+	p.log.Info("pool: installing an image model on the chosen host", "model", id, "host", to.ID, "source", mi.Source)
+	if _, err := tr.SetupModel(ctx, mi.Source, opts); err != nil && !errors.Is(err, vmfest.ErrExists) {
+		return HostRecord{}, fmt.Errorf("pool host %s: install image model %s from %s: %w", to.ID, id, mi.Source, err)
+	}
+	return to, nil
 }
 
 // memoryOf returns the memory-size (MiB) of hardware, asking host r for

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -147,7 +149,9 @@ func newHostOn(t testing.TB, cli *clientv3.Client, id, prefix, allowed string, d
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := api.New(context.Background(), l, api.Config{Home: home, AllowPaths: []string{allowed}, Logger: quiet()})
+	// The tests' model sources are on loopback.
+	fetch := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	s, err := api.New(context.Background(), l, api.Config{Home: home, AllowPaths: []string{allowed}, FetchAllow: fetch, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,4 +582,40 @@ func TestReconcile(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
+}
+
+// TestModelInstalledOnDemand: a create of an image model that only a
+// draining host holds installs it, from the URL it came from, on the host
+// the policy chooses, and creates the machine there.
+func TestModelInstalledOnDemand(t *testing.T) {
+	tp := newTestPool(t)
+	ctx := ctxT(t)
+	files := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(tp.image.Location))))
+	t.Cleanup(files.Close)
+	src := files.URL + "/" + filepath.Base(tp.image.Location)
+	meta := spec.Image{OSFamily: "linux", Username: "root"}
+	if _, err := tp.pool.Pinned("a").SetupModel(ctx, src, vmfest.SetupOptions{ID: "blank", Meta: &meta}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.pool.Drain(ctx, "a", true); err != nil {
+		t.Fatal(err)
+	}
+	// Until a's record lists the model, the pool does not know it has it.
+	var m vmfest.Machine
+	eventually(t, 5*time.Second, "create from a model only a draining host has", func() error {
+		var err error
+		m, err = tp.pool.Instance(ctx, "on-demand", vmfest.ImageModel("blank"), vmfest.HardwareSpec(natOnly))
+		return err
+	})
+	h, _ := pool.HostOf(m)
+	if h == "a" {
+		t.Fatal("placed on the draining host")
+	}
+	if _, err := tp.pool.Pinned(h).Model(ctx, "blank"); err != nil {
+		t.Fatalf("model on %s: %v", h, err)
+	}
+	// A model no host holds is still not found.
+	if _, err := tp.pool.Instance(ctx, "nowhere", vmfest.ImageModel("nope"), vmfest.HardwareSpec(natOnly)); !errors.Is(err, vmfest.ErrNotFound) {
+		t.Fatalf("create from a model no host has: %v", err)
+	}
 }
