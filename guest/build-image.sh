@@ -140,16 +140,18 @@ done
 # the agent
 install -m 755 "$WORK/vmfest-agent" "$R/sbin/vmfest-agent"
 
-# kernel modules, in dependency order, in three lists that rcS loads: the
+# kernel modules, in dependency order, in four lists that rcS loads: the
 # virtio and the storage lists side by side (libata waits ~150 ms after
 # resetting each IDE channel, and insmod waits for that probe; the virtio
-# list runs meanwhile), then the late list, which needs modules of both.
-# The two parallel lists must not share a module: a module loading in one
-# list would not yet be there for a module of the other that needs it.
-MODS_VIRTIO=(virtio_pci virtio_blk virtio_net virtio_console virtio_rng virtio_balloon
-	vmw_vsock_virtio_transport)
+# list runs meanwhile), then the late list, which needs modules of both,
+# and once the agent runs, the after list: devices vmfest does not give a
+# machine, which nothing waits for. The two parallel lists must not share a
+# module: a module loading in one list would not yet be there for a module
+# of the other that needs it.
+MODS_VIRTIO=(virtio_pci virtio_blk virtio_net virtio_console)
 MODS_STORAGE=(ata_piix ata_generic sd_mod sr_mod isofs vfat nls_cp437 nls_ascii nls_utf8)
 MODS_LATE=(virtio_scsi button evdev)
+MODS_AFTER=(virtio_rng virtio_balloon vmw_vsock_virtio_transport)
 declare -A moddeps=() seen=() group=()
 while IFS=: read -r path deps; do
 	moddeps[$path]=$deps
@@ -194,6 +196,7 @@ for p in "${!group[@]}"; do
 	done
 done
 modlist late.order "${MODS_LATE[@]}"
+modlist after.order "${MODS_AFTER[@]}"
 
 # configuration: files from guest/rootfs, plus generated ones
 cp -a "$HERE/rootfs/." "$R/"
