@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"strconv"
 	"syscall"
 	"time"
@@ -28,9 +29,17 @@ const SocketFile = "vmfest.sock"
 
 // Listen says where to serve.
 type Listen struct {
-	// Unix is the path of a Unix socket (mode 0600: only its owner can
-	// connect, so no token is asked); "" for none.
+	// Unix is the path of a Unix socket (mode 0600 unless SocketMode
+	// says otherwise: only its owner can connect, so no token is asked);
+	// "" for none.
 	Unix string
+	// SocketGroup, when set, is the group (a name or a numeric ID) the
+	// Unix socket is given, so that its members may connect when
+	// SocketMode lets them (the system instance: group vmfest, 0660).
+	SocketGroup string
+	// SocketMode is the Unix socket's mode: 0600 (the default, for 0) or
+	// 0660. Others never get access.
+	SocketMode fs.FileMode
 	// TCP is host:port; "" for none. Every request on it needs the token.
 	TCP string
 	// TLSCert and TLSKey serve TCP over TLS.
@@ -72,11 +81,42 @@ func TCPAddress(addr string, tls, insecure bool) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
-// listenUnix opens a Unix socket with mode 0600. A stale socket at path
-// (a socket nobody answers on) is replaced; a live one means another
-// server runs; anything else there (a file, a directory, a symlink) is
-// refused and left alone.
-func listenUnix(path string) (net.Listener, error) {
+// socketAccess checks lc's socket group and mode and returns the mode and
+// the group ID (-1 for none).
+func socketAccess(lc Listen) (fs.FileMode, int, error) {
+	mode := lc.SocketMode
+	if mode == 0 {
+		mode = 0o600
+	}
+	if mode != 0o600 && mode != 0o660 {
+		return 0, -1, fmt.Errorf("socket mode %#o: give 0600 (the owner only) or 0660 (the owner and --socket-group)", uint32(mode))
+	}
+	if lc.SocketGroup == "" {
+		return mode, -1, nil
+	}
+	gid, err := strconv.Atoi(lc.SocketGroup)
+	if err != nil {
+		g, lerr := user.LookupGroup(lc.SocketGroup)
+		if lerr != nil {
+			return 0, -1, fmt.Errorf("socket group %q: %w (create it: groupadd --system %s)", lc.SocketGroup, lerr, lc.SocketGroup)
+		}
+		gid, err = strconv.Atoi(g.Gid)
+		if err != nil {
+			return 0, -1, fmt.Errorf("socket group %q: gid %q: %w", lc.SocketGroup, g.Gid, err)
+		}
+	}
+	if gid < 0 {
+		return 0, -1, fmt.Errorf("socket group %q: give a group name or an ID from 0", lc.SocketGroup)
+	}
+	return mode, gid, nil
+}
+
+// listenUnix opens a Unix socket with mode 0600, then gives it group gid
+// (unless -1) and the mode asked for. A stale socket at path (a socket
+// nobody answers on) is replaced; a live one means another server runs;
+// anything else there (a file, a directory, a symlink) is refused and left
+// alone.
+func listenUnix(path string, mode fs.FileMode, gid int) (net.Listener, error) {
 	if st, err := os.Lstat(path); err == nil {
 		if st.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket (%s): remove it yourself or give another --unix path", path, fileKind(st.Mode()))
@@ -101,11 +141,71 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	// The group first, while the mode still shuts everyone else out.
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("give the socket group %d: %w", gid, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// peerKey keys, in a request's context, the credentials of the process at
+// the other end of the Unix socket (see PeerCred).
+type peerKey struct{}
+
+// PeerCred returns the credentials (pid, uid, gid) the kernel recorded for
+// the process that opened the request's Unix socket connection
+// (SO_PEERCRED); false on TCP or when they could not be read.
+func PeerCred(ctx context.Context) (unix.Ucred, bool) {
+	c, ok := ctx.Value(peerKey{}).(*unix.Ucred)
+	if !ok || c == nil {
+		return unix.Ucred{}, false
+	}
+	return *c, true
+}
+
+// withPeerCred is a ConnContext that stashes a Unix connection's peer
+// credentials.
+func withPeerCred(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil || cred == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, cred)
+}
+
+// unixHandler serves the Unix socket: its callers are this host's user
+// (LocalHandler) when they are root or the server's own user; anyone else
+// who can open it (a member of its group) is treated as a remote caller
+// (Handler), whose setup-model fetches pass the fetch policy. A caller
+// whose credentials cannot be read is a remote one.
+func (s *Server) unixHandler() http.Handler {
+	local, remote := s.LocalHandler(), s.Handler()
+	self := uint32(os.Geteuid())
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := PeerCred(r.Context()); ok && (c.Uid == 0 || c.Uid == self) {
+			local.ServeHTTP(w, r)
+			return
+		}
+		remote.ServeHTTP(w, r)
+	})
 }
 
 // fileKind names a file's type for an error message.
@@ -168,12 +268,18 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		}
 	}
 	if lc.Unix != "" {
-		l, err := listenUnix(lc.Unix)
+		mode, gid, err := socketAccess(lc)
 		if err != nil {
 			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
 		}
-		all = append(all, served{srv: newHTTP(s.LocalHandler()), l: l})
-		s.log.Info("listening", "unix", lc.Unix)
+		l, err := listenUnix(lc.Unix, mode, gid)
+		if err != nil {
+			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
+		}
+		hs := newHTTP(s.unixHandler())
+		hs.ConnContext = withPeerCred
+		all = append(all, served{srv: hs, l: l})
+		s.log.Info("listening", "unix", lc.Unix, "mode", fmt.Sprintf("%#o", uint32(mode)), "group", lc.SocketGroup)
 	}
 	if lc.TCP != "" {
 		hs := newHTTP(requireToken(s.Handler(), lc.TokenFile, s.log))
