@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/spec"
@@ -43,6 +44,10 @@ type app struct {
 	driver string
 	// pool chooses a pool of hosts instead (--pool, --host; pool.go).
 	pool poolFlags
+	// homeFlag is --home, to tell whether it was given; system is what
+	// chooseSystem found of the system instance (system.go), once.
+	homeFlag *pflag.Flag
+	system   *systemChoice
 }
 
 func newRootCommand(out, errOut io.Writer) *cobra.Command {
@@ -65,6 +70,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(a.out)
 	root.SetErr(a.errOut)
 	root.PersistentFlags().StringVar(&a.home, "home", store.DefaultRoot(), "state directory (env VMFEST_HOME)")
+	a.homeFlag = root.PersistentFlags().Lookup("home")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, `print JSON: the resulting object(s) of a change, the API's objects; errors as {"error": ..., "code": ...} on stderr`)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages")
 	root.PersistentFlags().StringVar(&a.remote, "server", os.Getenv("VMFEST_SERVER"), "drive the vmfest server at this URL: unix:///path/vmfest.sock, http(s)://host:port (env VMFEST_SERVER)")
@@ -111,6 +117,9 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 					return a.printJSON(map[string]string{"version": version})
 				}
 				fmt.Fprintln(a.out, "vmfest", version)
+				if line := a.serverLine(); line != "" {
+					fmt.Fprintln(a.out, line)
+				}
 				return nil
 			},
 		},
@@ -122,10 +131,18 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 }
 
 // server opens the server the commands talk to: the one at --server, else
-// the local one over --home.
+// (for a user who is not root and named no --home) the system instance
+// when its socket is there, else the local one over --home.
 func (a *app) server() (vmfest.Server, error) {
 	if a.pool.endpoints != "" {
 		return a.poolServer()
+	}
+	if a.remote == "" {
+		if c := a.chooseSystem(); c.err != nil {
+			return nil, c.err
+		} else if c.url != "" {
+			a.remote = c.url
+		}
 	}
 	if a.remote == "" {
 		l, err := a.local()

@@ -23,17 +23,25 @@ func (a *app) serveCommand() *cobra.Command {
 	var allow, natAllow, fetchAllow []string
 	var rotate, printToken, natLowPorts bool
 	var maxSetups int
+	var sys systemFlags
 	cmd := &cobra.Command{
-		Use:   "serve [--listen ADDR] [--unix PATH] [--tls-cert FILE --tls-key FILE] [--insecure] [--allow-path DIR]... [--fetch-allow PREFIX,...] [--nat-allow PREFIX,...] [--nat-low-ports] [--max-setups N]",
+		Use:   "serve [--listen ADDR] [--unix PATH] [--tls-cert FILE --tls-key FILE] [--insecure] [--allow-path DIR]... [--fetch-allow PREFIX,...] [--nat-allow PREFIX,...] [--nat-low-ports] [--max-setups N] [--system] [--socket-group GROUP --socket-mode 0660]",
 		Short: "Serve this host's machines over HTTP (the API behind --server)",
 		Long: `Serve the local state directory's machines, models and networks over a JSON
 HTTP API (see docs/api.md), so that 'vmfest --server URL ...' and Go programs
 using vmfest.Connect drive this host as if it were local.
 
 By default the API is on the Unix socket $VMFEST_HOME/vmfest.sock (mode 0600:
-only its owner can use it). --listen adds TCP (default port 18083); every
-TCP request needs 'Authorization: Bearer TOKEN', the token in
-$VMFEST_HOME/token (made on first use, mode 0600; --rotate-token replaces it,
+only its owner can use it). --system serves the system instance (what the
+package's vmfest.service runs, as root): state in /var/lib/vmfest, the socket
+/run/vmfest/vmfest.sock owned by root and group vmfest, mode 0660, so that
+members of group vmfest drive it (the CLI of a user who is not root and
+names no --home or --server uses that socket when it is there). A member
+is served as a remote caller: the image and model paths they name must be
+in the image models directory or an --allow-path directory.
+
+--listen adds TCP (default port 18083); every TCP request needs
+'Authorization: Bearer TOKEN', the token in $VMFEST_HOME/token (made on first use, mode 0600; --rotate-token replaces it,
 and a running server takes the new one at its next request). A non-loopback
 address needs --tls-cert and --tls-key, or --insecure (the vmfest CLI
 never sends a token over plain http to a host that is not loopback). A token
@@ -45,7 +53,7 @@ the image models directory and the --allow-path directories: destroying a
 machine on a mutable image deletes that file. A TCP caller's setup-model
 fetches only from public addresses, unless --fetch-allow names more
 (loopback, link-local and private ranges are refused by default); Unix
-socket callers (this host's user) are not restricted. At most --max-setups
+socket callers who are root or the server's user are not restricted. At most --max-setups
 setup-model operations run at once; the next gets 503 and Retry-After.
 
 Machines' nat-rules listen only on loopback addresses and host ports from
@@ -76,6 +84,14 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 			if maxSetups < 1 {
 				return fmt.Errorf("--max-setups %d: give 1 or more", maxSetups)
 			}
+			if lc.SocketGroup, lc.SocketMode, err = sys.apply(cmd, a, &lc.Unix); err != nil {
+				return err
+			}
+			if sys.system && lc.Unix != "" {
+				if err := os.MkdirAll(filepath.Dir(lc.Unix), 0o755); err != nil {
+					return fmt.Errorf("--system: the socket's directory: %w", err)
+				}
+			}
 			l, err := a.local()
 			if err != nil {
 				return err
@@ -92,7 +108,7 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 				fmt.Fprintln(a.out, tok)
 				return nil
 			}
-			if !cmd.Flags().Changed("unix") {
+			if !cmd.Flags().Changed("unix") && !sys.system {
 				lc.Unix = filepath.Join(l.Home(), api.SocketFile)
 			}
 			if lc.TCP != "" {
@@ -133,6 +149,7 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 	cmd.Flags().IntVar(&maxSetups, "max-setups", api.DefaultMaxSetups, "setup-model operations run at once at most")
 	cmd.Flags().BoolVar(&rotate, "rotate-token", false, "replace the TCP bearer token, print it and exit")
 	cmd.Flags().BoolVar(&printToken, "print-token", false, "print the TCP bearer token (made if missing) and exit")
+	sys.add(cmd)
 	a.addServePoolFlags(cmd)
 	return cmd
 }
