@@ -125,6 +125,7 @@ func newRootCommand(out, errOut io.Writer) *cobra.Command {
 		},
 	)
 	root.AddCommand(a.modelCommands()...)
+	root.AddCommand(packageDocsCommand(root))
 	markErrors(root)
 	a.addCompletions(root)
 	return root
