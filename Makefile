@@ -10,6 +10,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: all deps build image demo test test-short test-race vet fuzz bench clean
 .PHONY: cloud-image test-cloud
+.PHONY: deb test-deb
 
 all: build
 
@@ -51,6 +52,17 @@ cloud-image:
 # The cloud-init suite: boots the real cloud image (about a minute under TCG).
 test-cloud: cloud-image
 	VMFEST_CLOUD_IMAGE=$(abspath $(CLOUD_META)) go test -count=1 -v -timeout 20m ./test/cloud/
+
+# The Debian package (packaging/deb): build/vmfest_<version>_amd64.deb.
+deb:
+	bash scripts/build-deb.sh $(BUILD)
+
+# Build it, lintian (no errors), dpkg -i, check the groups, the unit and
+# the system instance, dpkg -r (keeps /var/lib/vmfest), purge; as root.
+# Not part of make test: it installs a package on this machine.
+test-deb:
+	@bash scripts/install-deps.sh deb
+	bash scripts/build-deb.sh --test $(BUILD)
 
 # Unit tests only: no guest is booted.
 test-short: vet

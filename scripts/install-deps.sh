@@ -9,6 +9,8 @@ pkgs=(qemu-system-x86 qemu-utils dnsmasq-base iproute2 ca-certificates bubblewra
 pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 # ansible-core: the inventory test drives booted machines with the real ansible.
 pkgs+=(ansible-core)
+# With "deb" (make test-deb): lintian and readelf (binutils); dpkg-deb comes with dpkg.
+[ "${1:-}" = deb ] && pkgs+=(lintian binutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
