@@ -194,9 +194,10 @@ func TestCloudInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	hw.DiskSize = diskSize
-	// A volume and an ISO, each in the first free slot of micro's IDE
-	// controller (the volume in slot 1, the ISO in the dvd drive of slot
-	// 2, which moves the seed to a drive of its own).
+	// A volume and an ISO, each in the first free slot that takes it: the
+	// volume beside micro's boot disk on its virtio controller, the ISO in
+	// the IDE dvd drive of slot 2 (which moves the seed to a drive of its
+	// own).
 	if _, err := l.CreateVolume(ctx, vmfest.VolumeSpec{Name: volumeName, Size: volumeSize}); err != nil {
 		t.Fatal(err)
 	}
