@@ -40,6 +40,11 @@ type Listen struct {
 	// SocketMode is the Unix socket's mode: 0600 (the default, for 0) or
 	// 0660. Others never get access.
 	SocketMode fs.FileMode
+	// AdminGroup, when set (a name or a numeric ID), gives the Unix
+	// socket's machines owners: a caller owns what they create (see
+	// OwnerLabel) and may change only that, unless they are root, the
+	// server's user or a member of this group.
+	AdminGroup string
 	// TCP is host:port; "" for none. Every request on it needs the token.
 	TCP string
 	// TLSCert and TLSKey serve TCP over TLS.
@@ -91,24 +96,30 @@ func socketAccess(lc Listen) (fs.FileMode, int, error) {
 	if mode != 0o600 && mode != 0o660 {
 		return 0, -1, fmt.Errorf("socket mode %#o: give 0600 (the owner only) or 0660 (the owner and --socket-group)", uint32(mode))
 	}
-	if lc.SocketGroup == "" {
-		return mode, -1, nil
+	gid, err := groupID("socket group", lc.SocketGroup)
+	return mode, gid, err
+}
+
+// groupID resolves a group name or numeric ID; -1 for "".
+func groupID(what, group string) (int, error) {
+	if group == "" {
+		return -1, nil
 	}
-	gid, err := strconv.Atoi(lc.SocketGroup)
+	gid, err := strconv.Atoi(group)
 	if err != nil {
-		g, lerr := user.LookupGroup(lc.SocketGroup)
+		g, lerr := user.LookupGroup(group)
 		if lerr != nil {
-			return 0, -1, fmt.Errorf("socket group %q: %w (create it: groupadd --system %s)", lc.SocketGroup, lerr, lc.SocketGroup)
+			return -1, fmt.Errorf("%s %q: %w (create it: groupadd --system %s)", what, group, lerr, group)
 		}
 		gid, err = strconv.Atoi(g.Gid)
 		if err != nil {
-			return 0, -1, fmt.Errorf("socket group %q: gid %q: %w", lc.SocketGroup, g.Gid, err)
+			return -1, fmt.Errorf("%s %q: gid %q: %w", what, group, g.Gid, err)
 		}
 	}
 	if gid < 0 {
-		return 0, -1, fmt.Errorf("socket group %q: give a group name or an ID from 0", lc.SocketGroup)
+		return -1, fmt.Errorf("%s %q: give a group name or an ID from 0", what, group)
 	}
-	return mode, gid, nil
+	return gid, nil
 }
 
 // listenUnix opens a Unix socket with mode 0600, then gives it group gid
@@ -163,15 +174,15 @@ type peerKey struct{}
 // the process that opened the request's Unix socket connection
 // (SO_PEERCRED); false on TCP or when they could not be read.
 func PeerCred(ctx context.Context) (unix.Ucred, bool) {
-	c, ok := ctx.Value(peerKey{}).(*unix.Ucred)
-	if !ok || c == nil {
+	p, ok := ctx.Value(peerKey{}).(*peer)
+	if !ok || p == nil {
 		return unix.Ucred{}, false
 	}
-	return *c, true
+	return p.cred, true
 }
 
 // withPeerCred is a ConnContext that stashes a Unix connection's peer
-// credentials.
+// credentials and supplementary groups.
 func withPeerCred(ctx context.Context, c net.Conn) context.Context {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
@@ -182,13 +193,17 @@ func withPeerCred(ctx context.Context, c net.Conn) context.Context {
 		return ctx
 	}
 	var cred *unix.Ucred
+	var groups []uint32
 	raw.Control(func(fd uintptr) {
 		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			groups, _ = peerGroups(int(fd)) // unknown: only the primary group counts
+		}
 	})
 	if err != nil || cred == nil {
 		return ctx
 	}
-	return context.WithValue(ctx, peerKey{}, cred)
+	return context.WithValue(ctx, peerKey{}, &peer{cred: *cred, groups: groups})
 }
 
 // unixHandler serves the Unix socket: its callers are this host's user
@@ -272,14 +287,22 @@ func (s *Server) Serve(ctx context.Context, lc Listen) error {
 		if err != nil {
 			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
 		}
+		adminGID, err := groupID("admin group", lc.AdminGroup)
+		if err != nil {
+			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
+		}
 		l, err := listenUnix(lc.Unix, mode, gid)
 		if err != nil {
 			return fmt.Errorf("serve on %s: %w", lc.Unix, err)
 		}
-		hs := newHTTP(s.unixHandler())
+		h := s.unixHandler()
+		if lc.AdminGroup != "" {
+			h = s.recoverer(s.ownerGuard(h, adminGID))
+		}
+		hs := newHTTP(h)
 		hs.ConnContext = withPeerCred
 		all = append(all, served{srv: hs, l: l})
-		s.log.Info("listening", "unix", lc.Unix, "mode", fmt.Sprintf("%#o", uint32(mode)), "group", lc.SocketGroup)
+		s.log.Info("listening", "unix", lc.Unix, "mode", fmt.Sprintf("%#o", uint32(mode)), "group", lc.SocketGroup, "admin-group", lc.AdminGroup)
 	}
 	if lc.TCP != "" {
 		hs := newHTTP(requireToken(s.Handler(), lc.TokenFile, s.log))

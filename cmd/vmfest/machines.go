@@ -634,7 +634,8 @@ func (a *app) listCommand() *cobra.Command {
 				return a.printJSON(rows)
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL\tADDRESSES")
+			owners := anyOwner(rows) // machines of a system instance (system.go)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL\tADDRESSES"+owners.header())
 			for _, r := range rows {
 				accel := r.Accel
 				if accel == "" {
@@ -644,7 +645,7 @@ func (a *app) listCommand() *cobra.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", r.Name, r.State, r.Error)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.State, r.Image, r.Hardware, accel, addresses(r.Networks))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s%s\n", r.Name, r.State, r.Image, r.Hardware, accel, addresses(r.Networks), owners.cell(r.Labels))
 			}
 			return tw.Flush()
 		},

@@ -25,7 +25,7 @@ func (a *app) serveCommand() *cobra.Command {
 	var maxSetups int
 	var sys systemFlags
 	cmd := &cobra.Command{
-		Use:   "serve [--listen ADDR] [--unix PATH] [--tls-cert FILE --tls-key FILE] [--insecure] [--allow-path DIR]... [--fetch-allow PREFIX,...] [--nat-allow PREFIX,...] [--nat-low-ports] [--max-setups N] [--system] [--socket-group GROUP --socket-mode 0660]",
+		Use:   "serve [--listen ADDR] [--unix PATH] [--tls-cert FILE --tls-key FILE] [--insecure] [--allow-path DIR]... [--fetch-allow PREFIX,...] [--nat-allow PREFIX,...] [--nat-low-ports] [--max-setups N] [--system] [--socket-group GROUP --socket-mode 0660] [--admin-group GROUP]",
 		Short: "Serve this host's machines over HTTP (the API behind --server)",
 		Long: `Serve the local state directory's machines, models and networks over a JSON
 HTTP API (see docs/api.md), so that 'vmfest --server URL ...' and Go programs
@@ -38,7 +38,10 @@ package's vmfest.service runs, as root): state in /var/lib/vmfest, the socket
 members of group vmfest drive it (the CLI of a user who is not root and
 names no --home or --server uses that socket when it is there). A member
 is served as a remote caller: the image and model paths they name must be
-in the image models directory or an --allow-path directory.
+in the image models directory or an --allow-path directory. With
+--admin-group (--system: vmfest-admin) machines have owners: the label
+vmfest/owner records the creator's uid, and only the owner, root and the
+group's members may change a machine; everyone may list and show it.
 
 --listen adds TCP (default port 18083); every TCP request needs
 'Authorization: Bearer TOKEN', the token in $VMFEST_HOME/token (made on first use, mode 0600; --rotate-token replaces it,
@@ -84,7 +87,7 @@ VMFEST_NAT_LOW_PORTS; the CLI without --server reads them too) allow more.`,
 			if maxSetups < 1 {
 				return fmt.Errorf("--max-setups %d: give 1 or more", maxSetups)
 			}
-			if lc.SocketGroup, lc.SocketMode, err = sys.apply(cmd, a, &lc.Unix); err != nil {
+			if err := sys.apply(cmd, a, &lc); err != nil {
 				return err
 			}
 			if sys.system && lc.Unix != "" {

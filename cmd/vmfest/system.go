@@ -6,11 +6,14 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/user"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vmfest/vmfest/api"
 )
 
 // The system instance: one vmfest server per host, run by root (the
@@ -23,6 +26,9 @@ const (
 	SystemSocket = "/run/vmfest/vmfest.sock"
 	// SystemGroup is the group whose members may use SystemSocket.
 	SystemGroup = "vmfest"
+	// SystemAdminGroup is the group whose members may change any machine
+	// of the system instance (others only their own).
+	SystemAdminGroup = "vmfest-admin"
 	// systemSocketEnv names another system socket for the CLI to look
 	// for (tests, a second instance).
 	systemSocketEnv = "VMFEST_SYSTEM_SOCKET"
@@ -148,19 +154,25 @@ type systemFlags struct {
 	system bool
 	group  string
 	mode   string
+	admin  string
 }
 
 func (f *systemFlags) add(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&f.system, "system", false, "serve the system instance: --home "+SystemHome+", --unix "+SystemSocket+", --socket-group "+SystemGroup+", --socket-mode 0660 (each flag given overrides its part)")
+	cmd.Flags().BoolVar(&f.system, "system", false, "serve the system instance: --home "+SystemHome+", --unix "+SystemSocket+", --socket-group "+SystemGroup+", --socket-mode 0660, --admin-group "+SystemAdminGroup+" (each flag given overrides its part)")
+	cmd.Flags().StringVar(&f.admin, "admin-group", "", "give the Unix socket's machines owners: a caller may change only the machines they created, unless root or in this group (a name or a numeric ID)")
 	cmd.Flags().StringVar(&f.group, "socket-group", "", "give the Unix socket this group (a name or a numeric ID), whose members may then use it with --socket-mode 0660")
 	cmd.Flags().StringVar(&f.mode, "socket-mode", "", "the Unix socket's mode: 0600 (default: its owner only) or 0660 (its owner and --socket-group)")
 }
 
-// apply fills in what --system means for the flags not given, and parses
-// --socket-mode. It returns the socket's group and mode.
-func (f *systemFlags) apply(cmd *cobra.Command, a *app, unix *string) (string, fs.FileMode, error) {
-	group, modeText := f.group, f.mode
+// apply fills in what --system means for the flags not given (into lc),
+// and parses --socket-mode.
+func (f *systemFlags) apply(cmd *cobra.Command, a *app, lc *api.Listen) error {
+	group, modeText, admin := f.group, f.mode, f.admin
+	unix := &lc.Unix
 	if f.system {
+		if !cmd.Flags().Changed("admin-group") {
+			admin = SystemAdminGroup
+		}
 		if !cmd.Flags().Changed("home") {
 			a.home = SystemHome
 		}
@@ -174,12 +186,50 @@ func (f *systemFlags) apply(cmd *cobra.Command, a *app, unix *string) (string, f
 			modeText = "0660"
 		}
 	}
+	lc.SocketGroup, lc.AdminGroup, lc.SocketMode = group, admin, 0
 	if modeText == "" {
-		return group, 0, nil
+		return nil
 	}
 	m, err := strconv.ParseUint(modeText, 8, 32)
 	if err != nil || (m != 0o600 && m != 0o660) {
-		return "", 0, fmt.Errorf("--socket-mode %q: give 0600 (the owner only) or 0660 (the owner and --socket-group)", modeText)
+		return fmt.Errorf("--socket-mode %q: give 0600 (the owner only) or 0660 (the owner and --socket-group)", modeText)
 	}
-	return group, fs.FileMode(m), nil
+	lc.SocketMode = fs.FileMode(m)
+	return nil
+}
+
+// ownerColumn is list's OWNER column, shown when a machine has an owner
+// (api.OwnerLabel: the system instance records who created it).
+type ownerColumn bool
+
+func anyOwner(rows []row) ownerColumn {
+	for _, r := range rows {
+		if _, ok := r.Labels[api.OwnerLabel]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (c ownerColumn) header() string {
+	if !c {
+		return ""
+	}
+	return "\tOWNER"
+}
+
+// cell is the owner's login name (its uid when this host has no such
+// user; "-" for none).
+func (c ownerColumn) cell(labels map[string]string) string {
+	if !c {
+		return ""
+	}
+	uid, ok := labels[api.OwnerLabel]
+	if !ok {
+		return "\t-"
+	}
+	if u, err := user.LookupId(uid); err == nil {
+		return "\t" + u.Username
+	}
+	return "\t" + uid
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/api"
 	"github.com/vmfest/vmfest/internal/testutil"
 )
 
@@ -23,8 +24,11 @@ import (
 // processes with SysProcAttr.Credential (nothing is added to /etc).
 const (
 	testGroupGID = 65431
+	testAdminGID = 65432
 	memberUID    = 65430
 	otherUID     = 65429
+	member2UID   = 65428
+	adminUID     = 65427
 )
 
 // unitExecStart returns the arguments of packaging/deb/vmfest.service's
@@ -83,7 +87,7 @@ func startSystem(t *testing.T) *systemEnv {
 	}
 	args := unitExecStart(t, e.exe)
 	args = append(args, "--home", filepath.Join(dir, "state"), "--unix", e.sock,
-		"--socket-group", strconv.Itoa(testGroupGID), "--allow-path", e.images)
+		"--socket-group", strconv.Itoa(testGroupGID), "--admin-group", strconv.Itoa(testAdminGID), "--allow-path", e.images)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMFEST_TEST_CLI=1", "HOME=" + dir}
@@ -175,7 +179,8 @@ func (e *systemEnv) runAs(t *testing.T, uid uint32, groups []uint32, args ...str
 
 // TestSystemInstance: the daemon started as vmfest.service starts it
 // serves members of its group, who find it without any flag, create and
-// list machines; a user outside the group is told how to get access.
+// list machines, which they own: another member cannot change them, the
+// admin group can; a user outside the group is told how to get access.
 func TestSystemInstance(t *testing.T) {
 	e := startSystem(t)
 	disk := testutil.BlankDisk(t, filepath.Join(e.images, "base.raw"), 0o444)
@@ -192,6 +197,9 @@ func TestSystemInstance(t *testing.T) {
 	if err != nil || !strings.Contains(out, "m1") || !strings.Contains(out, "powered-off") {
 		t.Fatalf("member list: %q %q %v", out, errOut, err)
 	}
+	if lines := strings.Split(out, "\n"); !strings.HasSuffix(strings.TrimSpace(lines[0]), "OWNER") || !strings.HasSuffix(strings.TrimSpace(lines[1]), strconv.Itoa(memberUID)) {
+		t.Errorf("list shows no owner:\n%s", out)
+	}
 	out, _, err = e.runAs(t, memberUID, member, "version")
 	if err != nil || !strings.Contains(out, "server: unix://"+e.sock+" (the system instance)") {
 		t.Fatalf("member version: %q %v", out, err)
@@ -204,6 +212,26 @@ func TestSystemInstance(t *testing.T) {
 	out, _, err = e.runAs(t, otherUID, nil, "version")
 	if err != nil || !strings.Contains(out, "server: none: cannot use the system vmfest server") {
 		t.Fatalf("non-member version: %q %v", out, err)
+	}
+	// Owners: another member reads m1 but cannot change it or take it;
+	// the admin group can.
+	if out, errOut, err := e.runAs(t, member2UID, member, "show", "m1"); err != nil {
+		t.Fatalf("member2 show m1: %q %q %v", out, errOut, err)
+	}
+	for _, args := range [][]string{{"destroy", "m1"}, {"start", "m1"}, {"label", "m1", "x=1"}} {
+		_, errOut, err := e.runAs(t, member2UID, member, args...)
+		if err == nil || !strings.Contains(errOut, "machine m1 belongs to uid "+strconv.Itoa(memberUID)+": only its owner, root or") {
+			t.Fatalf("member2 %v: %q %v, want refused as not the owner", args, errOut, err)
+		}
+	}
+	if _, errOut, err := e.runAs(t, memberUID, member, "label", "m1", api.OwnerLabel+"="+strconv.Itoa(member2UID)); err == nil || !strings.Contains(errOut, "only root and the admin group") {
+		t.Fatalf("member gives m1 away: %q %v, want refused", errOut, err)
+	}
+	if out, errOut, err := e.runAs(t, memberUID, member, "label", "m1", "team=a"); err != nil {
+		t.Fatalf("owner labels m1: %q %q %v", out, errOut, err)
+	}
+	if out, errOut, err := e.runAs(t, adminUID, []uint32{testGroupGID, testAdminGID}, "destroy", "m1"); err != nil {
+		t.Fatalf("admin destroys m1: %q %q %v", out, errOut, err)
 	}
 	// A home of their own still works.
 	if out, errOut, err := e.runAs(t, otherUID, nil, "--home", filepath.Join(e.dir, "home-"+strconv.Itoa(otherUID), "vmfest"), "list"); err != nil {
