@@ -80,6 +80,8 @@ func (s *Server) ownerGuard(next http.Handler, adminGID int) http.Handler {
 		switch {
 		case r.URL.Path == machines && r.Method == http.MethodPost:
 			err = stampOwner(w, r, uid, admin)
+		case !admin && sharedChange(r):
+			err = &httpError{status: http.StatusForbidden, code: wire.CodeForbidden, msg: fmt.Sprintf("%s %s: only root and %s may remove or replace the shared image models, hardware models, networks and volumes", r.Method, r.URL.Path, groupName(adminGID))}
 		case strings.HasPrefix(r.URL.Path, machines+"/") && !admin:
 			name, sub, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, machines+"/"), "/")
 			if r.Method == http.MethodGet && (sub == "" || sub == "state" || sub == "ip" || sub == "snapshots") {
@@ -188,12 +190,28 @@ func (s *Server) checkOwner(ctx context.Context, name, uid string, adminGID int)
 	if ok {
 		who = userName(owner)
 	}
-	admins := "the admin group"
-	if g, err := user.LookupGroupId(strconv.Itoa(adminGID)); err == nil {
-		admins = "group " + g.Name
-	}
 	return &httpError{status: http.StatusForbidden, code: wire.CodeForbidden,
-		msg: fmt.Sprintf("machine %s belongs to %s: only its owner, root or %s may change it", name, who, admins)}
+		msg: fmt.Sprintf("machine %s belongs to %s: only its owner, root or %s may change it", name, who, groupName(adminGID))}
+}
+
+// groupName names the admin group for an error.
+func groupName(gid int) string {
+	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+		return "group " + g.Name
+	}
+	return "the admin group"
+}
+
+// sharedChange reports a request that removes or replaces an object every
+// caller shares: an image model, a hardware model, a network or a volume.
+// Creating one is anyone's.
+func sharedChange(r *http.Request) bool {
+	for _, kind := range []string{"models", "hardware", "networks", "volumes"} {
+		if strings.HasPrefix(r.URL.Path, wire.Prefix+"/"+kind+"/") && (r.Method == http.MethodDelete || r.Method == http.MethodPut) {
+			return true
+		}
+	}
+	return false
 }
 
 // userName is uid's login name with the uid, or the uid alone.
