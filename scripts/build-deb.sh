@@ -108,6 +108,14 @@ for _ in $(seq 100); do
 done
 [ "$(stat -c '%U:%G %a' /run/vmfest/vmfest.sock)" = "root:vmfest 660" ] || fail "socket is $(stat -c '%U:%G %a' /run/vmfest/vmfest.sock), want root:vmfest 660"
 vmfest --server unix:///run/vmfest/vmfest.sock list >/dev/null || fail "list over the system socket"
+# A user in group vmfest finds the socket by itself; one outside is told how to get access.
+gid=$(getent group vmfest | cut -d: -f3)
+said=$(setpriv --reuid=nobody --regid=nogroup --groups="$gid" env -u VMFEST_HOME -u VMFEST_SERVER HOME=/nonexistent vmfest -v list 2>&1) ||
+  fail "a member of vmfest cannot list: $said"
+grep -q 'using the system vmfest server at unix:///run/vmfest/vmfest.sock' <<<"$said" || fail "a member of vmfest does not use the system socket: $said"
+said=$(setpriv --reuid=nobody --regid=nogroup --clear-groups env -u VMFEST_HOME -u VMFEST_SERVER HOME=/nonexistent vmfest list 2>&1) &&
+  fail "a user outside vmfest could list: $said"
+grep -q 'join the group vmfest' <<<"$said" || fail "a user outside vmfest is not told how to get access: $said"
 kill "$serve_pid"; wait "$serve_pid" || true; serve_pid=
 dpkg -r vmfest >/dev/null
 [ -e /usr/bin/vmfest ] && fail "/usr/bin/vmfest left after dpkg -r"
