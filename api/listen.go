@@ -209,15 +209,23 @@ func withPeerCred(ctx context.Context, c net.Conn) context.Context {
 // unixHandler serves the Unix socket: its callers are this host's user
 // (LocalHandler) when they are root or the server's own user; anyone else
 // who can open it (a member of its group) is treated as a remote caller
-// (Handler), whose setup-model fetches pass the fetch policy. A caller
+// (Handler), whose setup-model fetches pass the fetch policy, and may name
+// only host files they could open themselves (checkCallerFiles). A caller
 // whose credentials cannot be read is a remote one.
 func (s *Server) unixHandler() http.Handler {
 	local, remote := s.LocalHandler(), s.Handler()
 	self := uint32(os.Geteuid())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c, ok := PeerCred(r.Context()); ok && (c.Uid == 0 || c.Uid == self) {
+		p, ok := r.Context().Value(peerKey{}).(*peer)
+		if ok && (p.cred.Uid == 0 || p.cred.Uid == self) {
 			local.ServeHTTP(w, r)
 			return
+		}
+		if ok {
+			if err := checkCallerFiles(w, r, p); err != nil {
+				s.refuse(w, err)
+				return
+			}
 		}
 		remote.ServeHTTP(w, r)
 	})

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,5 +74,45 @@ func TestOwnerGuardBodies(t *testing.T) {
 				t.Errorf("passed on %s, want it to hold %s", seen, tc.seen)
 			}
 		})
+	}
+}
+
+// TestOpenAs: a file is opened with the peer's rights, on a thread of its
+// own: the server's own rights are untouched afterwards.
+func TestOpenAs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it takes another uid's file rights")
+	}
+	dir, err := os.MkdirTemp("", "vmfest-openas") // t.TempDir's parent is 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	private := filepath.Join(dir, "private")
+	public := filepath.Join(dir, "public")
+	os.WriteFile(private, nil, 0o600)
+	os.WriteFile(public, nil, 0o644)
+	os.Chmod(dir, 0o755)
+	p := &peer{cred: unix.Ucred{Uid: 65530, Gid: 65530}}
+	for _, tc := range []struct {
+		path  string
+		write bool
+		ok    bool
+	}{
+		{private, false, false},
+		{public, false, true},
+		{public, true, false},
+		{filepath.Join(dir, "missing"), true, true}, // left to the handler
+	} {
+		if err := openAs(p, tc.path, tc.write); (err == nil) != tc.ok {
+			t.Errorf("openAs(%s, write %v) = %v, want ok %v", tc.path, tc.write, err, tc.ok)
+		}
+	}
+	for range 20 { // on every thread the runtime may pick
+		f, err := os.OpenFile(private, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatalf("the server lost its own rights: %v", err)
+		}
+		f.Close()
 	}
 }

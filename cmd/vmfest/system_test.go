@@ -183,7 +183,11 @@ func (e *systemEnv) runAs(t *testing.T, uid uint32, groups []uint32, args ...str
 // admin group can; a user outside the group is told how to get access.
 func TestSystemInstance(t *testing.T) {
 	e := startSystem(t)
-	disk := testutil.BlankDisk(t, filepath.Join(e.images, "base.raw"), 0o444)
+	// The member's own disk (a mutable image: the machine writes it).
+	disk := testutil.BlankDisk(t, filepath.Join(e.images, "base.raw"), 0o600)
+	if err := os.Chown(disk, memberUID, memberUID); err != nil {
+		t.Fatal(err)
+	}
 	member := []uint32{testGroupGID}
 
 	out, errOut, err := e.runAs(t, memberUID, member, "-v", "create", "m1", "--image", disk)
@@ -205,6 +209,16 @@ func TestSystemInstance(t *testing.T) {
 		t.Fatalf("member version: %q %v", out, err)
 	}
 
+	// Files are used with the caller's rights: member2 cannot take the
+	// member's disk (nor the admin's, readable but not writable), even
+	// inside --allow-path.
+	rootDisk := testutil.BlankDisk(t, filepath.Join(e.images, "root.raw"), 0o644)
+	for _, f := range []string{disk, rootDisk} {
+		_, errOut, err := e.runAs(t, member2UID, member, "create", "m9", "--image", f)
+		if err == nil || !strings.Contains(errOut, "cannot read and write it") {
+			t.Fatalf("member2 creates on %s: %q %v, want refused", f, errOut, err)
+		}
+	}
 	_, errOut, err = e.runAs(t, otherUID, nil, "list")
 	if err == nil || !strings.Contains(errOut, "join the group vmfest") || !strings.Contains(errOut, "--home") {
 		t.Fatalf("non-member list: %q %v, want how to get access", errOut, err)
