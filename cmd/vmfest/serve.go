@@ -38,7 +38,9 @@ package's vmfest.service runs, as root): state in /var/lib/vmfest, the socket
 members of group vmfest drive it (the CLI of a user who is not root and
 names no --home or --server uses that socket when it is there). A member
 is served as a remote caller: the image and model paths they name must be
-in the image models directory or an --allow-path directory. With
+in the image models directory or an --allow-path directory, and be files
+they could open themselves (read, and write for a disk the machine
+writes). With
 --admin-group (--system: vmfest-admin) machines have owners: the label
 vmfest/owner records the creator's uid, and only the owner, root and the
 group's members may change a machine; everyone may list and show it.
