@@ -35,31 +35,31 @@ By default the API is on the Unix socket $VMFEST_HOME/vmfest.sock (mode 0600:
 only its owner can use it). --system serves the system instance (what the
 package's vmfest.service runs, as root): state in /var/lib/vmfest, the socket
 /run/vmfest/vmfest.sock owned by root and group vmfest, mode 0660, so that
-members of group vmfest drive it (the CLI of a user who is not root and
-names no --home or --server uses that socket when it is there). A member
-is served as a remote caller: the image and model paths they name must be
-in the image models directory or an --allow-path directory, and be files
-they could open themselves (read, and write for a disk the machine
-writes). With
---admin-group (--system: vmfest-admin) machines have owners: the label
-vmfest/owner records the creator's uid, and only the owner, root and the
-group's members may change a machine; everyone may list and show it.
+members of group vmfest drive it (the CLI of a user who is not root and names
+no --home or --server uses that socket when it is there). A member is served
+as a remote caller: the image and model paths they name must be in the image
+models directory or an --allow-path directory, and be files they could open
+themselves (read, and write for a disk the machine writes). With --admin-group
+(--system: vmfest-admin) machines have owners: the label vmfest/owner records
+the creator's uid, and only the owner, root and the group's members may change
+a machine; everyone may list and show it.
 
 --listen adds TCP (default port 18083); every TCP request needs
-'Authorization: Bearer TOKEN', the token in $VMFEST_HOME/token (made on first use, mode 0600; --rotate-token replaces it,
-and a running server takes the new one at its next request). A non-loopback
-address needs --tls-cert and --tls-key, or --insecure (the vmfest CLI
-never sends a token over plain http to a host that is not loopback). A token
-file that others can read, or that another user owns, is refused: every TCP
-request then gets 503 until it is put right.
+'Authorization: Bearer TOKEN', the token in $VMFEST_HOME/token (made on first
+use, mode 0600; --rotate-token replaces it, and a running server takes the new
+one at its next request). A non-loopback address needs --tls-cert and
+--tls-key, or --insecure (the vmfest CLI never sends a token over plain http
+to a host that is not loopback). A token file that others can read, or that
+another user owns, is refused: every TCP request then gets 503 until it is put
+right.
 
-A remote caller may name disk images and setup-model sources only inside
-the image models directory and the --allow-path directories: destroying a
-machine on a mutable image deletes that file. A TCP caller's setup-model
-fetches only from public addresses, unless --fetch-allow names more
-(loopback, link-local and private ranges are refused by default); Unix
-socket callers who are root or the server's user are not restricted. At most --max-setups
-setup-model operations run at once; the next gets 503 and Retry-After.
+A remote caller may name disk images and setup-model sources only inside the
+image models directory and the --allow-path directories: destroying a machine
+on a mutable image deletes that file. A TCP caller's setup-model fetches only
+from public addresses, unless --fetch-allow names more (loopback, link-local
+and private ranges are refused by default); Unix socket callers who are root
+or the server's user are not restricted. At most --max-setups setup-model
+operations run at once; the next gets 503 and Retry-After.
 
 Machines' nat-rules listen only on loopback addresses and host ports from
 1024 up, unless --nat-allow and --nat-low-ports (env VMFEST_NAT_ALLOW,
