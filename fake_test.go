@@ -355,3 +355,23 @@ func TestWithDriver(t *testing.T) {
 		t.Fatal("a refused create left a machine")
 	}
 }
+
+// TestStartNewSSHPort: a start whose SSH forward's port was taken between
+// its choice and the hypervisor's bind chooses another and starts.
+func TestStartNewSSHPort(t *testing.T) {
+	l, fk := newFakeServer(t, fake.Options{})
+	ctx := ctxTimeout(t, 30*time.Second)
+	m, err := l.Instance(ctx, "p", ImageSpec(blankImage(t, t.TempDir())), natHardware())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fk.Fail("Start", errors.New("qemu-system-x86_64: -netdev user,id=net0,hostfwd=tcp:127.0.0.1:45677-:22: Could not set up host forwarding rule 'tcp:127.0.0.1:45677-:22'"))
+	if err := m.Start(ctx); err != nil {
+		t.Fatalf("start after a taken port: %v", err)
+	}
+	s, starts := fk.Started(l.home.MachinePath("p"))
+	a, err := m.IP(ctx, 0)
+	if err != nil || starts != 1 || a.Port != s.NICs[0].SSHPort || a.Port < 20000 || a.Port > 32767 {
+		t.Fatalf("after the retry: IP %+v (%v), driver's port %d, %d starts; want the new port, in 20000-32767", a, err, s.NICs[0].SSHPort, starts)
+	}
+}

@@ -260,17 +260,37 @@ func writeSeed(ctx context.Context, s *starting) error {
 
 func launch(ctx context.Context, s *starting) error {
 	m, r := s.m, s.r
-	started, err := s.drv.Start(ctx, driver.StartSpec{
-		Machine:  m.ref(r),
-		Hardware: r.Hardware,
-		Disk:     s.disk,
-		Drives:   s.drives,
-		NICs:     nicBackends(s.net),
-		Seed:     s.seed,
-		Incoming: s.incoming,
-		Snapshot: s.snapshot,
-		GenID:    r.GenID,
-	})
+	var started driver.Started
+	var err error
+	for attempt := 1; ; attempt++ {
+		started, err = s.drv.Start(ctx, driver.StartSpec{
+			Machine:  m.ref(r),
+			Hardware: r.Hardware,
+			Disk:     s.disk,
+			Drives:   s.drives,
+			NICs:     nicBackends(s.net),
+			Seed:     s.seed,
+			Incoming: s.incoming,
+			Snapshot: s.snapshot,
+			GenID:    r.GenID,
+		})
+		// Another process may bind an SSH forward's port between its
+		// choice and QEMU's bind: choose again, a few times.
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "Could not set up host forwarding rule") {
+			break
+		}
+		m.l.log.Debug("an SSH forward's port was taken meanwhile; choosing new ones", "machine", m.name, "err", err)
+		if perr := s.net.NewSSHPorts(); perr != nil {
+			return perr
+		}
+		for i, b := range s.net.NICs {
+			s.r.Net.NICs[i].SSHPort = b.SSHPort
+		}
+		if werr := writeRecord(m.dir(), s.r); werr != nil {
+			return werr
+		}
+		r = s.r
+	}
 	if err != nil {
 		return memoryError(err, r.Hardware.MemorySize)
 	}

@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -253,13 +255,49 @@ func (a *Attachment) Unlock() {
 }
 
 // freeLoopbackPort returns a TCP port free on 127.0.0.1 now.
+//
+// It is taken below the kernel's ephemeral range (which starts at 32768
+// unless an operator moved it), so no outgoing connection of any process
+// takes it meanwhile; only a process that binds that very port can, and a
+// start whose forward cannot be bound picks new ports (NewSSHPorts).
 func freeLoopbackPort() (int, error) {
+	for range 32 {
+		port := sshPortLow + mrand.IntN(sshPortHigh-sshPortLow+1)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			ln.Close()
+			return port, nil
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// The range SSH forwards are taken from: below the usual ephemeral range.
+const (
+	sshPortLow  = 20000
+	sshPortHigh = 32767
+)
+
+// NewSSHPorts gives every nat NIC of the attachment a new SSH forward
+// port, for a start whose hypervisor could not bind the old ones (another
+// process took one between the choice and the bind).
+func (a *Attachment) NewSSHPorts() error {
+	for i := range a.NICs {
+		if a.NICs[i].SSHPort == 0 {
+			continue
+		}
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return fmt.Errorf("network[%d]: SSH forward: %w", i, err)
+		}
+		a.NICs[i].SSHPort = port
+	}
+	return nil
 }
 
 // ConfirmLease confirms the address reserved for mac on the named network
