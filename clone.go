@@ -126,8 +126,16 @@ func cloneRecord(src record, name string, memory bool) record {
 	}
 	r.Hardware.Network = slices.Clone(src.Hardware.Network)
 	old := make([]string, len(src.Hardware.Network))
-	for i := range r.Hardware.Network {
+	for i, n := range r.Hardware.Network {
 		old[i] = src.Hardware.Network[i].MACAddress
+		// A nat NIC of a memory clone keeps the source's MAC: QEMU's
+		// user-mode network is the machine's own (no one else sees the
+		// MAC), and its DHCP state, which comes with the memory, leased
+		// the address its SSH forward points at to that MAC; a new MAC
+		// would get the next address and lose the forward.
+		if memory && n.AttachmentType == spec.AttachNAT {
+			continue
+		}
 		r.Hardware.Network[i].MACAddress = randomMAC()
 	}
 	// The vmgenid device must be there exactly when it was there for the

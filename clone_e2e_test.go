@@ -19,11 +19,10 @@ import (
 	"github.com/vmfest/vmfest/store"
 )
 
-// cloneHardware is the micro shape (512 MiB) with one host-only NIC.
+// cloneHardware is micro itself (512 MiB; NIC 0 host-only, NIC 1 nat,
+// which vmfest ssh goes through).
 func cloneHardware() Hardware {
-	h := spec.BuiltinHardware()["micro"]
-	h.Network = []spec.NIC{{AttachmentType: spec.AttachHostOnly}}
-	return HardwareSpec(h)
+	return HardwareSpec(spec.BuiltinHardware()["micro"])
 }
 
 // fileSum is the SHA-256 of a file's content.
@@ -207,6 +206,11 @@ func TestCloneSaved(t *testing.T) {
 		host := guestRun(ctx, t, c, "hostname")
 		if host != n {
 			t.Fatalf("%s: host name %q", n, host)
+		}
+		// vmfest ssh goes through the clone's own NAT forward, to the
+		// address its (migrated) user-mode network leased.
+		if got := sshOut(t, ctx, l, c, "hostname"); got != n+"\n" {
+			t.Fatalf("%s: ssh hostname = %q", n, got)
 		}
 		unique("host", host, n)
 		unique("genid", info.GenerationID, n)
