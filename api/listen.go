@@ -170,17 +170,6 @@ func listenUnix(path string, mode fs.FileMode, gid int) (net.Listener, error) {
 // the other end of the Unix socket (see PeerCred).
 type peerKey struct{}
 
-// PeerCred returns the credentials (pid, uid, gid) the kernel recorded for
-// the process that opened the request's Unix socket connection
-// (SO_PEERCRED); false on TCP or when they could not be read.
-func PeerCred(ctx context.Context) (unix.Ucred, bool) {
-	p, ok := ctx.Value(peerKey{}).(*peer)
-	if !ok || p == nil {
-		return unix.Ucred{}, false
-	}
-	return p.cred, true
-}
-
 // withPeerCred is a ConnContext that stashes a Unix connection's peer
 // credentials and supplementary groups.
 func withPeerCred(ctx context.Context, c net.Conn) context.Context {

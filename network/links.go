@@ -59,7 +59,8 @@ func (m *Manager) stateID(create bool) (string, error) {
 		return "", fmt.Errorf("state directory id: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(hex.EncodeToString(b[:]) + "\n"); err == nil {
+	_, err = tmp.WriteString(hex.EncodeToString(b[:]) + "\n")
+	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {

@@ -121,9 +121,6 @@ func Start(ctx context.Context, c Config) (*Member, error) {
 // Endpoints are the member's client URLs, with the ports it listens on.
 func (m *Member) Endpoints() []string { return append([]string(nil), m.endpoints...) }
 
-// Err reports a failure of the running member (its listeners or server).
-func (m *Member) Err() <-chan error { return m.e.Err() }
-
 // Close stops the member; it is safe to call more than once.
 func (m *Member) Close() { m.close.Do(m.e.Close) }
 
