@@ -246,5 +246,12 @@ func exited(pid int, pidfile string) bool {
 	if err != nil {
 		return true
 	}
+	if len(cmdline) == 0 {
+		// An exiting process lets go of its memory (and its command
+		// line reads empty) before it closes its files, the disks'
+		// locks among them: not exited yet. (A kernel thread that took
+		// the pid reads empty too; waitExited's deadline ends that.)
+		return false
+	}
 	return !bytes.Contains(cmdline, []byte(pidfile))
 }

@@ -160,6 +160,12 @@ func TestExited(t *testing.T) {
 	if !exited(pid, filepath.Join(t.TempDir(), PIDFile)) {
 		t.Fatal("a process of another pidfile (a reused pid) does not count as exited")
 	}
+	// A live process whose command line reads empty, as an exiting one's
+	// does once its memory is gone but not yet its files (the disks'
+	// locks): kthreadd, pid 2, where this PID namespace sees it.
+	if c, err := os.ReadFile("/proc/2/cmdline"); err == nil && len(c) == 0 && exited(2, pidfile) {
+		t.Fatal("a live process with an empty command line counts as exited")
+	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
