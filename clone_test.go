@@ -492,6 +492,18 @@ func TestFakeCloneNotReidentified(t *testing.T) {
 	if len(fk.Running()) != 2 {
 		t.Fatalf("running: %v", fk.Running())
 	}
+	// Doctor names it too.
+	findings, err := l.Doctor(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range findings {
+		found = found || (f.Kind == "reidentify-pending" && f.Machine == "c" && strings.Contains(f.Detail, "a clone of src"))
+	}
+	if !found {
+		t.Fatalf("doctor's findings lack the pending clone: %+v", findings)
+	}
 }
 
 func TestReidentifyPlan(t *testing.T) {

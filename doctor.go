@@ -24,8 +24,9 @@ type Finding struct {
 	// corrupt-record, corrupt-volume, missing-disk, missing-volume (a slot
 	// names a volume that does not exist), missing-media (a slot names a
 	// disk or an ISO that is gone), shared-volume (two machines' slots
-	// name one volume), aborted or orphan-allocation (a network address
-	// held for a machine that does not exist).
+	// name one volume), aborted, reidentify-pending (a clone whose guest
+	// may still have its source's identity) or orphan-allocation (a
+	// network address held for a machine that does not exist).
 	Kind string `json:"kind"`
 	// Machine is the machine concerned, if any.
 	Machine string `json:"machine,omitempty"`
@@ -278,6 +279,10 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 		if st.State == Aborted {
 			out = append(out, Finding{Kind: "aborted", Machine: name, Path: dir, Detail: "its hypervisor died without a clean power-off; start it again or power it down"})
 		}
+	}
+	if r.Reidentify != nil {
+		out = append(out, Finding{Kind: "reidentify-pending", Machine: name, Path: filepath.Join(dir, store.MachineFile),
+			Detail: fmt.Sprintf("a clone of %s whose guest may still have %s's MACs, address and host name: start it from its saved state (which retries), or power it down and start it (a fresh boot takes its own)", r.Reidentify.Source, r.Reidentify.Source)})
 	}
 	if err == nil && runs(st.State) {
 		out = append(out, l.checkTaps(ctx, name, r, fix)...)

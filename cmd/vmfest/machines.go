@@ -756,6 +756,12 @@ func (a *app) showCommand() *cobra.Command {
 			if info.UserData {
 				fmt.Fprintf(tw, "user-data:\tyes (passed to cloud-init at each start)\n")
 			}
+			if info.ReidentifyPending != "" {
+				fmt.Fprintf(tw, "re-identify:\tpending: its guest may still have %s's MACs, address and host name\n", info.ReidentifyPending)
+			}
+			if info.GenerationID != "" {
+				fmt.Fprintf(tw, "generation id:\t%s\n", info.GenerationID)
+			}
 			for _, md := range info.Media {
 				what := md.Path
 				if md.Volume != "" {
