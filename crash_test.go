@@ -315,10 +315,7 @@ func TestStartCrashPoints(t *testing.T) {
 			}
 			ictx, cancel := context.WithTimeout(ctx, 90*time.Second)
 			defer cancel()
-			a, err := m.IP(ictx, 0)
-			if err != nil || a.Source != SourceLease {
-				t.Fatalf("address of the host-only NIC: %+v, %v", a, err)
-			}
+			leaseIP(ictx, t, m, 0)
 			if err := m.PowerDown(ctx); err != nil {
 				t.Fatal(err)
 			}

@@ -89,3 +89,25 @@ func crashQEMU(ctx context.Context, t *testing.T, l *Local, m Machine) {
 	}
 	expectState(t, m, Aborted)
 }
+
+// leaseIP waits, within 60 s, until the address of m's NIC in slot is
+// confirmed by dnsmasq's lease, and returns it. The guest's agent can
+// report the address a moment before dnsmasq writes its lease file, and IP
+// answers from the first source that knows it.
+func leaseIP(ctx context.Context, t *testing.T, m Machine, slot int) Address {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		a, err := m.IP(ctx, slot)
+		if err != nil {
+			t.Fatalf("address of network[%d]: %v", slot, err)
+		}
+		if a.Source == SourceLease {
+			return a
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("address of network[%d] = %+v: not confirmed by a lease within 60 s", slot, a)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -162,23 +162,9 @@ func TestNetworking(t *testing.T) {
 	if !strings.HasPrefix(reserved, "192.168.56.") {
 		t.Fatalf("m1's reserved address = %q, want one on 192.168.56.0/24", reserved)
 	}
-	// The guest's agent may report the address a moment before dnsmasq
-	// has written the lease file: wait, with a deadline, for the lease.
-	var addr1 Address
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if addr1, err = ms["m1"].IP(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
-		if addr1.IP != reserved {
-			t.Fatalf("m1 IP = %+v, want %s", addr1, reserved)
-		}
-		if addr1.Source == SourceLease {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("m1 IP = %+v, want %s from the lease within 60 s", addr1, reserved)
-		}
-		time.Sleep(200 * time.Millisecond)
+	addr1 := leaseIP(ctx, t, ms["m1"], 0)
+	if addr1.IP != reserved {
+		t.Fatalf("m1 IP = %+v, want %s", addr1, reserved)
 	}
 	t.Logf("m1's host-only address %s known %s after the starts", addr1.IP, time.Since(begun).Round(100*time.Millisecond))
 

@@ -255,9 +255,16 @@ func TestCloudInit(t *testing.T) {
 		if len(info.Networks) == 0 || info.Networks[0].IP == "" {
 			t.Fatalf("NIC 0 has no reserved host-only address: %+v", info.Networks)
 		}
-		addr, err := m.IP(ctx, 0)
-		if err != nil {
-			t.Fatal(err)
+		// The agent may know the address a moment before dnsmasq
+		// writes its lease: wait, with a deadline, for the lease.
+		var addr vmfest.Address
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if addr, err = m.IP(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+			if addr.Source == "lease" || time.Now().After(deadline) {
+				break
+			}
 		}
 		if addr.IP != info.Networks[0].IP || addr.Source != "lease" {
 			t.Errorf("IP(0) = %+v, want the reserved address %s from the lease", addr, info.Networks[0].IP)
