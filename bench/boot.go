@@ -159,46 +159,56 @@ func (b *bench) startToReady(ctx context.Context) error {
 	return nil
 }
 
+// booted runs fn reps times, each round bounded by 3 minutes, on machine m
+// started and answering through its guest agent (fn leaves it as the next
+// round can start it again).
+func booted(ctx context.Context, m vmfest.Machine, reps int, fn func(ctx context.Context, i int) error) error {
+	for i := 0; i < reps; i++ {
+		bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		err := m.Start(bctx)
+		if err == nil {
+			err = m.WaitReady(bctx)
+		}
+		if err == nil {
+			err = fn(bctx, i)
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // savedStart measures Start of the saved machine m (512 MiB, booted and
 // saved anew each time) until it runs and until its guest agent answers,
 // beside cold, the median cold boot of the same machine in the same run.
 func (b *bench) savedStart(ctx context.Context, s *section, m vmfest.Machine, cold time.Duration, accel string, reps int) error {
 	var running, ready []time.Duration
 	var size int64
-	for i := 0; i < reps; i++ {
-		bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-		err := func() error {
-			if err := m.Start(bctx); err != nil {
-				return err
-			}
-			if err := m.WaitReady(bctx); err != nil {
-				return err
-			}
-			if err := m.Save(bctx); err != nil {
-				return err
-			}
-			info, err := m.Info(bctx)
-			if err != nil {
-				return err
-			}
-			if fi, err := os.Stat(filepath.Join(filepath.Dir(info.Disk), store.SavedStateFile)); err == nil {
-				size = fi.Size()
-			}
-			t0 := time.Now()
-			if err := m.Start(bctx); err != nil {
-				return err
-			}
-			running = append(running, time.Since(t0))
-			if err := m.WaitReady(bctx); err != nil {
-				return err
-			}
-			ready = append(ready, time.Since(t0))
-			return m.PowerDown(bctx)
-		}()
-		cancel()
+	if err := booted(ctx, m, reps, func(bctx context.Context, i int) error {
+		if err := m.Save(bctx); err != nil {
+			return err
+		}
+		info, err := m.Info(bctx)
 		if err != nil {
 			return err
 		}
+		if fi, err := os.Stat(filepath.Join(filepath.Dir(info.Disk), store.SavedStateFile)); err == nil {
+			size = fi.Size()
+		}
+		t0 := time.Now()
+		if err := m.Start(bctx); err != nil {
+			return err
+		}
+		running = append(running, time.Since(t0))
+		if err := m.WaitReady(bctx); err != nil {
+			return err
+		}
+		ready = append(ready, time.Since(t0))
+		return m.PowerDown(bctx)
+	}); err != nil {
+		return err
 	}
 	r, a := median(running), median(ready)
 	what := fmt.Sprintf("under %s, median of %d; the state file %d MiB", accel, reps, size>>20)
@@ -213,40 +223,29 @@ func (b *bench) savedStart(ctx context.Context, s *section, m vmfest.Machine, co
 // state takes to write as a saved state (Save) in the same run.
 func (b *bench) snapshotRunning(ctx context.Context, s *section, m vmfest.Machine, accel string, reps int) error {
 	var take, restore, save []time.Duration
-	for i := 0; i < reps; i++ {
-		bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-		err := func() error {
-			if err := m.Start(bctx); err != nil {
-				return err
-			}
-			if err := m.WaitReady(bctx); err != nil {
-				return err
-			}
-			name := fmt.Sprintf("bench-%d", i)
-			t0 := time.Now()
-			if _, err := m.TakeSnapshot(bctx, name); err != nil {
-				return err
-			}
-			take = append(take, time.Since(t0))
-			t0 = time.Now()
-			if err := m.RestoreSnapshot(bctx, name); err != nil {
-				return err
-			}
-			restore = append(restore, time.Since(t0))
-			if err := m.DeleteSnapshot(bctx, name); err != nil {
-				return err
-			}
-			t0 = time.Now()
-			if err := m.Save(bctx); err != nil {
-				return err
-			}
-			save = append(save, time.Since(t0))
-			return m.PowerDown(bctx)
-		}()
-		cancel()
-		if err != nil {
+	if err := booted(ctx, m, reps, func(bctx context.Context, i int) error {
+		name := fmt.Sprintf("bench-%d", i)
+		t0 := time.Now()
+		if _, err := m.TakeSnapshot(bctx, name); err != nil {
 			return err
 		}
+		take = append(take, time.Since(t0))
+		t0 = time.Now()
+		if err := m.RestoreSnapshot(bctx, name); err != nil {
+			return err
+		}
+		restore = append(restore, time.Since(t0))
+		if err := m.DeleteSnapshot(bctx, name); err != nil {
+			return err
+		}
+		t0 = time.Now()
+		if err := m.Save(bctx); err != nil {
+			return err
+		}
+		save = append(save, time.Since(t0))
+		return m.PowerDown(bctx)
+	}); err != nil {
+		return err
 	}
 	t, r, sv := median(take), median(restore), median(save)
 	s.add(row{Metric: fmt.Sprintf("`snapshot create` of a running 512 MiB machine (disk and memory), under %s, median of %d", accel, reps), Value: ms(t), Baseline: ms(sv) + " (Save of the same machine: its memory to a file)", Ratio: ratio(t, sv), Target: "≤ 2 s", Met: met(t <= 2*time.Second)})
@@ -261,46 +260,35 @@ func (b *bench) snapshotRunning(ctx context.Context, s *section, m vmfest.Machin
 // the same machine in the same run.
 func (b *bench) cloneSaved(ctx context.Context, s *section, m vmfest.Machine, cold time.Duration, accel string, reps int) error {
 	var ready []time.Duration
-	for i := 0; i < reps; i++ {
-		bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-		err := func() error {
-			if err := m.Start(bctx); err != nil {
-				return err
-			}
-			if err := m.WaitReady(bctx); err != nil {
-				return err
-			}
-			if err := m.Save(bctx); err != nil {
-				return err
-			}
-			name := fmt.Sprintf("clone%d", i)
-			t0 := time.Now()
-			c, err := m.Clone(bctx, name)
-			if err != nil {
-				return err
-			}
-			// The NAT NIC's DHCP may still be on its way when Clone
-			// returns (it waits for host-only addresses only).
-			res, err := c.Exec(bctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "hostname; i=0; while ! ip -4 -o addr show dev eth0 | grep -q inet && [ $i -lt 200 ]; do sleep 0.02; i=$((i + 1)); done; ip -4 -o addr show dev eth0"}})
-			if err != nil {
-				return err
-			}
-			ready = append(ready, time.Since(t0))
-			if out := string(res.Stdout); !strings.HasPrefix(out, name+"\n") || !strings.Contains(out, "inet ") {
-				return fmt.Errorf("the clone's guest says %q, want its host name %s and an address", out, name)
-			}
-			if err := c.PowerDown(bctx); err != nil {
-				return err
-			}
-			if err := c.Destroy(bctx); err != nil {
-				return err
-			}
-			return m.PowerDown(bctx)
-		}()
-		cancel()
+	if err := booted(ctx, m, reps, func(bctx context.Context, i int) error {
+		if err := m.Save(bctx); err != nil {
+			return err
+		}
+		name := fmt.Sprintf("clone%d", i)
+		t0 := time.Now()
+		c, err := m.Clone(bctx, name)
 		if err != nil {
 			return err
 		}
+		// The NAT NIC's DHCP may still be on its way when Clone
+		// returns (it waits for host-only addresses only).
+		res, err := c.Exec(bctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "hostname; i=0; while ! ip -4 -o addr show dev eth0 | grep -q inet && [ $i -lt 200 ]; do sleep 0.02; i=$((i + 1)); done; ip -4 -o addr show dev eth0"}})
+		if err != nil {
+			return err
+		}
+		ready = append(ready, time.Since(t0))
+		if out := string(res.Stdout); !strings.HasPrefix(out, name+"\n") || !strings.Contains(out, "inet ") {
+			return fmt.Errorf("the clone's guest says %q, want its host name %s and an address", out, name)
+		}
+		if err := c.PowerDown(bctx); err != nil {
+			return err
+		}
+		if err := c.Destroy(bctx); err != nil {
+			return err
+		}
+		return m.PowerDown(bctx)
+	}); err != nil {
+		return err
 	}
 	r := median(ready)
 	s.add(row{Metric: fmt.Sprintf("clone of a saved machine until the clone's agent answers with its new host name and address, under %s, median of %d", accel, reps), Value: ms(r), Baseline: ms(cold) + " (a cold boot until ready, above)", Ratio: ratio(r, cold), Target: "≤ 1 s and ≤ 0.15× baseline", Met: met(r <= time.Second && float64(r) <= 0.15*float64(cold))})
