@@ -24,6 +24,9 @@ type VolumeSpec struct {
 	Name string `json:"name"`
 	// Size is its virtual size: 512M, 20G, 1T or bytes.
 	Size spec.Size `json:"size"`
+	// Labels are the volume's key=value labels, as a machine's are
+	// written; a system server records the creator in api.OwnerLabel.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Volume is a named disk that outlives the machines it is attached to: a
@@ -43,14 +46,17 @@ type Volume struct {
 	// is where.
 	Machine string           `json:"machine,omitempty"`
 	Slot    *spec.MountPoint `json:"slot,omitempty"`
+	// Labels are those it was created with.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // volumeRecord is volume.json.
 type volumeRecord struct {
-	Name    string    `json:"name"`
-	Size    spec.Size `json:"size"`
-	Format  string    `json:"format"`
-	Created time.Time `json:"created"`
+	Name    string            `json:"name"`
+	Size    spec.Size         `json:"size"`
+	Format  string            `json:"format"`
+	Created time.Time         `json:"created"`
+	Labels  map[string]string `json:"labels,omitempty"`
 }
 
 // MaxVolumeSize is the largest volume vmfest creates.
@@ -75,6 +81,9 @@ func (l *Local) createVolume(ctx context.Context, s VolumeSpec, at func(point st
 	}
 	if s.Size < 1<<20 || s.Size > MaxVolumeSize || s.Size%512 != 0 {
 		return Volume{}, fmt.Errorf("%w: volume %s: size %s: give a whole number of 512-byte sectors from 1M to %s (512M, 20G, 1T)", ErrInvalid, s.Name, s.Size, MaxVolumeSize)
+	}
+	if err := CheckLabels(s.Labels); err != nil {
+		return Volume{}, fmt.Errorf("volume %s: %w", s.Name, err)
 	}
 	final := l.home.VolumePath(s.Name)
 	if _, err := os.Stat(final); err == nil {
@@ -105,7 +114,7 @@ func (l *Local) createVolume(ctx context.Context, s VolumeSpec, at func(point st
 		return Volume{}, fmt.Errorf("create volume %s: %w", s.Name, err)
 	}
 	point("volume-create:disk")
-	vr := volumeRecord{Name: s.Name, Size: s.Size, Format: spec.DiskFormatQCOW2, Created: time.Now().UTC()}
+	vr := volumeRecord{Name: s.Name, Size: s.Size, Format: spec.DiskFormatQCOW2, Created: time.Now().UTC(), Labels: s.Labels}
 	data, err := json.MarshalIndent(vr, "", "  ")
 	if err != nil {
 		return Volume{}, err
@@ -150,7 +159,7 @@ func (l *Local) readVolume(name string) (volumeRecord, error) {
 // volumeInfo is the Volume of vr; users maps volume names to where they
 // are attached (nil: look it up).
 func (l *Local) volumeInfo(vr volumeRecord, users map[string]mediaUse) Volume {
-	v := Volume{Name: vr.Name, Size: vr.Size, Format: vr.Format, Created: vr.Created, Path: l.home.VolumeDisk(vr.Name)}
+	v := Volume{Name: vr.Name, Size: vr.Size, Format: vr.Format, Created: vr.Created, Path: l.home.VolumeDisk(vr.Name), Labels: vr.Labels}
 	if st, err := os.Stat(v.Path); err == nil {
 		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 			v.Allocated = sys.Blocks * 512

@@ -153,7 +153,13 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		if err := s.mayUseVolume(r.Context(), a.Volume, "attach"); err != nil {
+			return err
+		}
 		opts = append(opts, vmfest.WithAttachment(att))
+	}
+	if err := s.mayUseHardwareVolumes(r.Context(), req.Hardware); err != nil {
+		return err
 	}
 	img.SSHKeys = req.Image.SSHKeys
 	m, err := s.srv.Instance(r.Context(), req.Name, img, hw, opts...)
@@ -254,7 +260,7 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if wait > 0 {
-			return s.startOp(w, wire.OpStart, m.Name(), wait, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+			return s.startOp(w, r, wire.OpStart, m.Name(), wait, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
 				if err := m.Start(ctx); err != nil {
 					return nil, err
 				}
@@ -274,7 +280,7 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		return s.startOp(w, wire.OpStop, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+		return s.startOp(w, r, wire.OpStop, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
 			if err := m.Stop(ctx); err != nil {
 				return nil, err
 			}
@@ -292,7 +298,7 @@ func (s *Server) machineAction(w http.ResponseWriter, r *http.Request) error {
 		} else if st != vmfest.Running {
 			return &vmfest.StateError{Machine: m.Name(), Op: "wait for", State: st, Needs: []vmfest.State{vmfest.Running}}
 		}
-		return s.startOp(w, wire.OpWaitReady, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
+		return s.startOp(w, r, wire.OpWaitReady, m.Name(), timeout, func(ctx context.Context, _ func(wire.Progress)) (any, error) {
 			return nil, m.WaitReady(ctx)
 		})
 	}

@@ -101,7 +101,7 @@ func (s *Server) setupModel(w http.ResponseWriter, r *http.Request) error {
 		// it (never set from the request, which has no such field).
 		opts.FetchPolicy = image.FetchPolicy{Restricted: true, Allow: s.cfg.FetchAllow}
 	}
-	return s.startOp(w, wire.OpSetupModel, req.ID, s.cfg.MaxWait, func(ctx context.Context, progress func(wire.Progress)) (any, error) {
+	return s.startOp(w, r, wire.OpSetupModel, req.ID, s.cfg.MaxWait, func(ctx context.Context, progress func(wire.Progress)) (any, error) {
 		opts.Progress = func(p vmfest.Progress) { progress(wire.Progress(p)) }
 		return s.srv.SetupModel(ctx, source, opts)
 	})

@@ -29,6 +29,9 @@ type operation struct {
 	op     wire.Operation
 	done   chan struct{}
 	cancel context.CancelFunc
+	// owner is the uid of the caller who started it on a socket with
+	// owners (ownerGuard); "" elsewhere.
+	owner string
 }
 
 func (o *operation) snapshot() wire.Operation {
@@ -95,6 +98,9 @@ func (ops *operations) start(ctx context.Context, kind, target string, timeout t
 		op:     wire.Operation{ID: newID(), Kind: kind, Target: target, Status: wire.Running, Started: time.Now().UTC()},
 		done:   make(chan struct{}),
 		cancel: cancel,
+	}
+	if c := callerOf(ctx); c != nil {
+		o.owner = c.uid
 	}
 	ops.byID[o.op.ID] = o
 	ops.mu.Unlock()
@@ -218,8 +224,13 @@ func (ops *operations) list() []wire.Operation {
 }
 
 // startOp starts an operation and answers 202 with it.
-func (s *Server) startOp(w http.ResponseWriter, kind, target string, timeout time.Duration, fn func(ctx context.Context, progress func(wire.Progress)) (any, error)) error {
-	op, err := s.ops.start(s.ctx, kind, target, timeout, fn)
+// The operation outlives r, but remembers who started it (callerOf).
+func (s *Server) startOp(w http.ResponseWriter, r *http.Request, kind, target string, timeout time.Duration, fn func(ctx context.Context, progress func(wire.Progress)) (any, error)) error {
+	ctx := s.ctx
+	if c := callerOf(r.Context()); c != nil {
+		ctx = context.WithValue(ctx, callerKey{}, c)
+	}
+	op, err := s.ops.start(ctx, kind, target, timeout, fn)
 	if err != nil {
 		return err
 	}
@@ -298,6 +309,14 @@ func (s *Server) cancelOperation(w http.ResponseWriter, r *http.Request) error {
 	o, err := s.operation(r)
 	if err != nil {
 		return err
+	}
+	if c := callerOf(r.Context()); c != nil && !c.admin && o.owner != c.uid {
+		who := "root"
+		if o.owner != "" {
+			who = userName(o.owner)
+		}
+		return &httpError{status: http.StatusForbidden, code: wire.CodeForbidden,
+			msg: fmt.Sprintf("operation %s was started by %s: only they, root or %s may cancel it", o.op.ID, who, groupName(c.adminGID))}
 	}
 	o.cancel()
 	select {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
+	"github.com/vmfest/vmfest/spec"
 )
 
 // OwnerLabel is the label in which a server with owners (Listen.AdminGroup)
@@ -60,14 +61,18 @@ func peerGroups(fd int) ([]uint32, error) {
 }
 
 // ownerGuard serves a Unix socket shared by a group: a caller owns the
-// machines they create (OwnerLabel is set to their uid) and may only read
-// the others' (list, show, state, ip, snapshot list). Root, the server's
-// user and members of group adminGID change any machine, and may set or
-// move OwnerLabel; nobody else may. A caller whose credentials could not be
-// read is refused.
+// machines and volumes they create (OwnerLabel is set to their uid) and
+// the operations they start. They may only read the others' machines
+// (list, show, state, ip, snapshot list), may not attach, take or remove
+// the others' volumes, nor cancel the others' operations. Image models,
+// hardware models and networks are shared: anyone adds them, only admins
+// remove them. Root, the server's user and members of group adminGID
+// change anything, and may set or move OwnerLabel; nobody else may. A
+// caller whose credentials could not be read is refused. The handlers
+// find the caller in the request's context (callerOf).
 func (s *Server) ownerGuard(next http.Handler, adminGID int) http.Handler {
 	self := uint32(os.Geteuid())
-	machines := wire.Prefix + "/machines"
+	machines, volumes := wire.Prefix+"/machines", wire.Prefix+"/volumes"
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := r.Context().Value(peerKey{}).(*peer)
 		if !ok {
@@ -76,12 +81,15 @@ func (s *Server) ownerGuard(next http.Handler, adminGID int) http.Handler {
 		}
 		admin := p.cred.Uid == 0 || p.cred.Uid == self || p.inGroup(adminGID)
 		uid := strconv.FormatUint(uint64(p.cred.Uid), 10)
+		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, &caller{uid: uid, admin: admin, adminGID: adminGID}))
 		var err error
 		switch {
-		case r.URL.Path == machines && r.Method == http.MethodPost:
+		case (r.URL.Path == machines || r.URL.Path == volumes) && r.Method == http.MethodPost:
 			err = stampOwner(w, r, uid, admin)
 		case !admin && sharedChange(r):
-			err = &httpError{status: http.StatusForbidden, code: wire.CodeForbidden, msg: fmt.Sprintf("%s %s: only root and %s may remove or replace the shared image models, hardware models, networks and volumes", r.Method, r.URL.Path, groupName(adminGID))}
+			err = &httpError{status: http.StatusForbidden, code: wire.CodeForbidden, msg: fmt.Sprintf("%s %s: only root and %s may remove the shared image models, hardware models and networks", r.Method, r.URL.Path, groupName(adminGID))}
+		case strings.HasPrefix(r.URL.Path, volumes+"/") && r.Method == http.MethodDelete:
+			err = s.mayUseVolume(r.Context(), strings.TrimPrefix(r.URL.Path, volumes+"/"), "remove")
 		case strings.HasPrefix(r.URL.Path, machines+"/") && !admin:
 			name, sub, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, machines+"/"), "/")
 			if r.Method == http.MethodGet && (sub == "" || sub == "state" || sub == "ip" || sub == "snapshots") {
@@ -202,16 +210,78 @@ func groupName(gid int) string {
 	return "the admin group"
 }
 
-// sharedChange reports a request that removes or replaces an object every
-// caller shares: an image model, a hardware model, a network or a volume.
-// Creating one is anyone's.
+// sharedChange reports a request that removes an object every caller
+// shares: an image model, a hardware model or a network. Adding one is
+// anyone's (PUT /v1/hardware/NAME never replaces a model).
 func sharedChange(r *http.Request) bool {
-	for _, kind := range []string{"models", "hardware", "networks", "volumes"} {
-		if strings.HasPrefix(r.URL.Path, wire.Prefix+"/"+kind+"/") && (r.Method == http.MethodDelete || r.Method == http.MethodPut) {
+	for _, kind := range []string{"models", "hardware", "networks"} {
+		if strings.HasPrefix(r.URL.Path, wire.Prefix+"/"+kind+"/") && r.Method == http.MethodDelete {
 			return true
 		}
 	}
 	return false
+}
+
+// caller is who sent a request on a socket with owners, as ownerGuard
+// judged them.
+type caller struct {
+	uid      string
+	admin    bool
+	adminGID int
+}
+
+type callerKey struct{}
+
+// callerOf is the caller ownerGuard put in ctx; nil on a server without
+// owners.
+func callerOf(ctx context.Context) *caller {
+	c, _ := ctx.Value(callerKey{}).(*caller)
+	return c
+}
+
+// mayUseVolume refuses to let a caller who is not an admin attach, take
+// or remove (what: the verb for the error) a volume that is not theirs. A
+// volume that does not exist is let through (the handler answers 404).
+func (s *Server) mayUseVolume(ctx context.Context, name, what string) error {
+	c := callerOf(ctx)
+	if c == nil || c.admin || name == "" {
+		return nil
+	}
+	v, err := s.srv.Volume(ctx, name)
+	if errors.Is(err, vmfest.ErrNotFound) || errors.Is(err, vmfest.ErrInvalid) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	owner, ok := v.Labels[OwnerLabel]
+	if ok && owner == c.uid {
+		return nil
+	}
+	who := "root (it has no owner)"
+	if ok {
+		who = userName(owner)
+	}
+	return &httpError{status: http.StatusForbidden, code: wire.CodeForbidden,
+		msg: fmt.Sprintf("volume %s belongs to %s: only its owner, root or %s may %s it", name, who, groupName(c.adminGID), what)}
+}
+
+// mayUseVolumes checks every volume a hardware spec's slots name.
+func (s *Server) mayUseVolumes(ctx context.Context, h *spec.Hardware) error {
+	if h == nil || callerOf(ctx) == nil {
+		return nil
+	}
+	for _, c := range h.Storage {
+		for _, d := range c.Devices {
+			if d == nil || d.Volume == "" {
+				continue
+			}
+			if err := s.mayUseVolume(ctx, d.Volume, "attach"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // userName is uid's login name with the uid, or the uid alone.
@@ -220,4 +290,23 @@ func userName(uid string) string {
 		return fmt.Sprintf("%s (uid %s)", u.Username, uid)
 	}
 	return "uid " + uid
+}
+
+// mayUseHardwareVolumes checks the volumes in a create request's hardware:
+// its spec, or the hardware model it names.
+func (s *Server) mayUseHardwareVolumes(ctx context.Context, hc wire.HardwareChoice) error {
+	if callerOf(ctx) == nil {
+		return nil
+	}
+	if hc.Spec != nil {
+		return s.mayUseVolumes(ctx, hc.Spec)
+	}
+	if hc.Model == "" {
+		return nil
+	}
+	h, err := s.srv.HardwareModel(ctx, hc.Model)
+	if err != nil {
+		return nil // Instance says what is wrong with the name
+	}
+	return s.mayUseVolumes(ctx, &h)
 }

@@ -118,6 +118,11 @@ func (s *Server) slotAction(w http.ResponseWriter, r *http.Request, event string
 	if err != nil {
 		return err
 	}
+	if event == "attached" {
+		if err := s.mayUseVolume(r.Context(), req.Volume, "attach"); err != nil {
+			return err
+		}
+	}
 	m, err := s.srv.FindMachine(r.Context(), n)
 	if err != nil {
 		return err

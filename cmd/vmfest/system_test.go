@@ -238,7 +238,7 @@ func TestSystemInstance(t *testing.T) {
 			t.Fatalf("member2 %v: %q %v, want refused as not the owner", args, errOut, err)
 		}
 	}
-	if _, errOut, err := e.runAs(t, member2UID, member, "network", "remove", "vmfestnet0"); err == nil || !strings.Contains(errOut, "only root and the admin group may remove or replace the shared") {
+	if _, errOut, err := e.runAs(t, member2UID, member, "network", "remove", "vmfestnet0"); err == nil || !strings.Contains(errOut, "only root and the admin group may remove the shared") {
 		t.Fatalf("member2 removes a network: %q %v, want refused", errOut, err)
 	}
 	if _, errOut, err := e.runAs(t, memberUID, member, "label", "m1", api.OwnerLabel+"="+strconv.Itoa(member2UID)); err == nil || !strings.Contains(errOut, "only root and the admin group") {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/api"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -37,8 +38,9 @@ there. A volume attached to a machine cannot be removed.`,
 
 func (a *app) volumeCreateCommand() *cobra.Command {
 	var size string
+	var labels []string
 	cmd := &cobra.Command{
-		Use:   "create NAME --size SIZE",
+		Use:   "create NAME --size SIZE [--label key=value]...",
 		Short: "Create an empty volume (512M, 20G, 1T)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -49,11 +51,22 @@ func (a *app) volumeCreateCommand() *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--size %s: %w", size, err)}
 			}
+			vs := vmfest.VolumeSpec{Name: args[0], Size: sz}
+			for _, l := range labels {
+				k, v, _, err := vmfest.ParseLabel(l, false)
+				if err != nil {
+					return usageError{fmt.Errorf("--label: %w", err)}
+				}
+				if vs.Labels == nil {
+					vs.Labels = map[string]string{}
+				}
+				vs.Labels[k] = v
+			}
 			srv, err := a.server()
 			if err != nil {
 				return err
 			}
-			v, err := srv.CreateVolume(cmd.Context(), vmfest.VolumeSpec{Name: args[0], Size: sz})
+			v, err := srv.CreateVolume(cmd.Context(), vs)
 			if err != nil {
 				return err
 			}
@@ -65,6 +78,7 @@ func (a *app) volumeCreateCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&size, "size", "", "virtual size: 512M, 20G, 1T or bytes")
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "a key=value label (repeatable)")
 	return cmd
 }
 
@@ -89,14 +103,20 @@ func (a *app) volumeListCommand() *cobra.Command {
 				}
 				return a.printJSON(vs)
 			}
+			owners := ownerColumn(false)
+			for _, v := range vs {
+				if _, ok := v.Labels[api.OwnerLabel]; ok {
+					owners = true
+				}
+			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tMACHINE\tSLOT")
+			fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tMACHINE\tSLOT"+owners.header())
 			for _, v := range vs {
 				slot := "-"
 				if v.Slot != nil {
 					slot = slotText(*v.Slot)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, v.Size, bytesText(v.Allocated), dash(v.Machine), slot)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s%s\n", v.Name, v.Size, bytesText(v.Allocated), dash(v.Machine), slot, owners.cell(v.Labels))
 			}
 			return tw.Flush()
 		},
@@ -132,6 +152,7 @@ func (a *app) volumeShowCommand() *cobra.Command {
 				fmt.Fprintf(tw, "attached:\tno\n")
 			}
 			fmt.Fprintf(tw, "created:\t%s\n", v.Created.Local().Format(time.RFC3339))
+			fmt.Fprintf(tw, "labels:\t%s\n", labelText(v.Labels))
 			return tw.Flush()
 		},
 	}
