@@ -19,6 +19,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/disk"
+	"github.com/vmfest/vmfest/pool"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -578,7 +579,9 @@ type row struct {
 	// Networks are the NICs with their known addresses.
 	Networks []vmfest.NICInfo  `json:"networks,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"`
-	Error    string            `json:"error,omitempty"`
+	// Host is the pool host the machine is on (listed through --pool).
+	Host  string `json:"host,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 func (a *app) listCommand() *cobra.Command {
@@ -610,12 +613,13 @@ func (a *app) listCommand() *cobra.Command {
 			for i, m := range ms {
 				go func() {
 					defer func() { done <- struct{}{} }()
+					host, _ := pool.HostOf(m)
 					info, err := m.Info(cmd.Context())
 					if err != nil {
-						rows[i] = row{Name: m.Name(), State: "unknown", Error: oneLine(err.Error())}
+						rows[i] = row{Name: m.Name(), State: "unknown", Host: host, Error: oneLine(err.Error())}
 						return
 					}
-					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID, Networks: info.Networks, Labels: info.Labels}
+					rows[i] = row{Name: info.Name, State: info.State, Image: info.Image, Hardware: info.Hardware, Accel: info.Accel, PID: info.PID, Networks: info.Networks, Labels: info.Labels, Host: host}
 				}()
 			}
 			for range ms {
@@ -635,17 +639,22 @@ func (a *app) listCommand() *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 			owners := anyOwner(rows) // machines of a system instance (system.go)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tHARDWARE\tACCEL\tADDRESSES"+owners.header())
+			// Through a pool, a HOST column: the pool host of each machine.
+			hostHeader, hostCell := "", func(row) string { return "" }
+			if srv, ok := srv.(*pool.Pool); ok && srv != nil {
+				hostHeader, hostCell = "HOST\t", func(r row) string { return dash(r.Host) + "\t" }
+			}
+			fmt.Fprintln(tw, "NAME\t"+hostHeader+"STATE\tIMAGE\tHARDWARE\tACCEL\tADDRESSES"+owners.header())
 			for _, r := range rows {
 				accel := r.Accel
 				if accel == "" {
 					accel = "-"
 				}
 				if r.Error != "" {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", r.Name, r.State, r.Error)
+					fmt.Fprintf(tw, "%s\t%s%s\t%s\t\t\n", r.Name, hostCell(r), r.State, r.Error)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s%s\n", r.Name, r.State, r.Image, r.Hardware, accel, addresses(r.Networks), owners.cell(r.Labels))
+				fmt.Fprintf(tw, "%s\t%s%s\t%s\t%s\t%s\t%s%s\n", r.Name, hostCell(r), r.State, r.Image, r.Hardware, accel, addresses(r.Networks), owners.cell(r.Labels))
 			}
 			return tw.Flush()
 		},
