@@ -199,6 +199,12 @@ type StartSpec struct {
 	// back, the guest's CPUs still stopped (Started.Restored says in which
 	// state it was saved); the file is not changed or removed.
 	Incoming string
+	// MemoryTemplate, when set with Incoming, is the RAM file of a memory
+	// template (Templater) and Incoming its device state: the guest's RAM
+	// is a private, copy-on-write mapping of the file, so machines started
+	// from one template share its pages until each writes them. The file
+	// is never written, and may be unlinked once Start returns.
+	MemoryTemplate string
 	// Snapshot, when set, names an internal snapshot of Disk holding
 	// memory (see Snapshotter): the machine starts from it, running where
 	// it was when the snapshot was taken, instead of booting.
@@ -333,6 +339,20 @@ type Saver interface {
 	// caller can commit the file first. On error the file is removed and
 	// the machine runs on (or stays paused) as it was. ctx bounds the save.
 	Save(ctx context.Context, m Machine, path string) error
+}
+
+// Templater is a Saver that turns a saved state into a memory template:
+// the guest's RAM in a plain file (ram) and the rest of its state in a
+// small file of its own (state), which StartSpec.MemoryTemplate and
+// StartSpec.Incoming take. Called with the saved machine's lock held.
+type Templater interface {
+	// Template loads the saved state s.Incoming, as Start would resume s
+	// (same hardware, disks and vmgenid device; s.NICs is not used, and
+	// s.Dir is an empty scratch directory for the hypervisor's runtime
+	// files), without ever running the guest or writing its disks, and
+	// writes the new files ram and state, synced and made read-only. On
+	// error neither is left and nothing runs.
+	Template(ctx context.Context, s StartSpec, ram, state string) error
 }
 
 // Links is a driver that plugs and unplugs the virtual cable of a running

@@ -23,6 +23,11 @@ const (
 	LogFile   = store.QEMULog
 )
 
+// ramBackendID names the memory backend of a machine whose RAM is a file:
+// QEMU's own name for the pc machine's RAM (its default-ram-id), so a
+// migration stream's RAM block matches whichever way the RAM is backed.
+const ramBackendID = "pc.ram"
+
 // AgentPortName is the virtio-serial port name the QEMU guest agent uses.
 const AgentPortName = "org.qemu.guest_agent.0"
 
@@ -47,9 +52,13 @@ type blockNode struct {
 // blockdevArgs returns the -blockdev options of the disk; its top node is
 // named id. A qcow2 node always has backing set: null, or the base's node,
 // which itself has backing null.
-func blockdevArgs(d Disk, id string) ([]string, error) {
+func blockdevArgs(d Disk, id string) ([]string, error) { return blockdevNodes(d, id, false) }
+
+// blockdevNodes is blockdevArgs; with readOnly, the top node and its file
+// are opened read-only too.
+func blockdevNodes(d Disk, id string, readOnly bool) ([]string, error) {
 	var nodes []blockNode
-	top := blockNode{Driver: d.Format, NodeName: id, File: id + "-file", Discard: "unmap"}
+	top := blockNode{Driver: d.Format, NodeName: id, File: id + "-file", Discard: "unmap", ReadOnly: readOnly}
 	if d.Format == "qcow2" {
 		top.Backing = json.RawMessage("null")
 	}
@@ -64,7 +73,7 @@ func blockdevArgs(d Disk, id string) ([]string, error) {
 		name, _ := json.Marshal(base)
 		top.Backing = name
 	}
-	nodes = append(nodes, blockNode{Driver: "file", NodeName: id + "-file", Filename: d.Path, Discard: "unmap"}, top)
+	nodes = append(nodes, blockNode{Driver: "file", NodeName: id + "-file", Filename: d.Path, Discard: "unmap", ReadOnly: readOnly}, top)
 	var args []string
 	for _, n := range nodes {
 		js, err := json.Marshal(n)
@@ -110,6 +119,26 @@ type Config struct {
 	// from it (-incoming fd:3) instead of booting, its CPUs held stopped
 	// (-S) until a QMP cont.
 	Incoming *os.File
+	// MemoryFile, when set, is a file that holds the guest's RAM
+	// (memory-backend-file, named pc.ram as QEMU names its default RAM,
+	// so migration streams load either way): mapped shared
+	// (MemoryShared: the guest's writes go to the file) or private
+	// (copy-on-write: pages stay the page cache's, shared with every
+	// other mapping of the file, until the guest writes them; the file is
+	// never written).
+	MemoryFile   string
+	MemoryShared bool
+	// IgnoreShared: Incoming is a stream written with the migration
+	// capability x-ignore-shared, without the RAM MemoryFile holds.
+	// QEMU 7.2 has no command-line switch for the capability, so QEMU
+	// starts with -incoming defer and Start sets it over QMP and then
+	// reads descriptor 3 (migrate-incoming).
+	IgnoreShared bool
+	// Template: QEMU loads Incoming only to write a memory template and
+	// never runs the guest: its disks are opened read-only, a tap NIC gets
+	// a tap the kernel names (never plugged anywhere; it goes with QEMU),
+	// a nat NIC no forwards.
+	Template bool
 	// LoadVM, when set, is an internal snapshot of Disk with memory that
 	// the machine starts from (-loadvm), running where it was.
 	LoadVM string
@@ -167,6 +196,12 @@ func (c Config) Args() ([]string, error) {
 	if h.ACPIEnabled != nil && !*h.ACPIEnabled {
 		machine += ",acpi=off"
 	}
+	if c.MemoryFile != "" {
+		machine += ",memory-backend=" + ramBackendID
+	}
+	if c.IgnoreShared && (c.Incoming == nil || c.MemoryFile == "" || c.MemoryShared) {
+		return nil, errors.New("a stream without the guest's RAM (ignore-shared) loads only into a private memory file")
+	}
 	args := []string{
 		"-name", c.Name + ",process=vmfest-" + c.Name,
 		"-machine", machine,
@@ -187,7 +222,21 @@ func (c Config) Args() ([]string, error) {
 	if c.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")
 	}
-	if c.Incoming != nil {
+	if c.MemoryFile != "" {
+		if !filepath.IsAbs(c.MemoryFile) {
+			return nil, fmt.Errorf("memory file %q: must be an absolute path", c.MemoryFile)
+		}
+		share := "off"
+		if c.MemoryShared {
+			share = "on"
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s",
+			ramBackendID, h.MemorySize, escapeComma(c.MemoryFile), share))
+	}
+	switch {
+	case c.Incoming != nil && c.IgnoreShared:
+		args = append(args, "-S", "-incoming", "defer")
+	case c.Incoming != nil:
 		args = append(args, "-S", "-incoming", "fd:"+strconv.Itoa(incomingFD))
 	}
 	if c.LoadVM != "" {
@@ -236,6 +285,10 @@ func (c Config) Args() ([]string, error) {
 		switch n.AttachmentType {
 		case spec.AttachNAT:
 			netdev := "user,id=" + id
+			if c.Template {
+				args = append(args, "-netdev", netdev)
+				break
+			}
 			if be.SSHPort > 0 {
 				netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:22", be.SSHPort)
 			}
@@ -244,6 +297,12 @@ func (c Config) Args() ([]string, error) {
 			}
 			args = append(args, "-netdev", netdev)
 		case spec.AttachHostOnly, spec.AttachBridged, spec.AttachInternal:
+			if c.Template {
+				// The device's state (vnet_hdr, offloads) depends on its
+				// peer being a tap, so a tap it is, nameless and unplugged.
+				args = append(args, "-netdev", "tap,id="+id+",script=no,downscript=no")
+				break
+			}
 			if be.Tap == "" {
 				return nil, fmt.Errorf("network[%d]: a %s adapter needs a tap and none was set up", i, n.AttachmentType)
 			}
@@ -283,7 +342,7 @@ func (c Config) storageArgs() ([]string, error) {
 			var drive string
 			switch {
 			case boot:
-				nodes, err := blockdevArgs(c.Disk, driveID)
+				nodes, err := blockdevNodes(c.Disk, driveID, c.Template)
 				if err != nil {
 					return nil, err
 				}
@@ -311,7 +370,7 @@ func (c Config) storageArgs() ([]string, error) {
 				if err := dr.Disk.Validate(); err != nil {
 					return nil, fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
 				}
-				nodes, err := blockdevArgs(dr.Disk, driveID)
+				nodes, err := blockdevNodes(dr.Disk, driveID, c.Template)
 				if err != nil {
 					return nil, err
 				}

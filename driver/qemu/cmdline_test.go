@@ -281,3 +281,87 @@ func TestChooseAccel(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestMemoryFileArgs checks the command lines of a memory template's
+// making (RAM shared into the new file, disks read-only, taps nameless, no
+// forwards) and of a machine started from one (RAM a private mapping of
+// the file, the state read once x-ignore-shared is set: -incoming defer).
+func TestMemoryFileArgs(t *testing.T) {
+	in, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	base := func() Config {
+		return Config{Name: "x", Dir: "/m/x", Hardware: hw(nil), Accel: AccelTCG,
+			Disk:     Disk{Path: "/m/x/d.qcow2", Format: "qcow2", BackingPath: "/img/b.qcow2", BackingFormat: "qcow2"},
+			NICs:     []NICBackend{{Tap: "vmt0"}, {SSHPort: 2222}},
+			Incoming: in}
+	}
+	tests := []struct {
+		name      string
+		modify    func(*Config)
+		want, not []string
+	}{
+		{"making a template", func(c *Config) { c.MemoryFile, c.MemoryShared, c.Template = "/m/x/.t,1/ram", true, true }, []string{
+			"-machine pc,accel=tcg,memory-backend=pc.ram ",
+			"-object memory-backend-file,id=pc.ram,size=512M,mem-path=/m/x/.t,,1/ram,share=on",
+			"-S -incoming fd:3",
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/d.qcow2","read-only":true,"discard":"unmap"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":"ctl0-0-base","read-only":true,"discard":"unmap"}`,
+			"-netdev tap,id=net0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+			"-netdev user,id=net1 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
+		}, []string{"share=off", "ifname", "hostfwd", "defer"}},
+		{"a clone of a template", func(c *Config) { c.MemoryFile, c.IgnoreShared = "/m/x/saved.ram", true }, []string{
+			"-machine pc,accel=tcg,memory-backend=pc.ram ",
+			"-object memory-backend-file,id=pc.ram,size=512M,mem-path=/m/x/saved.ram,share=off",
+			"-S -incoming defer",
+			"-netdev tap,id=net0,ifname=vmt0,script=no,downscript=no",
+			"hostfwd=tcp:127.0.0.1:2222-:22",
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/d.qcow2","discard":"unmap"}`,
+		}, []string{"share=on", "fd:3", `"filename":"/m/x/d.qcow2","read-only"`}},
+		{"no memory file", nil, []string{"-machine pc,accel=tcg ", "-S -incoming fd:3"}, []string{"memory-backend", "defer"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base()
+			if tt.modify != nil {
+				tt.modify(&cfg)
+			}
+			args, err := cfg.Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			line := strings.Join(args, " ")
+			for _, w := range tt.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("command line lacks %q:\n%s", w, line)
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(line, n) {
+					t.Errorf("command line has %q:\n%s", n, line)
+				}
+			}
+		})
+	}
+	bad := []struct {
+		name   string
+		modify func(*Config)
+		want   string
+	}{
+		{"ignore-shared into shared RAM", func(c *Config) { c.MemoryFile, c.MemoryShared, c.IgnoreShared = "/r", true, true }, "private memory file"},
+		{"ignore-shared without a file", func(c *Config) { c.IgnoreShared = true }, "private memory file"},
+		{"ignore-shared without a stream", func(c *Config) { c.MemoryFile, c.IgnoreShared, c.Incoming = "/r", true, nil }, "private memory file"},
+		{"relative memory file", func(c *Config) { c.MemoryFile = "ram" }, `memory file "ram": must be an absolute path`},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base()
+			tt.modify(&cfg)
+			if _, err := cfg.Args(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -64,7 +65,8 @@ func (d *Driver) Info() driver.Info {
 		PowerButton:  true,
 		GuestAgent:   true,
 		Console:      true,
-		// Saved state (Save, StartSpec.Incoming).
+		// Saved state (Save, StartSpec.Incoming), memory templates
+		// (Template, StartSpec.MemoryTemplate).
 		MemorySnapshots: true,
 	}}
 }
@@ -92,6 +94,9 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		GenID:    s.GenID,
 	}
 	var restored driver.State
+	if s.MemoryTemplate != "" && s.Incoming == "" {
+		return driver.Started{}, errors.New("a memory template is started from its state (Incoming), and none was given")
+	}
 	if s.Incoming != "" {
 		f, h, err := openIncoming(s.Incoming)
 		if err != nil {
@@ -99,9 +104,23 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		}
 		defer f.Close()
 		cfg.Incoming, restored = f, h.State
+		switch {
+		case h.SharedMemory && s.MemoryTemplate == "":
+			return driver.Started{}, fmt.Errorf("saved state %s holds no RAM and needs its memory template's file, which was not given", s.Incoming)
+		case !h.SharedMemory && s.MemoryTemplate != "":
+			return driver.Started{}, fmt.Errorf("saved state %s holds the whole RAM and takes no memory template", s.Incoming)
+		case h.SharedMemory:
+			cfg.MemoryFile, cfg.IgnoreShared = s.MemoryTemplate, true
+		}
 	}
 	if err := Start(ctx, cfg); err != nil {
 		return driver.Started{}, err
+	}
+	if cfg.IgnoreShared {
+		if err := startTemplateIncoming(ctx, s.Dir); err != nil {
+			Kill(s.Dir)
+			return driver.Started{}, fmt.Errorf("load the saved state: %w", err)
+		}
 	}
 	if cfg.Incoming != nil {
 		if err := waitIncoming(ctx, s.Dir); err != nil {

@@ -34,6 +34,10 @@ type savedHeader struct {
 	State driver.State `json:"state"`
 	// Saved is when.
 	Saved time.Time `json:"saved"`
+	// SharedMemory: the stream leaves the guest's RAM out (migration
+	// capability x-ignore-shared); it is in the memory template's RAM
+	// file beside it (Template, StartSpec.MemoryTemplate).
+	SharedMemory bool `json:"shared-memory,omitempty"`
 }
 
 func writeSavedHeader(f *os.File, h savedHeader) error {
@@ -140,14 +144,10 @@ func (d *Driver) Save(ctx context.Context, m driver.Machine, path string) (err e
 			}
 			stopped = true
 		}
-		if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}); err != nil {
-			return err
-		}
-		if err := q.SendFD(ctx, saveFD, f); err != nil {
-			return err
-		}
-		_, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + saveFD})
-		return err
+		// A machine started from a memory template still has
+		// x-ignore-shared on; its RAM is private, and its saved state
+		// must hold all of it, so it no longer needs the template.
+		return migrateTo(ctx, q, f, false)
 	}()
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
@@ -162,6 +162,31 @@ func (d *Driver) Save(ctx context.Context, m driver.Machine, path string) (err e
 		return fmt.Errorf("save: %w", err)
 	}
 	return nil
+}
+
+// migrateTo starts the migration of the stopped guest into f, with the
+// capability x-ignore-shared as given (on: RAM mapped shared from a file
+// is left out of the stream).
+func migrateTo(ctx context.Context, q *QMP, f *os.File, ignoreShared bool) error {
+	if err := setIgnoreShared(ctx, q, ignoreShared); err != nil {
+		return err
+	}
+	if _, err := q.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}); err != nil {
+		return err
+	}
+	if err := q.SendFD(ctx, saveFD, f); err != nil {
+		return err
+	}
+	_, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + saveFD})
+	return err
+}
+
+// setIgnoreShared sets the migration capability x-ignore-shared.
+func setIgnoreShared(ctx context.Context, q *QMP, on bool) error {
+	_, err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
+	})
+	return err
 }
 
 // waitMigrated polls query-migrate until the outgoing migration completes;
