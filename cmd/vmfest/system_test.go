@@ -58,6 +58,8 @@ func unitExecStart(t *testing.T, exe string) []string {
 // state, socket and group moved into a temporary directory.
 type systemEnv struct {
 	dir, exe, sock, images string
+	args                   []string // the server's command line
+	stop                   func()   // stops the running server (SIGTERM)
 }
 
 func startSystem(t *testing.T) *systemEnv {
@@ -71,6 +73,8 @@ func startSystem(t *testing.T) *systemEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	state := filepath.Join(dir, "state")
+	t.Cleanup(func() { testutil.KillMachines(state) }) // after the server stops
 	e := &systemEnv{dir: dir, exe: filepath.Join(dir, "vmfest"), sock: filepath.Join(dir, "run", "vmfest.sock"), images: filepath.Join(dir, "images")}
 	self, err := os.Executable()
 	if err != nil {
@@ -85,12 +89,21 @@ func startSystem(t *testing.T) *systemEnv {
 			t.Fatal(err)
 		}
 	}
-	args := unitExecStart(t, e.exe)
-	args = append(args, "--home", filepath.Join(dir, "state"), "--unix", e.sock,
+	e.args = append(unitExecStart(t, e.exe), "--home", state, "--unix", e.sock,
 		"--socket-group", strconv.Itoa(testGroupGID), "--admin-group", strconv.Itoa(testAdminGID), "--allow-path", e.images)
+	e.serve(t)
+	t.Cleanup(func() { e.stop() })
+	return e
+}
+
+// serve starts the server and waits until its socket answers; e.stop
+// stops it as systemd stops the unit (SIGTERM to the server alone:
+// KillMode=process) and reports how it ended.
+func (e *systemEnv) serve(t *testing.T) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMFEST_TEST_CLI=1", "HOME=" + dir}
+	cmd := exec.CommandContext(ctx, e.args[0], e.args[1:]...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMFEST_TEST_CLI=1", "HOME=" + e.dir}
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
@@ -100,13 +113,18 @@ func startSystem(t *testing.T) *systemEnv {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
+	stopped := false
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		// Wait gives the context's error for a clean exit after Cancel.
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("serve: %v\n%s", err, log.String())
 		}
-	})
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.Dial("unix", e.sock)
@@ -120,6 +138,7 @@ func startSystem(t *testing.T) *systemEnv {
 		default:
 		}
 		if time.Now().After(deadline) {
+			e.stop()
 			t.Fatalf("no socket at %s after 30 s: %v\n%s", e.sock, err, log.String())
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -131,7 +150,6 @@ func startSystem(t *testing.T) *systemEnv {
 	if st.Mode().Perm() != 0o660 || st.Sys().(*syscall.Stat_t).Gid != testGroupGID || st.Sys().(*syscall.Stat_t).Uid != 0 {
 		t.Fatalf("socket %v uid %d gid %d, want 0660 root:%d", st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid, st.Sys().(*syscall.Stat_t).Gid, testGroupGID)
 	}
-	return e
 }
 
 func copyFile(t *testing.T, from, to string, perm os.FileMode) {
