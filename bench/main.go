@@ -58,6 +58,7 @@ func main() {
 		{"start to ready", b.startToReady},
 		{"footprint", b.footprint},
 		{"api", b.api},
+		{"pool", b.poolBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s...\n", s.name)
