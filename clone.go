@@ -27,9 +27,12 @@ import (
 //     ID; its disk a copy of the source's overlay (a reflink where the
 //     file system has them, else a sparse copy), over the same base; its
 //     user-data a copy; ISOs in its slots shared read-only;
-//   - of a saved source it also gets the source's saved state, as a hard
-//     link (the file is never written once committed, and the source's
-//     start only unlinks its own name);
+//   - of a saved source it also gets the source's saved state as hard
+//     links (no file is written once committed, and the source's start
+//     only unlinks its own names): of the source's memory template
+//     (memoryTemplate, made on the first clone where the driver makes
+//     them), so the clones map the source's RAM file private and share
+//     its pages until each writes them; else of the whole saved state;
 //   - of a running or paused source it gets a saved state written by the
 //     driver into the clone's directory while the source's hypervisor
 //     holds the guest stopped with its disk flushed (QEMU: postmigrate);
@@ -195,7 +198,7 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 			return fmt.Errorf("clone machine %s: %w", m.name, err)
 		}
 	case Saved:
-		if err := os.Link(savedStatePath(src), savedStatePath(dst)); err != nil {
+		if err := m.linkSavedState(ctx, d, r, dst); err != nil {
 			return fmt.Errorf("clone machine %s: its saved state: %w", m.name, err)
 		}
 		if err := copyDisk(filepath.Join(src, store.DiskFile), filepath.Join(dst, store.DiskFile)); err != nil {
@@ -233,6 +236,119 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 	}
 	l.log.Debug("machine cloned", "machine", name, "source", m.name, "source-state", st, "took", time.Since(nr.Created))
 	return nil
+}
+
+// linkSavedState gives the clone in dst the saved source's state as hard
+// links: of the source's own saved RAM and state when it has them in two
+// (it is itself a clone of a template, not yet started), else of its
+// memory template (made now if need be), else, when the driver makes no
+// templates or this one could not be made, of its whole saved state.
+func (m *localMachine) linkSavedState(ctx context.Context, d driver.Driver, r record, dst string) error {
+	src := m.dir()
+	pair := func(ram, state string) error {
+		if err := os.Link(ram, savedMemoryPath(dst)); err != nil {
+			return err
+		}
+		if err := os.Link(state, savedStatePath(dst)); err != nil {
+			os.Remove(savedMemoryPath(dst))
+			return err
+		}
+		return nil
+	}
+	if hasSavedMemory(src) {
+		return pair(savedMemoryPath(src), savedStatePath(src))
+	}
+	if t, ok := d.(driver.Templater); ok {
+		tpl, err := m.memoryTemplate(ctx, t, r)
+		if err == nil {
+			err = pair(filepath.Join(tpl, store.TemplateMemoryFile), filepath.Join(tpl, store.TemplateStateFile))
+		}
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		m.l.log.Warn("no memory template: the clone loads a copy of its source's whole memory", "machine", m.name, "err", err)
+	}
+	return os.Link(savedStatePath(src), savedStatePath(dst))
+}
+
+// memoryTemplate returns the saved machine's memory template directory,
+// making it first if need be (the caller holds the machine's lock): the
+// driver loads the saved state into a RAM file in a hidden
+// TemplateTempPrefix directory of the machine's, which is renamed into
+// place whole once both files are written and synced, so a crash leaves
+// no half template in use (the sweep and the next try remove the hidden
+// directory). It goes when the saved state does (discardSavedState);
+// machines started from it keep their mappings.
+func (m *localMachine) memoryTemplate(ctx context.Context, t driver.Templater, r record) (string, error) {
+	dir := m.dir()
+	final := filepath.Join(dir, store.TemplateDir)
+	if _, err := os.Stat(filepath.Join(final, store.TemplateStateFile)); err == nil {
+		if _, err := os.Stat(filepath.Join(final, store.TemplateMemoryFile)); err == nil {
+			return final, nil
+		}
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return "", err
+	}
+	begun := time.Now()
+	tmp, err := os.MkdirTemp(dir, store.TemplateTempPrefix)
+	if err != nil {
+		return "", err
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.RemoveAll(tmp)
+		}
+	}()
+	run := filepath.Join(tmp, store.TemplateRunDir)
+	if err := os.Mkdir(run, 0o700); err != nil {
+		return "", err
+	}
+	disk, err := r.driverDisk(dir)
+	if err != nil {
+		return "", err
+	}
+	var drives []driver.Drive
+	for _, pm := range r.media() {
+		drives = append(drives, m.l.driveOf(pm))
+	}
+	seed := ""
+	if r.Image.CloudInit {
+		if _, err := os.Stat(filepath.Join(dir, store.CIDataISO)); err == nil {
+			seed = filepath.Join(dir, store.CIDataISO)
+		}
+	}
+	s := driver.StartSpec{
+		Machine:  driver.Machine{Name: m.name, Dir: run, ID: r.Net.ID},
+		Hardware: r.Hardware,
+		Disk:     disk,
+		Drives:   drives,
+		Seed:     seed,
+		Incoming: savedStatePath(dir),
+		GenID:    r.GenID,
+	}
+	if err := t.Template(ctx, s, filepath.Join(tmp, store.TemplateMemoryFile), filepath.Join(tmp, store.TemplateStateFile)); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(run); err != nil {
+		return "", err
+	}
+	if err := store.SyncDir(tmp); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	done = true
+	if err := store.SyncDir(dir); err != nil {
+		return "", err
+	}
+	m.l.log.Debug("memory template made", "machine", m.name, "took", time.Since(begun))
+	return final, nil
 }
 
 // cloneLive gives the clone in dir the running or paused source's state:

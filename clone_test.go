@@ -577,3 +577,170 @@ func TestCopyDiskSparse(t *testing.T) {
 		t.Fatal("copyDisk overwrote a file")
 	}
 }
+
+// TestFakeCloneMemoryTemplate: the first clone of a saved machine makes its
+// memory template; each clone starts from hard links of the template's
+// files and drops them once it runs; a failed template leaves no half one
+// and the clone loads the whole state; the template goes with the saved
+// state, and a later save leaves no leftover of it.
+func TestFakeCloneMemoryTemplate(t *testing.T) {
+	l, fk, m := newCloneFake(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src := l.home.MachinePath("src")
+	tpl := filepath.Join(src, store.TemplateDir)
+	ram := filepath.Join(tpl, store.TemplateMemoryFile)
+	inode := func(p string) uint64 {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	links := func(p string) uint64 {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(fi.Sys().(*syscall.Stat_t).Nlink)
+	}
+	// A failed template: the clone still runs, from the whole state, and
+	// nothing half made is left.
+	fk.Fail("Template", errors.New("no room"))
+	if _, err := m.Clone(ctx, "whole"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tpl); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("template after a failed one: %v", err)
+	}
+	if g, _ := filepath.Glob(filepath.Join(src, store.TemplateTempPrefix+"*")); len(g) > 0 {
+		t.Fatalf("left behind: %v", g)
+	}
+	sums := dirSums(t, src)
+	for _, n := range []string{"a", "b"} {
+		if _, err := m.Clone(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		dir := l.home.MachinePath(n)
+		for _, f := range []string{store.SavedStateFile, store.SavedMemoryFile} {
+			if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("clone %s still has %s once it runs: %v", n, f, err)
+			}
+		}
+	}
+	if got := links(ram); got != 1 {
+		t.Fatalf("template RAM file has %d links once the clones run, want 1", got)
+	}
+	if fi, err := os.Stat(ram); err != nil || fi.Mode().Perm()&0o222 != 0 {
+		t.Fatalf("template RAM file: %v, %v; want read-only", fi.Mode(), err)
+	}
+	if !mapsEqual(sums, dirSums(t, src)) {
+		t.Fatal("the clones changed the source's files")
+	}
+	// A clone that did not start keeps the links, and a clone of it
+	// shares them.
+	ino := inode(ram)
+	fk.Fail("Start", errors.New("no memory"))
+	if _, err := m.Clone(ctx, "held"); err == nil {
+		t.Fatal("clone started though its start failed")
+	}
+	held := l.home.MachinePath("held")
+	if inode(filepath.Join(held, store.SavedMemoryFile)) != ino {
+		t.Fatal("the clone's saved RAM is not the template's")
+	}
+	h, err := l.FindMachine(ctx, "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Clone(ctx, "grand"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if links(ram) != 1 {
+		t.Fatalf("template RAM file has %d links, want 1", links(ram))
+	}
+	// The source's start discards its saved state and the template.
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tpl); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("template after the source started: %v", err)
+	}
+	// A crash that left a template and a saved RAM file: a save removes
+	// them before it writes, and the next clone makes a new template.
+	os.MkdirAll(tpl, 0o700)
+	os.WriteFile(filepath.Join(tpl, store.TemplateStateFile), []byte("stale"), 0o600)
+	os.WriteFile(filepath.Join(tpl, store.TemplateMemoryFile), []byte("stale"), 0o600)
+	os.WriteFile(filepath.Join(src, store.SavedMemoryFile), []byte("stale"), 0o600)
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, store.SavedMemoryFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("stale saved RAM file after a save: %v", err)
+	}
+	if _, err := m.Clone(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.PowerDown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{tpl, savedStatePath(src)} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s after the source was powered down: %v", p, err)
+		}
+	}
+	noCreating(t, l)
+}
+
+// TestFakeDoctorTemplates: doctor removes a half-made memory template, and
+// a template or saved RAM file whose saved state is gone, and keeps a
+// saved machine's template.
+func TestFakeDoctorTemplates(t *testing.T) {
+	l, _, m := newCloneFake(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Clone(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	src, a := l.home.MachinePath("src"), l.home.MachinePath("a")
+	half := filepath.Join(src, store.TemplateTempPrefix+"123")
+	stale := []string{filepath.Join(a, store.TemplateDir), filepath.Join(a, store.SavedMemoryFile)}
+	for _, p := range []string{half, stale[0]} {
+		if err := os.MkdirAll(filepath.Join(p, store.TemplateRunDir), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(stale[1], []byte("ram"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	found, err := l.Doctor(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]string{}
+	for _, f := range found {
+		if f.Fixed {
+			kinds[f.Path] = f.Kind
+		}
+	}
+	want := map[string]string{half: "partial-template", stale[0]: "stale-template", stale[1]: "stale-template"}
+	for p, k := range want {
+		if kinds[p] != k {
+			t.Errorf("%s: fixed as %q, want %q (findings %+v)", p, kinds[p], k, found)
+		}
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s is still there: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(src, store.TemplateDir, store.TemplateMemoryFile)); err != nil {
+		t.Fatalf("the saved source's template: %v", err)
+	}
+}

@@ -249,6 +249,7 @@ func (l *Local) checkMachine(ctx context.Context, name string, fix bool) []Findi
 			out = append(out, f)
 		}
 	}
+	out = append(out, sweepTemplates(name, dir, fix)...)
 	r, err := l.readRecord(name)
 	if err != nil {
 		return append(out, Finding{Kind: "corrupt-record", Machine: name, Path: filepath.Join(dir, store.MachineFile),
@@ -420,4 +421,32 @@ func (l *Local) checkDiskSize(ctx context.Context, name, dir string, r record, f
 		}
 	}
 	return []Finding{f}
+}
+
+// sweepTemplates finds, in the machine directory dir (its lock held), a
+// memory template a crash left half made, and a memory template or saved
+// RAM file whose saved state is gone (a crash in its discard).
+func sweepTemplates(name, dir string, fix bool) []Finding {
+	var out []Finding
+	add := func(kind, path, detail string) {
+		f := Finding{Kind: kind, Machine: name, Path: path, Detail: detail}
+		if fix && os.RemoveAll(path) == nil {
+			f.Fixed = true
+		}
+		out = append(out, f)
+	}
+	partial, _ := filepath.Glob(filepath.Join(dir, store.TemplateTempPrefix+"*"))
+	for _, p := range partial {
+		add("partial-template", p, "a memory template left half made by an interrupted clone")
+	}
+	if hasSavedState(dir) {
+		return out
+	}
+	if _, err := os.Lstat(filepath.Join(dir, store.TemplateDir)); err == nil {
+		add("stale-template", filepath.Join(dir, store.TemplateDir), "a memory template whose saved state is gone")
+	}
+	if hasSavedMemory(dir) {
+		add("stale-template", savedMemoryPath(dir), "a saved RAM file whose saved state is gone")
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
@@ -29,6 +30,29 @@ import (
 // runs while the file exists, and a file beside a hypervisor that holds a
 // loaded guest is stale: the machine reads as that guest's state, and the
 // next locked operation removes the file (machine.go, locked).
+
+// A clone of a saved machine's memory template has its saved state in two
+// files: saved.state without the RAM and saved.ram, hard links of the
+// template's (clone.go). saved.state is the commit point of both: a
+// discard removes the template and saved.ram only after it, and a save
+// removes leftovers of an earlier saved state before it writes.
+
+// savedMemoryPath is the machine directory's saved RAM file.
+func savedMemoryPath(dir string) string { return filepath.Join(dir, store.SavedMemoryFile) }
+
+func hasSavedMemory(dir string) bool {
+	_, err := os.Lstat(savedMemoryPath(dir))
+	return err == nil
+}
+
+// savedMemory is the memory template a start from a saved state maps: the
+// machine's saved RAM file beside its saved state, if it has one.
+func savedMemory(s *starting) string {
+	if s.incoming == "" || !hasSavedMemory(s.m.dir()) {
+		return ""
+	}
+	return savedMemoryPath(s.m.dir())
+}
 
 // savingPath is where a save writes before it commits.
 func savingPath(dir string) string { return savedStatePath(dir) + ".new" }
@@ -71,7 +95,7 @@ func (m *localMachine) save(ctx context.Context, at func(point string)) error {
 		}
 		dir, ref := m.dir(), m.ref(r)
 		tmp := savingPath(dir)
-		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := removeSavedLeftovers(dir); err != nil {
 			return fmt.Errorf("save machine %s: %w", m.name, err)
 		}
 		if err := d.(driver.Saver).Save(ctx, ref, tmp); err != nil {
@@ -96,6 +120,25 @@ func (m *localMachine) save(ctx context.Context, at func(point string)) error {
 		m.settleNetworks(ctx, r)
 		return nil
 	})
+}
+
+// removeSavedLeftovers removes what an earlier saved state may have left
+// beside a machine that is not saved (a crash in its discard): a save's
+// .new, a saved RAM file, a memory template, whole or half made.
+func removeSavedLeftovers(dir string) error {
+	var errs []error
+	for _, p := range []string{savingPath(dir), savedMemoryPath(dir)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	tpls, _ := filepath.Glob(filepath.Join(dir, store.TemplateTempPrefix+"*"))
+	for _, p := range append(tpls, filepath.Join(dir, store.TemplateDir)) {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // commitSave renames the written state into place, durably.
@@ -136,11 +179,19 @@ func (m *localMachine) discardSaved(ctx context.Context, d driver.Driver, r reco
 	return nil
 }
 
-// discardSavedState removes the saved-state file (and a save's leftover
-// .new), durably.
+// discardSavedState removes the saved-state file, durably, and then what
+// goes with it: its memory template, a saved RAM file, a save's leftover
+// .new. The memory template goes first (a crash then leaves the saved
+// state, whose next clone makes the template again) and a saved RAM file
+// after the state (a crash then leaves no state without its RAM). A
+// machine started from a template or a saved RAM file keeps its mapping
+// of the file.
 func discardSavedState(dir string) error {
 	var errs []error
-	for _, p := range []string{savedStatePath(dir), savingPath(dir)} {
+	if err := os.RemoveAll(filepath.Join(dir, store.TemplateDir)); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range []string{savedStatePath(dir), savingPath(dir), savedMemoryPath(dir)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

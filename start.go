@@ -271,8 +271,10 @@ func launch(ctx context.Context, s *starting) error {
 			NICs:     nicBackends(s.net),
 			Seed:     s.seed,
 			Incoming: s.incoming,
-			Snapshot: s.snapshot,
-			GenID:    r.GenID,
+			// A clone's saved state may leave its RAM in a file beside it.
+			MemoryTemplate: savedMemory(s),
+			Snapshot:       s.snapshot,
+			GenID:          r.GenID,
 		})
 		// Another process may bind an SSH forward's port between its
 		// choice and QEMU's bind: choose again, a few times.

@@ -39,6 +39,22 @@ const (
 	// SavedStateFile holds a saved machine's memory and device state; it
 	// is written as SavedStateFile+".new" and renamed into place.
 	SavedStateFile = "saved.state"
+	// SavedMemoryFile is the guest's RAM beside a SavedStateFile that
+	// leaves it out: a clone's saved state made from its source's memory
+	// template (hard links of TemplateMemoryFile and TemplateStateFile).
+	// Neither is ever written.
+	SavedMemoryFile = "saved.ram"
+	// TemplateDir holds a saved machine's memory template, made on its
+	// first clone from its SavedStateFile and removed with it:
+	// TemplateMemoryFile (the guest's RAM) and TemplateStateFile (the
+	// rest). It is built in a TemplateTempPrefix+"*" directory (the
+	// hypervisor's runtime files in its TemplateRunDir) and renamed into
+	// place whole.
+	TemplateDir        = "template"
+	TemplateTempPrefix = ".template-"
+	TemplateRunDir     = "run"
+	TemplateMemoryFile = "ram"
+	TemplateStateFile  = "state"
 )
 
 // File names inside a volume directory.

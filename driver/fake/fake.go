@@ -64,8 +64,9 @@ type machine struct {
 }
 
 var (
-	_ driver.Driver = (*Driver)(nil)
-	_ driver.Saver  = (*Driver)(nil)
+	_ driver.Driver    = (*Driver)(nil)
+	_ driver.Saver     = (*Driver)(nil)
+	_ driver.Templater = (*Driver)(nil)
 )
 
 // New returns a fake driver with no machines.
@@ -206,6 +207,45 @@ type savedFile struct {
 	Magic string       `json:"magic"`
 	Boot  int          `json:"boot"`
 	State driver.State `json:"state"`
+	// Shared: a memory template's state, whose RAM file is beside it.
+	Shared bool `json:"shared,omitempty"`
+}
+
+// fakeRAM is what a fake memory template's RAM file holds.
+const fakeRAM = "vmfest-fake-ram\n"
+
+// Template implements driver.Templater: the state file is the saved
+// state's, marked as a template's, and the RAM file a fixed line; both
+// end read-only.
+func (d *Driver) Template(ctx context.Context, s driver.StartSpec, ram, state string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.failed("Template"); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(s.Incoming)
+	if err != nil {
+		return fmt.Errorf("fake Template: %w", err)
+	}
+	var sf savedFile
+	if err := json.Unmarshal(data, &sf); err != nil || sf.Magic != savedMagic || sf.Shared {
+		return fmt.Errorf("fake Template: %s is not a fake saved state of a whole machine", s.Incoming)
+	}
+	sf.Shared = true
+	if data, err = json.Marshal(sf); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{ram, []byte(fakeRAM)}, {state, data}} {
+		if err := os.WriteFile(f.path, f.data, 0o400); err != nil {
+			os.Remove(ram)
+			os.Remove(state)
+			return fmt.Errorf("fake Template: %w", err)
+		}
+	}
+	return nil
 }
 
 const savedMagic = "vmfest-fake-saved-state"
@@ -302,6 +342,14 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 		var sf savedFile
 		if err := json.Unmarshal(data, &sf); err != nil || sf.Magic != savedMagic {
 			return driver.Started{}, fmt.Errorf("fake: saved state %s: not a fake saved state (%v)", s.Incoming, err)
+		}
+		if sf.Shared != (s.MemoryTemplate != "") {
+			return driver.Started{}, fmt.Errorf("fake: saved state %s (a template's: %v) with memory template %q", s.Incoming, sf.Shared, s.MemoryTemplate)
+		}
+		if s.MemoryTemplate != "" {
+			if ram, err := os.ReadFile(s.MemoryTemplate); err != nil || string(ram) != fakeRAM {
+				return driver.Started{}, fmt.Errorf("fake: memory template %s: not a fake RAM file (%v)", s.MemoryTemplate, err)
+			}
 		}
 		boot, restored = sf.Boot, sf.State
 	}

@@ -213,6 +213,9 @@ func runPath(m driver.Machine) string { return filepath.Join(m.Dir, RunFile) }
 // NIC has forwards to add, adds them, and resumes it. A failure after the
 // domain started destroys it again.
 func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started, error) {
+	if s.MemoryTemplate != "" {
+		return driver.Started{}, fmt.Errorf("%w: the libvirt driver does not start a machine from a memory template", driver.ErrUnsupported)
+	}
 	accel, note, err := qemu.ChooseAccel(d.opts.Accel, *d.opts.Host)
 	if err != nil {
 		return driver.Started{}, err
