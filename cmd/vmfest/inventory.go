@@ -26,8 +26,9 @@ func (a *app) inventoryCommand() *cobra.Command {
 		Long: `Print an Ansible dynamic inventory (JSON) of the running machines:
 --list gives every group and host, --host NAME one host's variables.
 Each host has ansible_host and ansible_port (its SSH endpoint, as vmfest ssh
-uses it; with --server, a ProxyCommand of vmfest ssh-proxy through the
-server's API instead), ansible_user (the image's user) and
+uses it; with --server or --pool, a ProxyCommand of vmfest ssh-proxy through
+the server's API, or the API of the pool host that owns the machine,
+instead), ansible_user (the image's user) and
 ansible_ssh_private_key_file (vmfest's key in --home); groups are "vmfest" (all of them) and one per label,
 named key_value. Use it as ansible's inventory through a two-line script:
 
@@ -50,13 +51,9 @@ named key_value. Use it as ansible's inventory through a two-line script:
 			// vmfest's key in --home: the server's own when local, the
 			// one create --server gave the machine when remote.
 			key := filepath.Join(a.home, "ssh", "id_ed25519")
-			proxy := ""
-			if a.remote != "" {
-				exe, err := os.Executable()
-				if err != nil {
-					return err
-				}
-				proxy = shellQuote(exe) + " --server " + shellQuote(a.remote) + " --home " + shellQuote(a.home) + " ssh-proxy"
+			proxy, err := a.inventoryProxy()
+			if err != nil {
+				return err
 			}
 			groups := map[string][]string{}
 			hostvars := map[string]map[string]any{}
@@ -105,6 +102,36 @@ named key_value. Use it as ansible's inventory through a two-line script:
 	cmd.Flags().BoolVar(&list, "list", false, "every group and host, with the hosts' variables under _meta")
 	cmd.Flags().StringVar(&host, "host", "", "one host's variables")
 	return cmd
+}
+
+// inventoryProxy is the ProxyCommand (without the machine's name) that
+// reaches a machine through --server's API, or through the API of its
+// pool host with --pool (vmfest ssh-proxy finds the owner in etcd at each
+// connection); "" for machines on this host. Tokens are not written into
+// it: ssh-proxy reads them as this command did, from the environment
+// (VMFEST_TOKEN, VMFEST_POOL_TOKENS) and --home's token file.
+func (a *app) inventoryProxy() (string, error) {
+	if a.remote == "" && a.pool.endpoints == "" {
+		return "", nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	cmd := []string{shellQuote(exe)}
+	if a.pool.endpoints != "" {
+		cmd = append(cmd, "--pool", shellQuote(a.pool.endpoints))
+		for _, f := range []struct{ flag, value string }{
+			{"--pool-cacert", a.pool.caCert}, {"--pool-cert", a.pool.cert}, {"--pool-key", a.pool.key}, {"--pool-user", a.pool.user},
+		} {
+			if f.value != "" {
+				cmd = append(cmd, f.flag, shellQuote(f.value))
+			}
+		}
+	} else {
+		cmd = append(cmd, "--server", shellQuote(a.remote))
+	}
+	return strings.Join(append(cmd, "--home", shellQuote(a.home), "ssh-proxy"), " "), nil
 }
 
 // hostVars is a machine's Ansible connection variables: its SSH endpoint

@@ -40,6 +40,8 @@ const poolTTL = 2 * time.Second
 //   - One machine boots on the real QEMU driver: `ip` through the pool
 //     gives its forward, which answers SSH; `ssh` through the owner's API
 //     runs a command.
+//   - `inventory` through the pool gives a ProxyCommand through the
+//     pool, which the real ssh follows.
 //   - One etcd member stops: creates and lists go on.
 //   - The guest's host's `vmfest serve` is SIGKILLed: its machines read
 //     `unreachable` within the lease TTL, the other hosts keep working;
@@ -152,6 +154,26 @@ func TestPoolProcesses(t *testing.T) {
 	}
 	if out := client.must(ctx, "ssh", booted, "--wait", "60s", "--", "hostname"); out != booted+"\n" {
 		t.Fatalf("ssh through the pool: %q", out)
+	}
+
+	// The Ansible inventory through the pool: a ProxyCommand of vmfest
+	// ssh-proxy through the pool, which the real ssh follows.
+	var vars struct {
+		Host   string `json:"ansible_host"`
+		User   string `json:"ansible_user"`
+		Common string `json:"ansible_ssh_common_args"`
+		Key    string `json:"ansible_ssh_private_key_file"`
+	}
+	if err := json.Unmarshal([]byte(client.must(ctx, "inventory", "--host", booted)), &vars); err != nil || vars.Host != booted || !strings.Contains(vars.Common, "--pool '"+endpoints+"'") || !strings.Contains(vars.Common, "ssh-proxy '"+booted+"'") {
+		t.Fatalf("inventory --host %s through the pool: %+v, %v", booted, vars, err)
+	}
+	if sshBin, err := exec.LookPath("ssh"); err == nil {
+		line := fmt.Sprintf("exec %s %s -o BatchMode=yes -i %s %s@%s hostname", sshBin, vars.Common, vars.Key, vars.User, vars.Host)
+		cmd := exec.CommandContext(ctx, "sh", "-c", line)
+		cmd.Env = append(append(os.Environ(), "VMFEST_TEST_CLI=1"), client.env...)
+		if out, err := cmd.CombinedOutput(); err != nil || string(out) != booted+"\n" {
+			t.Fatalf("ssh with the inventory's ProxyCommand: %v\n%s\n%s", err, line, out)
+		}
 	}
 
 	// One etcd member of three stops: the pool keeps working.
