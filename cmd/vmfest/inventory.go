@@ -122,7 +122,7 @@ func (a *app) inventoryProxy() (string, error) {
 	if a.pool.endpoints != "" {
 		cmd = append(cmd, "--pool", shellQuote(a.pool.endpoints))
 		for _, f := range []struct{ flag, value string }{
-			{"--pool-cacert", a.pool.caCert}, {"--pool-cert", a.pool.cert}, {"--pool-key", a.pool.key}, {"--pool-user", a.pool.user},
+			{"--pool-cacert", a.pool.caCert}, {"--pool-cert", a.pool.cert}, {"--pool-key", a.pool.key}, {"--pool-user", a.pool.user}, {"--pool-host-cacert", a.pool.hostCACert},
 		} {
 			if f.value != "" {
 				cmd = append(cmd, f.flag, shellQuote(f.value))

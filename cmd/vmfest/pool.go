@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -26,6 +28,8 @@ type poolFlags struct {
 	host              string
 	caCert, cert, key string
 	user, password    string
+	// hostCACert verifies the hosts' https:// APIs.
+	hostCACert string
 	// serve's
 	advertise      string
 	hostID         string
@@ -45,7 +49,25 @@ func (a *app) addPoolFlags(root *cobra.Command) {
 	f.StringVar(&a.pool.cert, "pool-cert", os.Getenv("VMFEST_POOL_CERT"), "with --pool: client certificate (PEM) for etcd")
 	f.StringVar(&a.pool.key, "pool-key", os.Getenv("VMFEST_POOL_KEY"), "with --pool: client key (PEM) for etcd")
 	f.StringVar(&a.pool.user, "pool-user", os.Getenv("VMFEST_POOL_USER"), "with --pool: etcd user name (the password from env VMFEST_POOL_PASSWORD)")
+	f.StringVar(&a.pool.hostCACert, "pool-host-cacert", os.Getenv("VMFEST_POOL_HOST_CACERT"), "with --pool: CA certificate (PEM) that signed the hosts' API certificates (their serve --tls-cert), for hosts that advertise https:// (default: the system's roots; env VMFEST_POOL_HOST_CACERT)")
 	a.pool.password = os.Getenv("VMFEST_POOL_PASSWORD")
+}
+
+// hostTLS is the TLS configuration for the pool's https:// hosts from
+// --pool-host-cacert; nil without it (the system's roots).
+func (f poolFlags) hostTLS() (*tls.Config, error) {
+	if f.hostCACert == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(f.hostCACert)
+	if err != nil {
+		return nil, fmt.Errorf("--pool-host-cacert: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("--pool-host-cacert %s: no PEM certificate in it", f.hostCACert)
+	}
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil
 }
 
 func (a *app) addServePoolFlags(cmd *cobra.Command) {
@@ -77,6 +99,13 @@ func (a *app) poolServer() (vmfest.Server, error) {
 		tokens = append(tokens, strings.TrimSpace(string(data)))
 	}
 	opts := []pool.Option{pool.WithTokens(tokens...)}
+	tc, err := a.pool.hostTLS()
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil {
+		opts = append(opts, pool.WithHostTLS(tc))
+	}
 	if a.pool.host != "" {
 		opts = append(opts, pool.WithHost(a.pool.host))
 	}

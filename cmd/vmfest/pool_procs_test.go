@@ -4,9 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -602,4 +610,83 @@ func health(out string) map[string]string {
 func readFile(path string) string {
 	data, _ := os.ReadFile(path)
 	return string(data)
+}
+
+// TestPoolHostTLS: a pool host serving its API over https with a
+// certificate of a private CA is reached by a --pool client given that
+// CA (--pool-host-cacert), and refused without it.
+func TestPoolHostTLS(t *testing.T) {
+	etcd := startEtcdCluster(t, 1)
+	endpoints := strings.Join(etcd.endpoints, ",")
+	cert, key := selfSignedLoopback(t)
+	hostHome, clientHome := machineHome(t), t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", loopbackPorts(t, 1)[0])
+	ctx, cancel := context.WithCancel(context.Background())
+	var serveErr lockedBuffer
+	served := make(chan error, 1)
+	go func() {
+		served <- execute(ctx, []string{"--home", hostHome, "serve", "--unix", "", "--listen", addr, "--tls-cert", cert, "--tls-key", key,
+			"--pool", endpoints, "--pool-host-id", "tls1"}, io.Discard, &serveErr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v\n%s", err, serveErr.String())
+		}
+	})
+	waitForWithin(context.Background(), t, time.Minute, "host tls1 joined", func() error {
+		if !strings.Contains(serveErr.String(), "joined the pool as host tls1, reachable at https://"+addr) {
+			return fmt.Errorf("serve: %s", serveErr.String())
+		}
+		return nil
+	})
+	tok, err := os.ReadFile(filepath.Join(hostHome, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := []string{"--pool", endpoints, "--token", strings.TrimSpace(string(tok))}
+	for _, c := range []cliCase{
+		{args: append(pool, "pool", "hosts"), stdout: "tls1  no-answer", stderr: "certificate"},
+		{args: append(pool, "--pool-host-cacert", cert, "pool", "hosts"), stdout: "tls1  ok"},
+		{args: append(pool, "--pool-host-cacert", cert, "list"), stdout: "NAME  HOST"},
+		{args: append(pool, "--pool-host-cacert", key, "list"), code: 1, stderr: "--pool-host-cacert " + key + ": no PEM certificate in it"},
+	} {
+		c.check(t, clientHome)
+	}
+}
+
+// selfSignedLoopback writes a self-signed certificate for 127.0.0.1 (its
+// own CA) and its key, and returns their paths.
+func selfSignedLoopback(t *testing.T) (certPath, keyPath string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "vmfest pool host"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certPath, keyPath
 }
