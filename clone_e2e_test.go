@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -158,6 +160,18 @@ func TestCloneSaved(t *testing.T) {
 		}
 	}
 	t.Logf("two clones of a saved 512 MiB machine at once, each running and re-identified after %v", took)
+	// The first clone made the source's memory template; both map its
+	// RAM file private.
+	tplRAM := filepath.Join(dir, store.TemplateDir, store.TemplateMemoryFile)
+	tplState := filepath.Join(dir, store.TemplateDir, store.TemplateStateFile)
+	ramInfo, err := os.Stat(tplRAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ramInfo.Mode().Perm() != 0o400 {
+		t.Fatalf("template RAM file mode %v, want 0400", ramInfo.Mode().Perm())
+	}
+	ramSum, tplStateSum := fileSum(t, tplRAM), fileSum(t, tplState)
 
 	srcInfo, err := src.Info(ctx)
 	if err != nil {
@@ -229,6 +243,41 @@ func TestCloneSaved(t *testing.T) {
 	guestRun(ctx, t, clones[0], "ping -c 1 -W 10 "+addrs[1])
 	guestRun(ctx, t, clones[1], "ping -c 1 -W 10 "+addrs[0])
 
+	// The clones write memory; the template does not change, and they
+	// share the pages of it that neither wrote.
+	pids := make([]int, len(clones))
+	for i, c := range clones {
+		guestRun(ctx, t, c, "dd if=/dev/urandom of=/dev/shm/w bs=1M count=16 2>/dev/null; sync; echo ok")
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[i] = info.PID
+	}
+	if fi, err := os.Stat(tplRAM); err != nil || !fi.ModTime().Equal(ramInfo.ModTime()) || fileSum(t, tplRAM) != ramSum || fileSum(t, tplState) != tplStateSum {
+		t.Fatalf("the clones changed the memory template (%v)", err)
+	}
+	// Of the template's pages the clones map (Rss less the copies
+	// they made, Anonymous), most are mapped by both (Shared_Clean), so
+	// they count half in each one's Pss.
+	var sum smapsSum
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sum = smapsSum{}
+		for _, pid := range pids {
+			sum.add(templateMapping(t, pid))
+		}
+		file := sum.rss - sum.anon
+		if file > 0 && sum.sharedClean*2 >= file && sum.pss < sum.rss {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clones' template mappings are not shared: %+v", sum)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("the clones' mappings of the template (kB): %+v", sum)
+
 	if fileSum(t, filepath.Join(dir, store.DiskFile)) != diskSum || fileSum(t, savedStatePath(dir)) != stateSum {
 		t.Fatal("a clone changed the source's disk or saved state")
 	}
@@ -241,6 +290,16 @@ func TestCloneSaved(t *testing.T) {
 	}
 	if got := guestRun(ctx, t, src, "hostname; kill -0 "+pid+" && echo alive"); got != srcHost+"\nalive" {
 		t.Fatalf("the source after its clones: %q", got)
+	}
+	// Its saved state is gone, and the template with it; the clones run
+	// on from their mappings of the unlinked file.
+	if _, err := os.Stat(filepath.Join(dir, store.TemplateDir)); err == nil {
+		t.Fatal("the source's memory template outlived its saved state")
+	}
+	for i, c := range clones {
+		if got := guestRun(ctx, t, c, "cat /proc/sys/kernel/hostname"); got != names[i] {
+			t.Fatalf("%s after its template was removed: %q", names[i], got)
+		}
 	}
 
 	// A clone of the running source: the source runs on, the clone too.
@@ -266,6 +325,49 @@ func TestCloneSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	guestRun(ctx, t, src, "ping -c 1 -W 10 "+a3.IP)
+}
+
+// smapsSum is a sum of /proc/PID/smaps fields, in kB.
+type smapsSum struct{ rss, pss, anon, sharedClean int64 }
+
+func (s *smapsSum) add(o smapsSum) {
+	s.rss, s.pss, s.anon, s.sharedClean = s.rss+o.rss, s.pss+o.pss, s.anon+o.anon, s.sharedClean+o.sharedClean
+}
+
+// templateMapping sums the smaps fields of process pid's mappings of a
+// saved RAM file (a clone's, from its source's memory template).
+func templateMapping(t *testing.T, pid int) (sum smapsSum) {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			in = strings.Contains(line, "/"+store.SavedMemoryFile)
+			continue
+		}
+		if !in || len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			sum.rss += n
+		case "Pss:":
+			sum.pss += n
+		case "Anonymous:":
+			sum.anon += n
+		case "Shared_Clean:":
+			sum.sharedClean += n
+		}
+	}
+	return sum
 }
 
 // held finds how long the source was held in the clone's log.
