@@ -60,7 +60,7 @@ deb:
 # Build it, lintian (no errors), dpkg -i, check the groups, the unit and
 # the system instance, dpkg -r (keeps /var/lib/vmfest), purge; as root.
 # Not part of make test: it installs a package on this machine.
-test-deb:
+test-deb: image
 	@bash scripts/install-deps.sh deb
 	bash scripts/build-deb.sh --test $(BUILD)
 

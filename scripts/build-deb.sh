@@ -8,7 +8,9 @@
 # build-deb.sh --test [BUILD_DIR] (as root; make test-deb) builds it, runs
 # lintian (errors fail), installs it with dpkg -i, checks the groups, the
 # unit (systemd-analyze verify) and the system instance started as its
-# ExecStart says, removes it (/var/lib/vmfest stays) and purges it (gone).
+# ExecStart says, an upgrade with a machine running (the same QEMU serves
+# on after the new server starts), removes it (/var/lib/vmfest stays) and
+# purges it (gone).
 # It refuses to run where vmfest is installed or /var/lib/vmfest exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +87,8 @@ grep -q '^E:' <<<"$lint" && fail "lintian reports errors"
 serve_pid=
 cleanup() {
   [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+  # A machine the test started and did not destroy (it failed on the way).
+  pkill -KILL -f -- '/var/lib/vmfest/machines/upg/' 2>/dev/null || true
   dpkg -s vmfest >/dev/null 2>&1 && dpkg --purge vmfest >/dev/null
   rm -rf "$stage"
 }
@@ -116,6 +120,32 @@ grep -q 'using the system vmfest server at unix:///run/vmfest/vmfest.sock' <<<"$
 said=$(setpriv --reuid=nobody --regid=nogroup --clear-groups env -u VMFEST_HOME -u VMFEST_SERVER HOME=/nonexistent vmfest list 2>&1) &&
   fail "a user outside vmfest could list: $said"
 grep -q 'join the group vmfest' <<<"$said" || fail "a user outside vmfest is not told how to get access: $said"
+# An upgrade keeps running machines running: a machine (NAT only, the tiny
+# image) runs; the package is installed again (dpkg runs the upgrade's
+# maintainer scripts: prerm upgrade, postinst configure OLD-VERSION); the
+# server is stopped as systemd stops it (SIGTERM to it alone) and the new
+# one started; it serves the same QEMU process.
+sys=(vmfest --server unix:///run/vmfest/vmfest.sock)
+pid_of() { "${sys[@]}" --json show "$1" | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'; }
+meta=$(readlink -f "$out/vmfest-tiny.meta")
+[ -f "$meta" ] || fail "no tiny image at $meta (make image)"
+printf 'memory-size: 256\ncpu-count: 1\nnetwork:\n  - attachment-type: nat\n' >"$stage/nat.yaml"
+"${sys[@]}" create upg --image "$meta" --hardware "$stage/nat.yaml" >/dev/null || fail "create a machine on the system instance"
+"${sys[@]}" start upg --wait 120s >/dev/null || fail "start a machine on the system instance"
+qemu=$(pid_of upg) && [ -n "$qemu" ] || fail "no pid for the running machine"
+dpkg -i "$deb" >/dev/null || fail "dpkg -i over the installed package"
+kill "$serve_pid"; wait "$serve_pid" || true; serve_pid=
+kill -0 "$qemu" 2>/dev/null || fail "the machine's QEMU (pid $qemu) ended with the server"
+$exec_start >>"$stage/serve.log" 2>&1 &
+serve_pid=$!
+for _ in $(seq 100); do
+  "${sys[@]}" list >/dev/null 2>&1 && break
+  kill -0 "$serve_pid" 2>/dev/null || { cat "$stage/serve.log" >&2; fail "serve --system ended after the upgrade"; }
+  sleep 0.1
+done
+[ "$(pid_of upg)" = "$qemu" ] || fail "after the upgrade the machine is not the same running QEMU (pid $qemu): $("${sys[@]}" show upg 2>&1)"
+"${sys[@]}" ssh upg --wait 60s -- true || fail "ssh to the machine after the upgrade"
+"${sys[@]}" destroy --force upg >/dev/null || fail "destroy the machine"
 kill "$serve_pid"; wait "$serve_pid" || true; serve_pid=
 dpkg -r vmfest >/dev/null
 [ -e /usr/bin/vmfest ] && fail "/usr/bin/vmfest left after dpkg -r"
