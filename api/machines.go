@@ -111,7 +111,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		img = vmfest.ImageModel(req.Image.Model)
 	case req.Image.Spec != nil:
 		im := *req.Image.Spec
-		loc, err := s.paths.check("image location", im.Location, im.Immutable)
+		loc, err := s.paths.check(r.Context(), "image location", im.Location, im.Immutable)
 		if err != nil {
 			return err
 		}
@@ -131,7 +131,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		hw = vmfest.HardwareModel(req.Hardware.Model)
 	case req.Hardware.Spec != nil:
 		h := *req.Hardware.Spec
-		if err := s.checkStorage(&h); err != nil {
+		if err := s.checkStorage(r.Context(), &h); err != nil {
 			return err
 		}
 		hw = vmfest.HardwareSpec(h)
@@ -149,7 +149,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) error {
 		opts = append(opts, vmfest.WithDriver(req.Driver))
 	}
 	for i, a := range req.Attach {
-		att, err := s.attachment(fmt.Sprintf("attach[%d]", i), a)
+		att, err := s.attachment(r.Context(), fmt.Sprintf("attach[%d]", i), a)
 		if err != nil {
 			return err
 		}
@@ -381,7 +381,7 @@ func (s *Server) changeMachine(w http.ResponseWriter, r *http.Request) error {
 			c.Hardware = &hw
 		case h.Spec != nil:
 			hs := *h.Spec
-			if err := s.checkStorage(&hs); err != nil {
+			if err := s.checkStorage(r.Context(), &hs); err != nil {
 				return err
 			}
 			hw := vmfest.HardwareSpec(hs)

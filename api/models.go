@@ -76,19 +76,19 @@ func (s *Server) setupModel(w http.ResponseWriter, r *http.Request) error {
 		if u.Host != "" && u.Host != "localhost" {
 			return badRequest("source %q: a file URL must be file:///absolute/path", source)
 		}
-		if source, err = s.paths.check("source", u.Path, true); err != nil {
+		if source, err = s.paths.check(r.Context(), "source", u.Path, true); err != nil {
 			return err
 		}
 	case strings.Contains(source, "://"):
 		return badRequest("source %q: use an http, https or file URL, or an absolute path on the server", source)
 	default:
-		if source, err = s.paths.check("source", source, true); err != nil {
+		if source, err = s.paths.check(r.Context(), "source", source, true); err != nil {
 			return err
 		}
 	}
 	for _, m := range []*spec.Image{req.Meta, req.Overrides} {
 		if m != nil && m.Location != "" {
-			p, err := s.paths.check("meta location", m.Location, true)
+			p, err := s.paths.check(r.Context(), "meta location", m.Location, true)
 			if err != nil {
 				return err
 			}
@@ -139,7 +139,7 @@ func (s *Server) addHardware(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &h); err != nil {
 		return err
 	}
-	if err := s.checkStorage(&h); err != nil {
+	if err := s.checkStorage(r.Context(), &h); err != nil {
 		return err
 	}
 	if err := s.srv.AddHardwareModel(r.Context(), n, h); err != nil {

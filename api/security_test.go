@@ -248,7 +248,7 @@ func TestAllowedPathsResolved(t *testing.T) {
 		{filepath.Join(outside, "x.raw"), 403, ""},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
-			got, err := pp.check("location", tc.path, true)
+			got, err := pp.check(context.Background(), "location", tc.path, true)
 			if tc.status == 0 {
 				if err != nil || got != tc.want {
 					t.Fatalf("check = %q, %v; want %q", got, err, tc.want)
@@ -260,6 +260,15 @@ func TestAllowedPathsResolved(t *testing.T) {
 				t.Fatalf("check = %q, %v; want status %d", got, err, tc.status)
 			}
 		})
+	}
+	// This host's user (root on the Unix socket: LocalHandler) names any
+	// file, as without a server; a missing one is still an error.
+	local := context.WithValue(context.Background(), localCallerKey{}, true)
+	if got, err := pp.check(local, "location", filepath.Join(outside, "x.raw"), false); err != nil || got != filepath.Join(outside, "x.raw") {
+		t.Errorf("a local caller's file outside --allow-path: %q, %v", got, err)
+	}
+	if _, err := pp.check(local, "location", filepath.Join(outside, "missing.raw"), false); err == nil {
+		t.Error("a local caller's missing file: no error")
 	}
 }
 

@@ -164,8 +164,12 @@ func (s *Server) LocalHandler() http.Handler {
 type localCallerKey struct{}
 
 // localCaller reports whether r came through LocalHandler.
-func localCaller(r *http.Request) bool {
-	v, _ := r.Context().Value(localCallerKey{}).(bool)
+func localCaller(r *http.Request) bool { return isLocal(r.Context()) }
+
+// isLocal reports whether ctx is a request's that came through
+// LocalHandler.
+func isLocal(ctx context.Context) bool {
+	v, _ := ctx.Value(localCallerKey{}).(bool)
 	return v
 }
 

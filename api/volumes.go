@@ -64,15 +64,15 @@ func (s *Server) removeVolume(w http.ResponseWriter, r *http.Request) error {
 // attachment checks what a caller names in a storage slot: a disk or an
 // ISO is a host path, allowed by the same policy as an image's location
 // (an ISO is read-only, a disk written).
-func (s *Server) attachment(field string, a wire.Attachment) (vmfest.Attachment, error) {
+func (s *Server) attachment(ctx context.Context, field string, a wire.Attachment) (vmfest.Attachment, error) {
 	var err error
 	if a.Disk != "" {
-		if a.Disk, err = s.paths.check(field+".disk", a.Disk, false); err != nil {
+		if a.Disk, err = s.paths.check(ctx, field+".disk", a.Disk, false); err != nil {
 			return vmfest.Attachment{}, err
 		}
 	}
 	if a.ISO != "" {
-		if a.ISO, err = s.paths.check(field+".iso", a.ISO, true); err != nil {
+		if a.ISO, err = s.paths.check(ctx, field+".iso", a.ISO, true); err != nil {
 			return vmfest.Attachment{}, err
 		}
 	}
@@ -81,13 +81,13 @@ func (s *Server) attachment(field string, a wire.Attachment) (vmfest.Attachment,
 
 // checkStorage applies the path policy to the locations a hardware spec's
 // storage devices name.
-func (s *Server) checkStorage(h *spec.Hardware) error {
+func (s *Server) checkStorage(ctx context.Context, h *spec.Hardware) error {
 	for i, c := range h.Storage {
 		for j, d := range c.Devices {
 			if d == nil || d.Location == "" {
 				continue
 			}
-			loc, err := s.paths.check(fmt.Sprintf("hardware storage[%d].devices[%d].location", i, j), d.Location, d.DeviceType == spec.DeviceDVD)
+			loc, err := s.paths.check(ctx, fmt.Sprintf("hardware storage[%d].devices[%d].location", i, j), d.Location, d.DeviceType == spec.DeviceDVD)
 			if err != nil {
 				return err
 			}
@@ -114,7 +114,7 @@ func (s *Server) slotAction(w http.ResponseWriter, r *http.Request, event string
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	a, err := s.attachment("", req)
+	a, err := s.attachment(r.Context(), "", req)
 	if err != nil {
 		return err
 	}
