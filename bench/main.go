@@ -34,6 +34,7 @@ func main() {
 	imagePath := flag.String("image", "build/vmfest-tiny.meta", "image spec of the tiny guest")
 	out := flag.String("out", "", "write the report (markdown) here; its plot goes beside it as bench.png")
 	quick := flag.Bool("quick", false, "fewer repetitions (a smoke run, not for the record)")
+	only := flag.String("only", "", "run only the step of this name (a check, not for the record)")
 	flag.Parse()
 
 	data, err := os.ReadFile(*imagePath)
@@ -57,10 +58,14 @@ func main() {
 		{"scale", b.scale},
 		{"start to ready", b.startToReady},
 		{"footprint", b.footprint},
+		{"clone memory", b.cloneMemory},
 		{"api", b.api},
 		{"pool", b.poolBench},
 	}
 	for _, s := range steps {
+		if *only != "" && s.name != *only {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "bench: %s...\n", s.name)
 		begun := time.Now()
 		if err := s.fn(ctx); err != nil {
