@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api"
+	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/pool"
 	"github.com/vmfest/vmfest/pool/embedetcd"
 )
@@ -181,11 +182,18 @@ func (a *app) joinPool(ctx context.Context, l *vmfest.Local, lc api.Listen) (fun
 			return nil, err
 		}
 	}
+	// The accelerator this host's machines get: both drivers choose it
+	// with qemu.ChooseAccel from VMFEST_ACCEL and the host's KVM.
+	accel, _, err := qemu.ChooseAccel(os.Getenv("VMFEST_ACCEL"), qemu.DefaultHost())
+	if err != nil {
+		leave()
+		return nil, fmt.Errorf("VMFEST_ACCEL: %w", err)
+	}
 	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	h, err := pool.Join(jctx, cli, pool.HostConfig{
 		ID: a.pool.hostID, URL: url, Token: tok, Server: l, Home: l.Home(),
-		Accel: os.Getenv("VMFEST_ACCEL"), TTL: a.pool.ttl, Logger: a.serveLogger(),
+		Accel: accel, TTL: a.pool.ttl, Logger: a.serveLogger(),
 	})
 	if err != nil {
 		leave()
