@@ -38,10 +38,17 @@ func (e *AgentError) Error() string {
 	return fmt.Sprintf("guest agent %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
-// syncInterval is how often DialAgent repeats its sync while the guest agent
-// is not yet listening: requests sent before the agent starts wait in the
-// port's buffer and are answered late, so replies are matched by id.
-const syncInterval = 200 * time.Millisecond
+// DialAgent repeats its sync while the guest agent does not answer, first
+// after syncFirst, then at twice the last wait up to syncInterval: a guest
+// resumed from memory answers a sync sent once the port has reopened
+// within milliseconds, but the first one, sent as the host reconnects, is
+// often lost; a booting guest answers in seconds. Requests sent before the
+// agent starts wait in the port's buffer and are answered late, so
+// replies are matched by id (and later ones, delimited by 0xFF, skipped).
+const (
+	syncFirst    = 20 * time.Millisecond
+	syncInterval = 200 * time.Millisecond
+)
 
 // DialAgent connects to the agent socket at path and synchronises with the
 // agent (guest-sync-delimited), retrying until the agent answers or ctx is
@@ -61,6 +68,7 @@ func DialAgent(ctx context.Context, path string) (*Agent, error) {
 
 func (a *Agent) sync(ctx context.Context) error {
 	sent := map[int64]bool{}
+	wait := syncFirst
 	for {
 		id := rand.Int64N(1 << 52)
 		sent[id] = true
@@ -68,7 +76,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		if err := a.c.write(ctx, []byte(req)); err != nil {
 			return timeoutErr("guest agent sync", err)
 		}
-		until := time.Now().Add(syncInterval)
+		until := time.Now().Add(wait)
+		wait = min(2*wait, syncInterval)
 		for {
 			line, err := a.c.readLine(ctx, until)
 			if err != nil {

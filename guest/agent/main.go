@@ -13,6 +13,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -52,6 +53,8 @@ func findPort(name string) string {
 
 func serve(a *qga.Agent, dev string) {
 	warned := false
+	sigio := make(chan os.Signal, 1)
+	signal.Notify(sigio, syscall.SIGIO)
 	for {
 		path := dev
 		if path == "" {
@@ -73,19 +76,45 @@ func serve(a *qga.Agent, dev string) {
 		}
 		log.Printf("serving on %s", path)
 		warned = false
+		hostEvents(f)
 		for {
 			// Serve returns on EOF (host side not connected) or error;
-			// keep the device open and poll again shortly. Each call
-			// starts with a fresh parser.
+			// keep the device open and read again when the host
+			// connects (SIGIO), or shortly. Each call starts with a
+			// fresh parser.
 			err := a.Serve(f, f)
 			if err != nil && err != io.EOF {
 				log.Printf("read %s: %v; reopening", path, err)
 				break
 			}
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-sigio:
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 		f.Close()
 		time.Sleep(time.Second)
+	}
+}
+
+// hostEvents asks the kernel for SIGIO when the host side of the virtio
+// port f connects or disconnects (virtio_console sends it to a port's
+// fasync owner), so that a host connecting right after the last one left
+// (vmfest connects once per call; a guest resumed from a saved state is
+// connected to at once) is answered without waiting for the next poll. A
+// kernel that does not send it leaves the poll to time.After.
+func hostEvents(f *os.File) {
+	fd := f.Fd()
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_SETOWN, uintptr(os.Getpid())); e != 0 {
+		log.Printf("F_SETOWN on the agent port: %v; polling", e)
+		return
+	}
+	flags, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	if e == 0 {
+		_, _, e = syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_SETFL, flags|syscall.O_ASYNC)
+	}
+	if e != 0 {
+		log.Printf("O_ASYNC on the agent port: %v; polling", e)
 	}
 }
 
