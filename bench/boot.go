@@ -101,18 +101,21 @@ func (b *bench) startToReady(ctx context.Context) error {
 	s := b.report.section("Start to ready (the tiny image, 512 MiB, one NAT NIC: `Start` until the guest agent answers)")
 	s.add(row{Metric: fmt.Sprintf("start to ready under %s, median of %d", accel, reps), Value: ms(mo), Baseline: ms(mt) + " (the same QEMU command line run by hand)", Ratio: ratio(mo, mt), Target: "≤ 1.10× baseline", Met: met(float64(mo) <= 1.10*float64(mt))})
 	s.note("The guest boots from the pc machine's IDE disk, the storage a spec without one gets (VMFest's); SeaBIOS reads the 14 MB kernel through IDE PIO, which dominates the boot under TCG. KVM figures: no host with working KVM was available for this run.")
-	if err := b.microBoot(ctx, s, reps); err != nil {
+	// Saved state, clones and snapshots on the micro machine, against its
+	// own cold boot: the fast one, which the ratios must beat.
+	if err := b.microBoot(ctx, s, reps, func(m vmfest.Machine, cold time.Duration, accel string) error {
+		if err := b.savedStart(ctx, s, m, cold, accel, reps); err != nil {
+			return fmt.Errorf("start of a saved machine: %w", err)
+		}
+		if err := b.cloneSaved(ctx, s, m, cold, accel, reps); err != nil {
+			return fmt.Errorf("clone of a saved machine: %w", err)
+		}
+		if err := b.snapshotRunning(ctx, s, m, accel, reps); err != nil {
+			return fmt.Errorf("snapshot of a running machine: %w", err)
+		}
+		return nil
+	}); err != nil {
 		return fmt.Errorf("cold boot on micro: %w", err)
-	}
-
-	if err := b.savedStart(ctx, s, m, mo, accel, reps); err != nil {
-		return fmt.Errorf("start of a saved machine: %w", err)
-	}
-	if err := b.cloneSaved(ctx, s, m, mo, accel, reps); err != nil {
-		return fmt.Errorf("clone of a saved machine: %w", err)
-	}
-	if err := b.snapshotRunning(ctx, s, m, accel, reps); err != nil {
-		return fmt.Errorf("snapshot of a running machine: %w", err)
 	}
 
 	// N machines at once, for the plot.
@@ -212,8 +215,8 @@ func (b *bench) savedStart(ctx context.Context, s *section, m vmfest.Machine, co
 	}
 	r, a := median(running), median(ready)
 	what := fmt.Sprintf("under %s, median of %d; the state file %d MiB", accel, reps, size>>20)
-	s.add(row{Metric: "start of a saved machine until running, " + what, Value: ms(r), Baseline: ms(cold) + " (a cold boot until ready, above)", Ratio: ratio(r, cold), Target: "≤ 300 ms", Met: met(r <= 300*time.Millisecond)})
-	s.add(row{Metric: "start of a saved machine until its agent answers", Value: ms(a), Baseline: ms(cold) + " (a cold boot until ready, above)", Ratio: ratio(a, cold), Target: "≤ 500 ms and ≤ 0.10× baseline", Met: met(a <= 500*time.Millisecond && float64(a) <= 0.10*float64(cold))})
+	s.add(row{Metric: "start of a saved machine until running, " + what, Value: ms(r), Baseline: ms(cold) + " (a cold boot of the same machine, above)", Ratio: ratio(r, cold), Target: "≤ 300 ms", Met: met(r <= 300*time.Millisecond)})
+	s.add(row{Metric: "start of a saved machine until its agent answers", Value: ms(a), Baseline: ms(cold) + " (a cold boot of the same machine, above)", Ratio: ratio(a, cold), Target: "≤ 500 ms and ≤ 0.10× baseline", Met: met(a <= 500*time.Millisecond && float64(a) <= 0.10*float64(cold))})
 	s.note("A saved machine resumes from its memory image (QMP migrate to a file, QEMU -incoming from it): the time is QEMU's start plus reading back the guest's used memory, and does not depend on how long the guest took to boot.")
 	return nil
 }
@@ -254,46 +257,65 @@ func (b *bench) snapshotRunning(ctx context.Context, s *section, m vmfest.Machin
 	return nil
 }
 
-// cloneSaved measures Clone of the saved machine m (512 MiB, booted and
-// saved anew each time) until the clone's agent answers with its new host
-// name and its NIC has an address, beside cold, the median cold boot of
-// the same machine in the same run.
+// cloneSaved measures Clone of the saved machine m (saved once) until the
+// clone's agent answers with its new host name and its NICs have
+// addresses, beside cold, the median cold boot of the same machine in the
+// same run. The first clone of the saved state also makes its memory
+// template: it is reported on its own, and the row is the median of the
+// clones after it.
 func (b *bench) cloneSaved(ctx context.Context, s *section, m vmfest.Machine, cold time.Duration, accel string, reps int) error {
+	var first time.Duration
 	var ready []time.Duration
-	if err := booted(ctx, m, reps, func(bctx context.Context, i int) error {
+	if err := booted(ctx, m, 1, func(bctx context.Context, _ int) error {
 		if err := m.Save(bctx); err != nil {
 			return err
 		}
-		name := fmt.Sprintf("clone%d", i)
-		t0 := time.Now()
-		c, err := m.Clone(bctx, name)
-		if err != nil {
-			return err
-		}
-		// The NAT NIC's DHCP may still be on its way when Clone
-		// returns (it waits for host-only addresses only).
-		res, err := c.Exec(bctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "hostname; i=0; while ! ip -4 -o addr show dev eth0 | grep -q inet && [ $i -lt 200 ]; do sleep 0.02; i=$((i + 1)); done; ip -4 -o addr show dev eth0"}})
-		if err != nil {
-			return err
-		}
-		ready = append(ready, time.Since(t0))
-		if out := string(res.Stdout); !strings.HasPrefix(out, name+"\n") || !strings.Contains(out, "inet ") {
-			return fmt.Errorf("the clone's guest says %q, want its host name %s and an address", out, name)
-		}
-		if err := c.PowerDown(bctx); err != nil {
-			return err
-		}
-		if err := c.Destroy(bctx); err != nil {
-			return err
+		for i := 0; i <= reps; i++ {
+			d, err := cloneReady(bctx, m, fmt.Sprintf("clone%d", i))
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				first = d
+			} else {
+				ready = append(ready, d)
+			}
 		}
 		return m.PowerDown(bctx)
 	}); err != nil {
 		return err
 	}
 	r := median(ready)
-	s.add(row{Metric: fmt.Sprintf("clone of a saved machine until the clone's agent answers with its new host name and address, under %s, median of %d", accel, reps), Value: ms(r), Baseline: ms(cold) + " (a cold boot until ready, above)", Ratio: ratio(r, cold), Target: "≤ 1 s and ≤ 0.15× baseline", Met: met(r <= time.Second && float64(r) <= 0.15*float64(cold))})
-	s.note("A clone of a saved machine copies its overlay (reflink or sparse copy), hard-links its state file, resumes from it and is re-identified through its guest agent in one guest command: each NIC takes the clone's MAC and its DHCP client starts again, the host name is set; the time includes that DHCP exchange. The source is saved anew for each clone, so every clone here also pays for making the source's memory template (its first clone's); later clones of the same saved state link it.")
+	s.add(row{Metric: fmt.Sprintf("clone of a saved machine until the clone's agent answers with its new host name and addresses, under %s, median of %d", accel, reps), Value: ms(r), Baseline: ms(cold) + " (a cold boot of the same machine, above)", Ratio: ratio(r, cold), Target: "≤ 1 s and ≤ 0.15× baseline", Met: met(r <= time.Second && float64(r) <= 0.15*float64(cold))})
+	s.note("A clone of a saved machine copies its overlay (reflink or sparse copy), links the saved state's memory template, resumes from it and is re-identified through its guest agent in one guest command: each NIC takes the clone's MAC and its DHCP client starts again, the host name is set; the time includes those DHCP exchanges. The first clone of a saved state also makes the template (its RAM in a file): it took %s here.", ms(first))
 	return nil
+}
+
+// cloneReady clones m as name, waits until the clone's guest says its new
+// host name and has an IPv4 address on each NIC, and destroys it; it
+// returns the time from Clone to that answer.
+func cloneReady(ctx context.Context, m vmfest.Machine, name string) (time.Duration, error) {
+	t0 := time.Now()
+	c, err := m.Clone(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		c.PowerDown(ctx)
+		c.Destroy(ctx)
+	}()
+	// A NAT NIC's DHCP may still be on its way when Clone returns (it
+	// waits for host-only addresses only).
+	res, err := c.Exec(ctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "hostname; i=0; while [ $i -lt 250 ]; do n=0; for d in /sys/class/net/eth*; do ip -4 -o addr show dev ${d##*/} | grep -q inet || n=1; done; [ $n = 0 ] && break; sleep 0.02; i=$((i + 1)); done; [ $n = 0 ] && echo addressed; ip -4 -o addr show"}})
+	if err != nil {
+		return 0, err
+	}
+	d := time.Since(t0)
+	out := string(res.Stdout)
+	if !strings.HasPrefix(out, name+"\naddressed\n") {
+		return 0, fmt.Errorf("the clone's guest says %q, want its host name %s and an address on each NIC", out, name)
+	}
+	return d, nil
 }
 
 func ms2(d time.Duration) string { return ms(d) }
@@ -486,7 +508,10 @@ func (b *bench) footprint(ctx context.Context) error {
 // on virtio, the seed in the IDE dvd drive), its two NICs on NAT (micro's
 // host-only NIC needs a host bridge), beside the same QEMU command line run
 // by hand (which has no seed).
-func (b *bench) microBoot(ctx context.Context, s *section, reps int) error {
+// microBoot measures cold boots of a machine on the micro hardware model
+// (its NICs on NAT: the bench touches no host network), then hands that
+// machine, powered off, and its median cold boot to then.
+func (b *bench) microBoot(ctx context.Context, s *section, reps int, then func(m vmfest.Machine, cold time.Duration, accel string) error) error {
 	l, cleanup, err := b.server()
 	if err != nil {
 		return err
@@ -526,8 +551,8 @@ func (b *bench) microBoot(ctx context.Context, s *section, reps int) error {
 	mo, mt := median(ours), median(theirs)
 	s.add(row{Metric: fmt.Sprintf("cold boot on micro (boot disk on virtio), start to ready under %s, median of %d", accel, reps), Value: ms(mo), Baseline: ms(mt) + " (the same QEMU command line run by hand)", Ratio: ratio(mo, mt),
 		Target: "≤ 2.5 s, ≤ 1.10× baseline", Met: met(mo <= 2500*time.Millisecond && float64(mo) <= 1.10*float64(mt))})
-	s.note("The built-in models boot from [VirtIO Controller, 0]: SeaBIOS reads the 19 MB of kernel and initramfs from a virtio disk in about 0.3 s, against about 2.5 s by IDE PIO (docs/images.md).")
-	return nil
+	s.note("The built-in models boot from [VirtIO Controller, 0]: SeaBIOS reads the 19 MB of kernel and initramfs from a virtio disk in about 0.3 s, against about 2.5 s by IDE PIO (docs/images.md). The rows below (saved state, clones, snapshots) run on this machine, against this cold boot.")
+	return then(m, mo, accel)
 }
 
 // coldBoot starts m, waits for its agent and powers it down; it returns
