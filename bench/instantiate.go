@@ -180,5 +180,5 @@ func (b *bench) createAll(ctx context.Context, n, workers int, hw vmfest.Hardwar
 }
 
 func scaleTarget(n int, for100 time.Duration) string {
-	return "≤ " + ms(for100*time.Duration(n)/100) + fmt.Sprintf(" (1.5 s per 100)")
+	return "≤ " + ms(for100*time.Duration(n)/100) + " (1.5 s per 100)"
 }

@@ -82,8 +82,7 @@ func serve(a *qga.Agent, dev string) {
 			// keep the device open and read again when the host
 			// connects (SIGIO), or shortly. Each call starts with a
 			// fresh parser.
-			err := a.Serve(f, f)
-			if err != nil && err != io.EOF {
+			if err := a.Serve(f, f); err != io.EOF {
 				log.Printf("read %s: %v; reopening", path, err)
 				break
 			}
