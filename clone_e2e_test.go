@@ -227,6 +227,14 @@ func TestCloneSaved(t *testing.T) {
 			t.Fatalf("%s: ssh hostname = %q", n, got)
 		}
 		unique("host", host, n)
+		if got := guestRun(ctx, t, c, "grep '^127\\.0\\.1\\.1' /etc/hosts"); got != "127.0.1.1 "+n {
+			t.Fatalf("%s: /etc/hosts says %q", n, got)
+		}
+		// One DHCP client on eth0, the source's ended, the new one
+		// sending the clone's name.
+		if got := guestRun(ctx, t, c, `for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done | grep -- ' -i eth0 '`); !strings.HasSuffix(got, "hostname:"+n) || strings.Count(got, "\n") != 0 {
+			t.Fatalf("%s: the DHCP clients of eth0: %q", n, got)
+		}
 		unique("genid", info.GenerationID, n)
 		if got := hostGenID(ctx, t, l, n); got != info.GenerationID {
 			t.Fatalf("%s: QEMU gives generation id %s, the record says %s", n, got, info.GenerationID)

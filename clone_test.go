@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -506,34 +507,48 @@ func TestFakeCloneNotReidentified(t *testing.T) {
 	}
 }
 
-func TestReidentifyPlan(t *testing.T) {
+func TestReidentifyArgs(t *testing.T) {
 	r := record{Hardware: spec.Hardware{Network: []spec.NIC{
 		{AttachmentType: spec.AttachHostOnly, MACAddress: "52:54:00:00:00:0A"},
 		{AttachmentType: spec.AttachNone, MACAddress: "52:54:00:00:00:0b"},
 		{AttachmentType: spec.AttachNAT, MACAddress: "52:54:00:00:00:0c"},
+		{AttachmentType: spec.AttachNAT, MACAddress: "52:54:00:00:00:0d"},
 	}}, Reidentify: &reidentifyRecord{MACs: []string{"52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"}}}
-	for _, tc := range []struct {
-		name string
-		ifs  []driver.Interface
-		want []string
-		err  string
-	}{
-		{"migrated", []driver.Interface{{Name: "lo"}, {Name: "eth0", HWAddress: "52:54:00:00:00:01"}, {Name: "eth1", HWAddress: "52:54:00:00:00:03"}}, []string{"eth0", "", "eth1"}, ""},
-		{"booted", []driver.Interface{{Name: "eth0", HWAddress: "52:54:00:00:00:0a"}, {Name: "eth1", HWAddress: "52:54:00:00:00:0c"}}, []string{"", "", ""}, ""},
-		{"missing", []driver.Interface{{Name: "eth0", HWAddress: "52:54:00:00:00:01"}}, nil, "network[2]"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := reidentifyPlan(r, tc.ifs)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil || !slices.Equal(got, tc.want) {
-				t.Fatalf("plan = %q, %v; want %q", got, err, tc.want)
+	got := reidentifyArgs("c1", r)
+	want := []string{"-c", reidentifyScript, "vmfest-reidentify", "c1",
+		"0", "52:54:00:00:00:01", "52:54:00:00:00:0a",
+		"2", "52:54:00:00:00:03", "52:54:00:00:00:0c",
+		"3", "-", "52:54:00:00:00:0d"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("args = %q, want %q", got[3:], want[3:])
+	}
+	seed := reidentifySeed()
+	if len(seed) != 129 || seed[128] != '\n' || strings.Trim(string(seed[:128]), "0123456789abcdef") != "" {
+		t.Fatalf("seed %q: want 128 hex digits and a newline", seed)
+	}
+}
+
+// TestReidentifyScriptSyntax parses the re-identification script with each
+// POSIX shell the host has of those guests run it with (busybox ash, dash,
+// bash).
+func TestReidentifyScriptSyntax(t *testing.T) {
+	shells := map[string][]string{"busybox ash": {"busybox", "ash"}, "dash": {"dash"}, "bash": {"bash", "--posix"}}
+	ran := 0
+	for name, argv := range shells {
+		path, err := exec.LookPath(argv[0])
+		if err != nil {
+			continue
+		}
+		ran++
+		t.Run(name, func(t *testing.T) {
+			out, err := exec.Command(path, append(argv[1:], "-n", "-c", reidentifyScript)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s -n: %v: %s", name, err, out)
 			}
 		})
+	}
+	if ran == 0 {
+		t.Skip("no POSIX shell to parse the script with")
 	}
 }
 

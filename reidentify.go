@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,30 +24,37 @@ import (
 // source's address and DHCP client, its host name. reidentify tells the
 // guest, through its guest agent:
 //
-//   - each NIC, found by the source's MAC, takes the clone's (link down,
-//     address, up) and its DHCP client starts again with it: the tiny
-//     guest's udhcpc is ended and started with the arguments it ran with
-//     (its hostname:OLD option becomes the new name); another guest gets
+//   - each NIC, found by the source's MAC (a physical one before a bridge
+//     or VLAN that shares it), takes the clone's (link down, address and
+//     up) and its DHCP client starts again with it: the tiny guest's
+//     udhcpc is ended and started with the arguments it ran with (its
+//     hostname:OLD option becomes the new name); another guest gets
 //     `networkctl reconfigure`, `dhclient -r; dhclient` or
 //     `nmcli device reapply`, the first it has;
 //   - the host name (hostname, hostnamectl when present, /etc/hostname,
 //     the 127.0.1.1 line of /etc/hosts);
-//   - 64 bytes of the host's randomness written to /dev/urandom, beside
-//     the vmgenid device (a guest kernel without a vmgenid driver does not
-//     reseed from it);
+//   - 64 bytes of the host's randomness (as hex) written to /dev/urandom,
+//     beside the vmgenid device (a guest kernel without a vmgenid driver
+//     does not reseed from it);
 //
-// and then waits until every NIC has the clone's MAC and each host-only
-// NIC its reserved address. Until the guest has the clone's MAC on a NIC,
-// that NIC's link is down (holdCloneLinks, driver.Links): the guest, and
-// QEMU's announcements after the state loads, would otherwise speak on
-// the network with the source's MAC and address; the script waits for
-// the link before it starts the NIC's DHCP client. Start has already set the clock. The record's
-// Reidentify flag is set before the clone first runs and cleared only
-// here, so a crash or a failure is visible and the next start from the
-// saved state tries again (a start that boots afresh just clears it: the
-// guest comes up with the clone's MACs). A guest without an agent keeps
-// the source's identity, off its networks, until it is powered down and
-// started again.
+// all in one guest command (reidentifyScript), and sets the guest's clock
+// in the same agent session (a resumed guest's clock stood still while it
+// was saved; Start leaves it to this). It then waits until every NIC has
+// the clone's MAC and each host-only NIC its reserved address (first on
+// the host, in dnsmasq's leases, then in the guest). Until the
+// guest has the clone's MAC on a NIC, that NIC's link is down
+// (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
+// after the state loads, would otherwise speak on the network with the
+// source's MAC and address. The script exits 0 only once every NIC has
+// taken its MAC; then the links go up, and the script's background part
+// waits for each link before it starts the NIC's DHCP client, whose
+// request names the clone's MAC and so gets the clone's reservation. The
+// record's Reidentify flag is set before the clone first runs and cleared
+// only here, so a crash or a failure is visible and the next start from
+// the saved state tries again (a start that boots afresh just clears it:
+// the guest comes up with the clone's MACs). A guest without an agent
+// keeps the source's identity, off its networks, until it is powered down
+// and started again.
 
 // reidentifyRecord is a clone's pending re-identification.
 type reidentifyRecord struct {
@@ -70,77 +79,138 @@ const ReidentifyTimeout = 60 * time.Second
 var ErrNotReidentified = errors.New("the clone's guest still has its source's identity")
 
 // reidentifyScript runs in the guest: sh -c SCRIPT vmfest-reidentify
-// NEWNAME [IFACE NEWMAC]..., the host's randomness on stdin.
+// NEWNAME [SLOT SOURCEMAC CLONEMAC]..., the host's randomness on stdin as
+// one line of hex. Under TCG a resumed guest pays for every code path it
+// runs for the first time (QEMU translates it anew), so the script runs as
+// few programs as it can: shell builtins read /proc and /sys, the DHCP
+// clients are found by their comm and read with `read -d ”` where the
+// shell has it, each NIC takes its MAC with two `ip` calls, and what waits
+// for the host (the carrier, then the DHCP client) runs in the background
+// after the script has exited 0 — which the host takes as "every NIC has
+// the clone's MAC" and plugs the links in.
 const reidentifyScript = `set -u
+ifs=$IFS
 new=$1; shift
-cat >/dev/urandom 2>/dev/null
+seed=
+read -r seed || :
+[ -n "$seed" ] && { printf '%s\n' "$seed" >/dev/urandom; } 2>/dev/null
 old=
-read -r old </proc/sys/kernel/hostname 2>/dev/null
+{ read -r old </proc/sys/kernel/hostname; } 2>/dev/null
 if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname "$new" 2>/dev/null; then :; else
 	{ printf '%s\n' "$new" >/proc/sys/kernel/hostname; } 2>/dev/null || hostname "$new" || exit 1
-	printf '%s\n' "$new" >/etc/hostname 2>/dev/null
+	{ printf '%s\n' "$new" >/etc/hostname; } 2>/dev/null
 fi
-[ -w /etc/hosts ] && sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1 $new/" /etc/hosts 2>/dev/null
-pause() { sleep 0.02 2>/dev/null || sleep 1; }
-while [ $# -ge 2 ]; do
-	ifc=$1 mac=$2; shift 2
-	pid= args=
-	procs=
-	if command -v pidof >/dev/null 2>&1; then
-		for p in $(pidof udhcpc); do procs="$procs /proc/$p"; done
+nl='
+'
+hosts= edit=
+if [ -w /etc/hosts ]; then
+	while IFS= read -r l || [ -n "$l" ]; do
+		case $l in
+		"127.0.1.1 $new") ;;
+		127.0.1.1[[:space:]]*) l="127.0.1.1 $new" edit=1 ;;
+		esac
+		hosts="$hosts$l$nl"
+	done </etc/hosts
+	[ -n "$edit" ] && { printf '%s' "$hosts" >/etc/hosts; } 2>/dev/null
+fi
+rd=
+{ read -r -d '' rd </dev/null; } 2>/dev/null
+[ $? -eq 1 ] && rd=1
+cmdline() {
+	c=
+	if [ -n "$rd" ]; then
+		while IFS= read -r -d '' a; do c="$c$a$nl"; done <"/proc/$1/cmdline"
 	else
-		procs=$(echo /proc/[0-9]*)
+		c=$(tr '\0' '\n' <"/proc/$1/cmdline")
 	fi
-	for p in $procs; do
-		c=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null) || continue
-		case "${c%%
-*}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
-		case "
-$c
-" in *"
-$ifc
-"*) ;; *) continue ;; esac
-		pid=${p#/proc/} args=$c
+} 2>/dev/null
+dhcp=
+for p in /proc/[0-9]*; do
+	{ read -r comm <"$p/comm"; } 2>/dev/null && [ "$comm" = udhcpc ] && dhcp="$dhcp ${p#/proc/}"
+done
+nics=
+for d in /sys/class/net/*; do
+	a=none
+	{ read -r a <"$d/address"; } 2>/dev/null
+	dev=0
+	[ -e "$d/device" ] && dev=1
+	nics="$nics${d##*/} $a $dev$nl"
+done
+pause() { sleep 0.02 2>/dev/null || sleep 1; }
+n=0 dhcpc=
+while [ $# -ge 3 ]; do
+	slot=$1 from=$2 to=$3; shift 3
+	ifc= cur=
+	IFS=$nl
+	for e in $nics; do
+		a=${e#* } name=${e%% *}
+		if [ "${a% *}" = "$to" ]; then cur=$name; break; fi
+		if [ "${a% *}" = "$from" ] && { [ -z "$ifc" ] || [ "${a##* }" = 1 ]; }; then ifc=$name; fi
+	done
+	IFS=$ifs
+	[ -n "$cur" ] && continue
+	if [ -z "$ifc" ]; then
+		echo "network[$slot]: the guest has no interface with the source's MAC $from or the clone's $to" >&2
+		exit 1
+	fi
+	args=
+	for pid in $dhcp; do
+		cmdline "$pid" || continue
+		case "${c%%$nl*}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
+		case "$nl$c" in *"$nl$ifc$nl"*) ;; *) continue ;; esac
+		dhcpc="$dhcpc $pid"
+		args=$c
 		break
 	done
-	if [ -n "$pid" ]; then
-		kill "$pid" 2>/dev/null
-		i=0
-		while kill -0 "$pid" 2>/dev/null && [ $i -lt 250 ]; do pause; i=$((i + 1)); done
-	fi
-	ip link set dev "$ifc" down || exit 1
-	ip link set dev "$ifc" address "$mac" || exit 1
-	ip link set dev "$ifc" up || exit 1
-	# vmfest plugs the link in once it sees the new MAC; the kernel sends
-	# once the link is operationally up.
-	i=0 op=
-	while [ $i -lt 500 ]; do
-		{ read -r op <"/sys/class/net/$ifc/operstate"; } 2>/dev/null
-		[ "$op" = up ] || [ "$op" = unknown ] && break
-		pause
-		i=$((i + 1))
-	done
-	if [ -n "$pid" ]; then
-		(
-			IFS='
-'
-			set -f
-			set --
-			for a in $args; do
-				[ "$a" = "hostname:$old" ] && a="hostname:$new"
-				set -- "$@" "$a"
-			done
-			if command -v setsid >/dev/null 2>&1; then
-				setsid "$@" </dev/null >/dev/null 2>&1 &
-			else
-				"$@" </dev/null >/dev/null 2>&1 &
-			fi
-		)
-	elif command -v networkctl >/dev/null 2>&1 && networkctl reconfigure "$ifc" >/dev/null 2>&1; then :
-	elif command -v dhclient >/dev/null 2>&1; then dhclient -r "$ifc" >/dev/null 2>&1; dhclient -nw "$ifc" >/dev/null 2>&1
-	elif command -v nmcli >/dev/null 2>&1; then nmcli device reapply "$ifc" >/dev/null 2>&1
-	fi
+	eval "ifc_$n=\$ifc mac_$n=\$to args_$n=\$args"
+	n=$((n + 1))
 done
+[ $n -eq 0 ] && exit 0
+for pid in $dhcpc; do kill "$pid" 2>/dev/null; done
+j=0
+while [ $j -lt $n ]; do
+	eval "ip link set dev \"\$ifc_$j\" down" || exit 1
+	j=$((j + 1))
+done
+for pid in $dhcpc; do
+	i=0
+	while kill -0 "$pid" 2>/dev/null && [ $i -lt 250 ]; do pause; i=$((i + 1)); done
+done
+j=0
+while [ $j -lt $n ]; do
+	eval "ip link set dev \"\$ifc_$j\" address \"\$mac_$j\" up" || exit 1
+	j=$((j + 1))
+done
+(
+	j=0
+	while [ $j -lt $n ]; do
+		eval "ifc=\$ifc_$j args=\$args_$j"
+		j=$((j + 1))
+		i=0 op=
+		while [ $i -lt 500 ]; do
+			{ read -r op <"/sys/class/net/$ifc/operstate"; } 2>/dev/null
+			[ "$op" = up ] || [ "$op" = unknown ] && break
+			pause
+			i=$((i + 1))
+		done
+		if [ -n "$args" ]; then
+			(
+				IFS=$nl
+				set -f
+				set --
+				for a in $args; do
+					[ "$a" = "hostname:$old" ] && a="hostname:$new"
+					set -- "$@" "$a"
+				done
+				if command -v setsid >/dev/null 2>&1; then exec setsid "$@"; fi
+				exec "$@"
+			) &
+		elif command -v networkctl >/dev/null 2>&1 && networkctl reconfigure "$ifc"; then :
+		elif command -v dhclient >/dev/null 2>&1; then dhclient -r "$ifc"; dhclient -nw "$ifc"
+		elif command -v nmcli >/dev/null 2>&1; then nmcli device reapply "$ifc"
+		fi
+	done
+) </dev/null >/dev/null 2>&1 &
 exit 0
 `
 
@@ -195,6 +265,8 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 		return err
 	}
 	if r.Reidentify == nil {
+		// Re-identified meanwhile; its clock is still this start's to set.
+		m.setClock(ctx, d, r)
 		return nil
 	}
 	if info := d.Info(); !info.Features.GuestAgent {
@@ -207,34 +279,22 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 		return fmt.Errorf("its guest agent did not answer: %w", err)
 	}
 	defer a.Close()
-	ifs, err := driver.Interfaces(ctx, a)
-	if err != nil {
-		return err
-	}
-	names, err := reidentifyPlan(r, ifs)
-	if err != nil {
-		return err
-	}
-	args := []string{"-c", reidentifyScript, "vmfest-reidentify", m.name}
-	for i, n := range names {
-		if n != "" {
-			args = append(args, n, strings.ToLower(r.Hardware.Network[i].MACAddress))
-		}
-	}
-	seed := make([]byte, 64)
-	rand.Read(seed)
 	agentAt := time.Since(begun)
-	pid, err := startScript(ctx, a, args, seed)
+	pid, err := startScript(ctx, a, reidentifyArgs(m.name, r), reidentifySeed())
 	if err != nil {
 		return err
 	}
-	if err := m.plugReidentified(ctx, d, a, r); err != nil {
-		return err
-	}
+	// The clock, in the same session while the script runs: the guest's
+	// stood still while it was saved.
+	m.setClockWith(ctx, a)
 	if err := waitScript(ctx, a, pid); err != nil {
 		return err
 	}
 	execAt := time.Since(begun)
+	if err := m.plugReidentified(ctx, d, r); err != nil {
+		return err
+	}
+	m.waitLeases(ctx, r, begun)
 	if err := waitReidentified(ctx, a, r); err != nil {
 		return err
 	}
@@ -250,35 +310,85 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	return nil
 }
 
-// reidentifyPlan names, by NIC slot, the guest interface that must take
-// the clone's MAC: the one with the source's MAC. A slot whose interface
-// already has the clone's MAC (the guest booted afresh) or that is
-// unplugged needs nothing ("").
-func reidentifyPlan(r record, ifs []driver.Interface) ([]string, error) {
-	byMAC := map[string]string{}
-	for _, f := range ifs {
-		byMAC[strings.ToLower(f.HWAddress)] = f.Name
-	}
-	names := make([]string, len(r.Hardware.Network))
+// reidentifyArgs are the arguments of /bin/sh for reidentifyScript: the
+// new host name, then for each plugged NIC its slot, the source's MAC (the
+// guest's until now; "-" if the record lacks it) and the clone's.
+func reidentifyArgs(name string, r record) []string {
+	args := []string{"-c", reidentifyScript, "vmfest-reidentify", name}
 	for i, n := range r.Hardware.Network {
 		if n.AttachmentType == spec.AttachNone {
 			continue
 		}
-		mac := strings.ToLower(n.MACAddress)
-		if _, ok := byMAC[mac]; ok {
-			continue
-		}
-		old := ""
-		if i < len(r.Reidentify.MACs) {
+		old := "-"
+		if i < len(r.Reidentify.MACs) && r.Reidentify.MACs[i] != "" {
 			old = strings.ToLower(r.Reidentify.MACs[i])
 		}
-		name, ok := byMAC[old]
-		if !ok || old == "" {
-			return nil, fmt.Errorf("network[%d]: the guest has no interface with the source's MAC %s or the clone's %s", i, old, mac)
-		}
-		names[i] = name
+		args = append(args, strconv.Itoa(i), old, strings.ToLower(n.MACAddress))
 	}
-	return names, nil
+	return args
+}
+
+// reidentifySeed is the script's standard input: 64 bytes of the host's
+// randomness as one line of hex, which the shell reads and writes to
+// /dev/urandom with builtins (the pool mixes in whatever is written, so
+// the text carries all 512 bits).
+func reidentifySeed() []byte {
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	return []byte(hex.EncodeToString(seed) + "\n")
+}
+
+// leaseWait bounds how long waitLeases watches the host's DHCP leases
+// before waitReidentified asks the guest anyway; leasePoll is how often
+// it reads them.
+const (
+	leaseWait = 2 * time.Second
+	leasePoll = 5 * time.Millisecond
+)
+
+// waitLeases waits, on the host, until dnsmasq has leased each of the
+// clone's host-only NICs its reserved address (a lease granted since
+// since), at most leaseWait. Each guest-network-get-interfaces the guest
+// answers costs it CPU time its DHCP client needs (under TCG much of it
+// translating code the resumed guest runs for the first time), so
+// waitReidentified asks the guest once the host has seen the leases. Best
+// effort: what it cannot read, or a lease later than leaseWait, is left to
+// the guest's own answer.
+func (m *localMachine) waitLeases(ctx context.Context, r record, since time.Time) {
+	nm, err := m.l.networks()
+	if err != nil {
+		return
+	}
+	type want struct{ network, ip, mac string }
+	var todo []want
+	for i, n := range r.Hardware.Network {
+		if n.AttachmentType == spec.AttachHostOnly && i < len(r.Net.NICs) && r.Net.NICs[i].IP != "" {
+			todo = append(todo, want{r.Net.NICs[i].Network, r.Net.NICs[i].IP, strings.ToLower(n.MACAddress)})
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, leaseWait)
+	defer cancel()
+	tick := time.NewTicker(leasePoll)
+	defer tick.Stop()
+	for {
+		for len(todo) > 0 {
+			if ip, _ := nm.ConfirmLease(todo[0].network, todo[0].ip, todo[0].mac, since); ip == "" {
+				break
+			}
+			todo = todo[1:]
+		}
+		if len(todo) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // waitReidentified polls the guest agent until every plugged NIC has the
@@ -364,45 +474,22 @@ func startScript(ctx context.Context, a driver.Agent, args []string, stdin []byt
 	return *started.PID, nil
 }
 
-// plugReidentified sets each held NIC's link up (driver.Links) as soon as
-// the guest shows the clone's MAC on it; the
-// script waits for that carrier before it starts the NIC's DHCP client.
-func (m *localMachine) plugReidentified(ctx context.Context, d driver.Driver, a driver.Agent, r record) error {
+// plugReidentified sets each held NIC's link up (driver.Links) once the
+// script has exited 0: every plugged NIC then has the clone's MAC in the
+// guest (the script exits 1 unless `ip link set ... address` took it), and
+// the script's background part waits for the carrier before it starts the
+// NIC's DHCP client.
+func (m *localMachine) plugReidentified(ctx context.Context, d driver.Driver, r record) error {
 	ln, ok := d.(driver.Links)
 	if !ok {
 		return nil
 	}
-	todo := map[int]bool{}
 	for i, n := range r.Hardware.Network {
-		if n.AttachmentType != spec.AttachNone {
-			todo[i] = true
+		if n.AttachmentType == spec.AttachNone {
+			continue
 		}
-	}
-	tick := time.NewTicker(scriptPoll)
-	defer tick.Stop()
-	for len(todo) > 0 {
-		ifs, err := driver.Interfaces(ctx, a)
-		if err == nil {
-			for i := range todo {
-				mac := strings.ToLower(r.Hardware.Network[i].MACAddress)
-				for _, f := range ifs {
-					if strings.ToLower(f.HWAddress) != mac {
-						continue
-					}
-					if err := ln.SetLink(ctx, m.ref(r), i, true); err != nil {
-						return err
-					}
-					delete(todo, i)
-				}
-			}
-		}
-		if len(todo) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the guest to take the clone's MACs (its links stay down): %w", ctx.Err())
-		case <-tick.C:
+		if err := ln.SetLink(ctx, m.ref(r), i, true); err != nil {
+			return fmt.Errorf("plug network[%d] in: %w", i, err)
 		}
 	}
 	return nil

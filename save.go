@@ -232,7 +232,9 @@ func continueResumed(ctx context.Context, s *starting) error {
 // setClock sets a resumed guest's clock to the host's (guest agent
 // guest-set-time): its clock stood still while it was saved. Best effort,
 // bounded by clockTimeout; a guest without an agent, or one whose agent
-// lacks the command, keeps its clock and a debug line says so.
+// lacks the command, keeps its clock and a debug line says so. A clone
+// still to be re-identified has its clock set in the re-identification's
+// agent session instead (setClockWith), which saves a connection.
 func (m *localMachine) setClock(ctx context.Context, d driver.Driver, r record) {
 	if !d.Info().Features.GuestAgent {
 		return
@@ -240,11 +242,19 @@ func (m *localMachine) setClock(ctx context.Context, d driver.Driver, r record) 
 	ctx, cancel := context.WithTimeout(ctx, clockTimeout)
 	defer cancel()
 	a, err := d.Agent(ctx, m.ref(r))
-	if err == nil {
-		_, err = a.Execute(ctx, "guest-set-time", map[string]int64{"time": time.Now().UnixNano()})
-		a.Close()
-	}
 	if err != nil {
+		m.l.log.Debug("the resumed guest's clock was not set", "machine", m.name, "err", err)
+		return
+	}
+	defer a.Close()
+	m.setClockWith(ctx, a)
+}
+
+// setClockWith is setClock through the connected agent a.
+func (m *localMachine) setClockWith(ctx context.Context, a driver.Agent) {
+	ctx, cancel := context.WithTimeout(ctx, clockTimeout)
+	defer cancel()
+	if _, err := a.Execute(ctx, "guest-set-time", map[string]int64{"time": time.Now().UnixNano()}); err != nil {
 		m.l.log.Debug("the resumed guest's clock was not set", "machine", m.name, "err", err)
 		return
 	}

@@ -108,7 +108,9 @@ func (m *localMachine) run(ctx context.Context, s *starting, after func(step str
 		}
 	}
 	m.l.log.Debug("machine started", "machine", m.name, "driver", s.drv.Info().Name, "accel", s.r.Accel, "resumed", s.incoming != "")
-	if s.restored == Running || s.snapshot != "" {
+	// A clone resumed from its source's memory has its clock set by its
+	// re-identification, in the same agent session.
+	if (s.restored == Running || s.snapshot != "") && !(s.incoming != "" && s.r.Reidentify != nil) {
 		m.setClock(ctx, s.drv, s.r)
 	}
 	return nil
