@@ -235,6 +235,11 @@ func TestCloneSaved(t *testing.T) {
 		if got := guestRun(ctx, t, c, `for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done | grep -- ' -i eth0 '`); !strings.HasSuffix(got, "hostname:"+n) || strings.Count(got, "\n") != 0 {
 			t.Fatalf("%s: the DHCP clients of eth0: %q", n, got)
 		}
+		// Its clock was set, in the re-identification's agent session
+		// (the source booted and never had it set).
+		if got := guestRun(ctx, t, c, "grep -c 'guest-set-time: [0-9]' /var/log/vmfest-agent.log || :"); got == "0" || got == "" {
+			t.Fatalf("%s: the agent's log has no guest-set-time (%q)", n, got)
+		}
 		unique("genid", info.GenerationID, n)
 		if got := hostGenID(ctx, t, l, n); got != info.GenerationID {
 			t.Fatalf("%s: QEMU gives generation id %s, the record says %s", n, got, info.GenerationID)

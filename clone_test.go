@@ -782,12 +782,11 @@ old=$!
 until [ "$(cat /proc/$old/comm)" = udhcpc ]; do sleep 0.01; done
 set +e
 printf '%s\n' 0123456789abcdef | $SH -c "$SCRIPT" vmfest-reidentify "$NEW" $SLOTS 2>"$DIR/stderr"
-rc=$?
-echo "rc=$rc"
+echo "rc=$?"
 i=0
-while [ $rc = 0 ] && [ $i -lt 100 ]; do
-	n=$(pidof udhcpc | wc -w)
-	[ "$n" = 1 ] && ! kill -0 $old 2>/dev/null && break
+while [ $i -lt 100 ]; do
+	c=$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done)
+	[ "$c" = "udhcpc -f -i v0 -s /bin/true -x hostname:$CLIENT " ] && break
 	sleep 0.05
 	i=$((i + 1))
 done
@@ -824,14 +823,18 @@ func TestReidentifyScriptRuns(t *testing.T) {
 		shells["dash"] = dash
 	}
 	for _, tc := range []struct {
-		name  string
-		slots string
-		want  []string
+		name   string
+		slots  string
+		client string // the host name its udhcpc sends once done
+		want   []string
 	}{
-		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a 1 - 52:54:00:00:00:0b", []string{
+		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a 1 - 52:54:00:00:00:0b", "newname", []string{
 			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname",
 			"udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:newname ", "stderr="}},
-		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", []string{
+		{"NICs unchanged", "1 - 52:54:00:00:00:0b", "oldname", []string{
+			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname",
+			"udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:oldname ", "stderr="}},
+		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
 			"rc=1", "mac=52:54:00:00:00:01", "udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:oldname ",
 			"stderr=network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"}},
 	} {
@@ -854,7 +857,7 @@ func TestReidentifyScriptRuns(t *testing.T) {
 				}
 				ctx := ctxTimeout(t, 30*time.Second)
 				cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", reidentifyHarness)
-				cmd.Env = append(os.Environ(), "DIR="+dir, "IP="+ipPath, "SH="+sh, "SCRIPT="+reidentifyScript, "NEW=newname", "SLOTS="+tc.slots)
+				cmd.Env = append(os.Environ(), "DIR="+dir, "IP="+ipPath, "SH="+sh, "SCRIPT="+reidentifyScript, "NEW=newname", "SLOTS="+tc.slots, "CLIENT="+tc.client)
 				out, err := cmd.CombinedOutput()
 				if err != nil {
 					t.Fatalf("%v: %s", err, out)

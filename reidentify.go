@@ -113,21 +113,6 @@ if [ -w /etc/hosts ]; then
 	done </etc/hosts
 	[ -n "$edit" ] && { printf '%s' "$hosts" >/etc/hosts; } 2>/dev/null
 fi
-rd=
-{ read -r -d '' rd </dev/null; } 2>/dev/null
-[ $? -eq 1 ] && rd=1
-cmdline() {
-	c=
-	if [ -n "$rd" ]; then
-		while IFS= read -r -d '' a; do c="$c$a$nl"; done <"/proc/$1/cmdline"
-	else
-		c=$(tr '\0' '\n' <"/proc/$1/cmdline")
-	fi
-} 2>/dev/null
-dhcp=
-for p in /proc/[0-9]*; do
-	{ read -r comm <"$p/comm"; } 2>/dev/null && [ "$comm" = udhcpc ] && dhcp="$dhcp ${p#/proc/}"
-done
 nics=
 for d in /sys/class/net/*; do
 	a=none
@@ -136,8 +121,7 @@ for d in /sys/class/net/*; do
 	[ -e "$d/device" ] && dev=1
 	nics="$nics${d##*/} $a $dev$nl"
 done
-pause() { sleep 0.02 2>/dev/null || sleep 1; }
-n=0 dhcpc=
+n=0
 while [ $# -ge 3 ]; do
 	slot=$1 from=$2 to=$3; shift 3
 	ifc= cur=
@@ -153,19 +137,37 @@ while [ $# -ge 3 ]; do
 		echo "network[$slot]: the guest has no interface with the source's MAC $from or the clone's $to" >&2
 		exit 1
 	fi
-	args=
-	for pid in $dhcp; do
-		cmdline "$pid" || continue
-		case "${c%%$nl*}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
-		case "$nl$c" in *"$nl$ifc$nl"*) ;; *) continue ;; esac
-		dhcpc="$dhcpc $pid"
-		args=$c
-		break
-	done
-	eval "ifc_$n=\$ifc mac_$n=\$to args_$n=\$args"
+	eval "ifc_$n=\$ifc mac_$n=\$to args_$n="
 	n=$((n + 1))
 done
 [ $n -eq 0 ] && exit 0
+rd=
+{ read -r -d '' rd </dev/null; } 2>/dev/null
+[ $? -eq 1 ] && rd=1
+dhcpc=
+for p in /proc/[0-9]*; do
+	{ read -r comm <"$p/comm"; } 2>/dev/null && [ "$comm" = udhcpc ] || continue
+	pid=${p#/proc/} c=
+	if [ -n "$rd" ]; then
+		{ while IFS= read -r -d '' a; do c="$c$a$nl"; done <"$p/cmdline"; } 2>/dev/null
+	else
+		c=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null)
+	fi
+	case "${c%%$nl*}" in udhcpc|*/udhcpc) ;; *) continue ;; esac
+	j=0
+	while [ $j -lt $n ]; do
+		eval "ifc=\$ifc_$j args=\$args_$j"
+		case "$nl$c" in *"$nl$ifc$nl"*)
+			if [ -z "$args" ]; then
+				eval "args_$j=\$c"
+				dhcpc="$dhcpc $pid"
+			fi
+			break ;;
+		esac
+		j=$((j + 1))
+	done
+done
+pause() { sleep 0.02 2>/dev/null || sleep 1; }
 for pid in $dhcpc; do kill "$pid" 2>/dev/null; done
 j=0
 while [ $j -lt $n ]; do
