@@ -240,6 +240,15 @@ func TestCloneSaved(t *testing.T) {
 		if got := guestRun(ctx, t, c, "grep -c 'guest-set-time: [0-9]' /var/log/vmfest-agent.log || :"); got == "0" || got == "" {
 			t.Fatalf("%s: the agent's log has no guest-set-time (%q)", n, got)
 		}
+		// Its CRNG was reseeded from the host's randomness, credited as
+		// entropy (the tiny guest's kernel has no vmgenid driver to do
+		// it): the kernel took RNDADDENTROPY and RNDRESEEDCRNG. (Bytes
+		// read from /dev/urandom differ between the clones either way,
+		// so their difference below proves little on its own.)
+		if got := guestRun(ctx, t, c, "grep -c 'vmfest-reseed-crng: 32 bytes mixed in, CRNG reseeded' /var/log/vmfest-agent.log || :"); got != "1" {
+			t.Fatalf("%s: the agent's log shows %q CRNG reseeds, want 1", n, got)
+		}
+		unique("random bytes", guestRun(ctx, t, c, "head -c 16 /dev/urandom | od -An -tx1"), n)
 		unique("genid", info.GenerationID, n)
 		if got := hostGenID(ctx, t, l, n); got != info.GenerationID {
 			t.Fatalf("%s: QEMU gives generation id %s, the record says %s", n, got, info.GenerationID)

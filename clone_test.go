@@ -228,6 +228,9 @@ func TestFakeCloneStates(t *testing.T) {
 			if len(cmds) != 1 || cmds[0][0] != "/bin/sh" || !slices.Contains(cmds[0], "c1") {
 				t.Fatalf("re-identification commands: %q", cmds)
 			}
+			if got := fk.Reseeds(l.home.MachinePath("c1")); got != 1 {
+				t.Fatalf("the clone's CRNG was reseeded %d times, want once", got)
+			}
 			// Off its network from the load until re-identified.
 			if got := fk.linkCalls("c1"); !slices.Equal(got, []string{"0 down", "0 up"}) {
 				t.Fatalf("the clone's links: %q", got)
@@ -541,14 +544,24 @@ func TestReidentifyScriptSyntax(t *testing.T) {
 		}
 		ran++
 		t.Run(name, func(t *testing.T) {
-			out, err := exec.Command(path, append(argv[1:], "-n", "-c", reidentifyScript)...).CombinedOutput()
-			if err != nil {
-				t.Fatalf("%s -n: %v: %s", name, err, out)
+			for _, script := range []string{reidentifyScript, reseedPython} {
+				out, err := exec.Command(path, append(argv[1:], "-n", "-c", script)...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s -n: %v: %s", name, err, out)
+				}
 			}
 		})
 	}
 	if ran == 0 {
 		t.Skip("no POSIX shell to parse the script with")
+	}
+	// The Python program inside reseedPython compiles.
+	if py, err := exec.LookPath("python3"); err == nil {
+		_, rest, _ := strings.Cut(reseedPython, "python3 -c '")
+		prog := strings.TrimSuffix(rest, "'")
+		if out, err := exec.Command(py, "-c", "import sys; compile(sys.argv[1], 'reseed', 'exec')", prog).CombinedOutput(); err != nil {
+			t.Fatalf("python3 does not compile the reseed program: %v: %s\n%s", err, out, prog)
+		}
 	}
 }
 

@@ -292,6 +292,7 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	if err := waitScript(ctx, a, pid); err != nil {
 		return err
 	}
+	m.reseed(ctx, a)
 	execAt := time.Since(begun)
 	if err := m.plugReidentified(ctx, d, r); err != nil {
 		return err
@@ -338,6 +339,50 @@ func reidentifySeed() []byte {
 	seed := make([]byte, 64)
 	rand.Read(seed)
 	return []byte(hex.EncodeToString(seed) + "\n")
+}
+
+// reseedCommand is the tiny guest's agent's command (guest/qga) that mixes
+// a seed into the kernel's input pool and reseeds its CRNG at once.
+const reseedCommand = "vmfest-reseed-crng"
+
+// reseedPython does in a guest with python3 what reseedCommand does (the
+// seed comes as a line of hex on standard input).
+const reseedPython = `command -v python3 >/dev/null 2>&1 || exit 0
+exec python3 -c '
+import fcntl, os, struct, sys
+s = bytes.fromhex(sys.stdin.readline().strip())
+fd = os.open("/dev/urandom", os.O_WRONLY)
+fcntl.ioctl(fd, 0x40085203, struct.pack("ii", 8 * len(s), len(s)) + s)
+try:
+    fcntl.ioctl(fd, 0x5207)
+except OSError:
+    pass
+'`
+
+// reseed makes the clone's guest kernel reseed its CRNG, which it resumed
+// with in its source's state: what the script wrote to /dev/urandom only
+// reaches the CRNG at its next reseed, which a kernel with a vmgenid driver
+// does at once when the generation ID changes and one without (Debian's
+// cloud kernel) within a minute — or, if the source was saved before its
+// CRNG was ready, once the pool has 256 credited bits. So vmfest gives the
+// guest 32 bytes of the host's randomness credited as entropy
+// (RNDADDENTROPY) and asks for a reseed (RNDRESEEDCRNG): through the tiny
+// guest's agent's reseedCommand, or, with another agent (qemu-ga answers
+// that it has no such command), through python3 started in the guest,
+// without waiting (python starts in about a second under TCG). Best
+// effort: a guest with neither reseeds when its kernel next does.
+func (m *localMachine) reseed(ctx context.Context, a driver.Agent) {
+	seed := make([]byte, 32)
+	rand.Read(seed)
+	_, err := a.Execute(ctx, reseedCommand, map[string]string{"seed": base64.StdEncoding.EncodeToString(seed)})
+	if err == nil {
+		return
+	}
+	_, perr := a.Execute(ctx, "guest-exec", map[string]any{
+		"path": "/bin/sh", "arg": []string{"-c", reseedPython},
+		"input-data": base64.StdEncoding.EncodeToString([]byte(hex.EncodeToString(seed) + "\n")),
+	})
+	m.l.log.Debug("the clone's CRNG is reseeded by python3 if the guest has it", "machine", m.name, "agent", err, "python3", perr)
 }
 
 // leaseWait bounds how long waitLeases watches the host's DHCP leases

@@ -57,6 +57,7 @@ type machine struct {
 	pid     int
 	boot    int // which boot the guest's memory is from (kept by a save and resume)
 	clock   int // how many times guest-set-time was called
+	reseeds int // how many times vmfest-reseed-crng was called
 	since   time.Time
 	starts  int
 	console []byte
@@ -200,6 +201,15 @@ func (d *Driver) ClockSets(dir string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.get(dir).clock
+}
+
+// Reseeds returns how many times the guest agent of the machine in dir was
+// asked to reseed the guest's CRNG (vmfest-reseed-crng, the tiny guest
+// agent's command).
+func (d *Driver) Reseeds(dir string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.get(dir).reseeds
 }
 
 // savedFile is what the fake writes to a saved-state file.
@@ -536,8 +546,8 @@ type agent struct {
 	dir string
 }
 
-// Execute answers guest-ping, guest-set-time and
-// guest-network-get-interfaces.
+// Execute answers guest-ping, guest-set-time, vmfest-reseed-crng (as the
+// tiny guest's agent does) and guest-network-get-interfaces.
 func (a *agent) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	a.d.mu.Lock()
 	defer a.d.mu.Unlock()
@@ -550,6 +560,9 @@ func (a *agent) Execute(ctx context.Context, command string, args any) (json.Raw
 		return json.RawMessage("{}"), nil
 	case "guest-set-time":
 		m.clock++
+		return json.RawMessage("{}"), nil
+	case "vmfest-reseed-crng":
+		m.reseeds++
 		return json.RawMessage("{}"), nil
 	case "guest-network-get-interfaces":
 		type addr struct {

@@ -28,15 +28,7 @@ const portName = "org.qemu.guest_agent.0"
 func main() {
 	port := flag.String("port", "", "device to serve on (default: find the virtio port named "+portName+")")
 	noButton := flag.Bool("no-power-button", false, "do not watch /dev/input for the power button")
-	reseed := flag.Bool("reseed-crng", false, "reseed the kernel's random number generator now (RNDRESEEDCRNG) and exit: vmfest runs it in a clone resumed from its source's memory, as a vmgenid driver would")
 	flag.Parse()
-	if *reseed {
-		if err := reseedCRNG(); err != nil {
-			fmt.Fprintln(os.Stderr, "vmfest-agent:", err)
-			os.Exit(1)
-		}
-		return
-	}
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("vmfest-agent: ")
 
@@ -123,26 +115,6 @@ func hostEvents(f *os.File) {
 	if e != 0 {
 		log.Printf("O_ASYNC on the agent port: %v; polling", e)
 	}
-}
-
-// rndReseedCRNG is RNDRESEEDCRNG, _IO('R', 0x07) (Linux 4.17 and later).
-const rndReseedCRNG = 0x5207
-
-// reseedCRNG makes the kernel reseed its CRNG from its input pool now, so
-// that a guest resumed from another machine's memory (a clone) stops
-// producing the same random numbers as its source once what the host
-// wrote to /dev/urandom is in the pool. A kernel with a vmgenid driver
-// does this by itself when the generation ID changes.
-func reseedCRNG() error {
-	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); e != 0 {
-		return fmt.Errorf("reseed the CRNG (RNDRESEEDCRNG): %w", e)
-	}
-	return nil
 }
 
 var shutdownOnce sync.Once

@@ -148,6 +148,7 @@ func init() {
 		"guest-file-write":             {(*Agent).fileWrite, true},
 		"guest-file-seek":              {(*Agent).fileSeek, true},
 		"guest-file-flush":             {(*Agent).fileFlush, true},
+		ReseedCommand:                  {(*Agent).reseed, true},
 	}
 }
 
