@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/internal/netnstest"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -31,6 +32,12 @@ type bench struct {
 }
 
 func main() {
+	// As root the bench runs in network and PID namespaces of its own, as
+	// the tests do: the micro machines' host-only bridge, taps and
+	// dnsmasq, and every packet to a guest's address, stay in them.
+	if code, done := netnstest.Wrap(); done {
+		os.Exit(code)
+	}
 	imagePath := flag.String("image", "build/vmfest-tiny.meta", "image spec of the tiny guest")
 	out := flag.String("out", "", "write the report (markdown) here; its plot goes beside it as bench.png")
 	quick := flag.Bool("quick", false, "fewer repetitions (a smoke run, not for the record)")

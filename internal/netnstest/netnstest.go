@@ -63,6 +63,10 @@ func Wrap() (int, bool) {
 	return 1, true
 }
 
+// Inside reports whether this process runs in the namespaces Wrap made
+// for the whole binary.
+func Inside() bool { return os.Getenv(envVar) == wholePackage }
+
 func loUp() error {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
