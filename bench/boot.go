@@ -471,7 +471,9 @@ func rss(pid int) int64 {
 	return 0
 }
 
-// children counts processes whose parent is pid.
+// children counts the live processes whose parent is pid, QEMU's
+// excepted: in the bench's PID namespace the bench is init, the parent of
+// every machine's (detached) QEMU and of the zombies of those that ended.
 func children(pid int) int {
 	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
 	n := 0
@@ -480,8 +482,13 @@ func children(pid int) int {
 		if err != nil {
 			continue
 		}
-		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+		open, end := strings.IndexByte(string(data), '('), strings.LastIndexByte(string(data), ')')
+		if open < 0 || end < open {
+			continue
+		}
+		comm := string(data[open+1 : end])
+		f := strings.Fields(string(data[end+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) && f[0] != "Z" && !strings.HasPrefix(comm, "vmfest-") && !strings.HasPrefix(comm, "qemu-system") {
 			n++
 		}
 	}
