@@ -15,6 +15,7 @@ import (
 	"github.com/vmfest/vmfest"
 	"github.com/vmfest/vmfest/api/wire"
 	"github.com/vmfest/vmfest/driver/fake"
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 // tunnelGet sends GET path with the given Upgrade header ("" for none)
@@ -293,7 +294,7 @@ func isTimeout(err error) bool {
 func TestTunnelOverTLS(t *testing.T) {
 	fk := fake.New(fake.Options{})
 	e := newEnv(t, withDriver(fk))
-	certPath, keyPath, pool := selfSigned(t)
+	certPath, keyPath, pool := testutil.SelfSigned(t)
 	addr := freePort(t)
 	sctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)

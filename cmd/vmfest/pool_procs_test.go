@@ -4,17 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -26,8 +19,8 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/internal/netnstest"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/pool/embedetcd"
-	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -58,16 +51,7 @@ const poolTTL = 2 * time.Second
 //   - 20 `vmfest --host H create` processes race for one name over the
 //     three hosts: exactly one wins.
 func TestPoolProcesses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a real guest; skipped with -short")
-	}
-	meta := os.Getenv("VMFEST_TEST_IMAGE")
-	if meta == "" {
-		t.Skip("needs the tiny guest image: set VMFEST_TEST_IMAGE (build/vmfest-tiny.meta, make image)")
-	}
-	if _, err := os.Stat(meta); err != nil {
-		t.Skipf("needs the tiny guest image VMFEST_TEST_IMAGE: %v", err)
-	}
+	meta := testutil.TinyImageMeta(t)
 	if !netnstest.Enter(t) {
 		return
 	}
@@ -77,7 +61,7 @@ func TestPoolProcesses(t *testing.T) {
 	}
 	begun := time.Now()
 	keyOnly, hw := keyOnlyTiny(t, meta)
-	allowed := filepath.Dir(mustImage(t, meta).Location)
+	allowed := filepath.Dir(testutil.TinyImage(t).Location)
 
 	etcd := startEtcdCluster(t, 3)
 	endpoints := strings.Join(etcd.endpoints, ",")
@@ -518,7 +502,7 @@ func loopbackPorts(t *testing.T, n int) []int {
 // NAT-only hardware spec; it returns their paths.
 func keyOnlyTiny(t *testing.T, meta string) (image, hardware string) {
 	t.Helper()
-	im := mustImage(t, meta)
+	im := testutil.TinyImage(t)
 	im.Password = ""
 	data, err := json.Marshal(im)
 	if err != nil {
@@ -533,25 +517,6 @@ func keyOnlyTiny(t *testing.T, meta string) (image, hardware string) {
 		t.Fatal(err)
 	}
 	return image, hardware
-}
-
-func mustImage(t *testing.T, meta string) spec.Image {
-	t.Helper()
-	data, err := os.ReadFile(meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := spec.ParseImage(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filepath.IsAbs(im.Location) {
-		im.Location = filepath.Join(filepath.Dir(meta), im.Location)
-	}
-	if im.Location, err = filepath.Abs(im.Location); err != nil {
-		t.Fatal(err)
-	}
-	return im
 }
 
 // sshBanner reads the first line an SSH server sends at addr.
@@ -618,7 +583,7 @@ func readFile(path string) string {
 func TestPoolHostTLS(t *testing.T) {
 	etcd := startEtcdCluster(t, 1)
 	endpoints := strings.Join(etcd.endpoints, ",")
-	cert, key := selfSignedLoopback(t)
+	cert, key, _ := testutil.SelfSigned(t)
 	hostHome, clientHome := machineHome(t), t.TempDir()
 	addr := fmt.Sprintf("127.0.0.1:%d", loopbackPorts(t, 1)[0])
 	ctx, cancel := context.WithCancel(context.Background())
@@ -653,40 +618,4 @@ func TestPoolHostTLS(t *testing.T) {
 	} {
 		c.check(t, clientHome)
 	}
-}
-
-// selfSignedLoopback writes a self-signed certificate for 127.0.0.1 (its
-// own CA) and its key, and returns their paths.
-func selfSignedLoopback(t *testing.T) (certPath, keyPath string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "vmfest pool host"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certPath, keyPath
 }
