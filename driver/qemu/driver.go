@@ -80,19 +80,8 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	if note != "" {
 		d.opts.Logger.Warn(note, "machine", s.Name)
 	}
-	cfg := Config{
-		Name:     s.Name,
-		Dir:      s.Dir,
-		Hardware: s.Hardware,
-		Disk:     s.Disk,
-		Accel:    accel,
-		Binary:   d.opts.Binary,
-		NICs:     s.NICs,
-		CIData:   s.Seed,
-		Drives:   s.Drives,
-		LoadVM:   s.Snapshot,
-		GenID:    s.GenID,
-	}
+	cfg := d.config(s, accel)
+	cfg.NICs, cfg.LoadVM = s.NICs, s.Snapshot
 	var restored driver.State
 	if s.MemoryTemplate != "" && s.Incoming == "" {
 		return driver.Started{}, errors.New("a memory template is started from its state (Incoming), and none was given")
@@ -221,4 +210,21 @@ func (d *Driver) Agent(ctx context.Context, m driver.Machine) (driver.Agent, err
 		return nil, err
 	}
 	return a, nil
+}
+
+// config is the QEMU configuration of what s asks for that every launch of
+// the machine shares (a start and a memory template's making), with the
+// accelerator chosen.
+func (d *Driver) config(s driver.StartSpec, accel string) Config {
+	return Config{
+		Name:     s.Name,
+		Dir:      s.Dir,
+		Hardware: s.Hardware,
+		Disk:     s.Disk,
+		Accel:    accel,
+		Binary:   d.opts.Binary,
+		CIData:   s.Seed,
+		Drives:   s.Drives,
+		GenID:    s.GenID,
+	}
 }

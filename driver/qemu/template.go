@@ -88,21 +88,8 @@ func (d *Driver) Template(ctx context.Context, s driver.StartSpec, ram, state st
 		os.Remove(state)
 		err = fmt.Errorf("memory template: %w", err)
 	}()
-	cfg := Config{
-		Name:         s.Name,
-		Dir:          s.Dir,
-		Hardware:     s.Hardware,
-		Disk:         s.Disk,
-		Accel:        accel,
-		Binary:       d.opts.Binary,
-		CIData:       s.Seed,
-		Drives:       s.Drives,
-		GenID:        s.GenID,
-		Incoming:     in,
-		MemoryFile:   ram,
-		MemoryShared: true,
-		Template:     true,
-	}
+	cfg := d.config(s, accel)
+	cfg.Incoming, cfg.MemoryFile, cfg.MemoryShared, cfg.Template = in, ram, true, true
 	if err := Start(ctx, cfg); err != nil {
 		return err
 	}
