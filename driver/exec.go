@@ -39,10 +39,13 @@ type ExecResult struct {
 	StdoutTruncated, StderrTruncated bool
 }
 
-// The poll interval of guest-exec-status: quick for short commands, then
-// no more than five times a second for long ones.
+// The poll interval of guest-exec-status: every execPollFirst while the
+// command has run less than execPollQuick (most commands vmfest and its
+// users run end within it, and a doubling wait would add up to half their
+// time again), then doubling up to no more than five times a second.
 const (
 	execPollFirst = 10 * time.Millisecond
+	execPollQuick = 100 * time.Millisecond
 	execPollMax   = 200 * time.Millisecond
 )
 
@@ -70,7 +73,8 @@ type execStatus struct {
 
 // Exec runs a command in the guest through the guest agent (guest-exec
 // with its output captured) and waits for it to end, polling
-// guest-exec-status, backing off from 10 ms to 200 ms between polls. It
+// guest-exec-status every 10 ms for its first 100 ms, then backing off to
+// 200 ms between polls. It
 // works with qemu-ga and with vmfest's tiny guest agent.
 //
 // A command that ran returns its result whatever its exit status; an error
@@ -100,6 +104,7 @@ func Exec(ctx context.Context, a Agent, r ExecRequest) (ExecResult, error) {
 		return ExecResult{}, fmt.Errorf("exec %s: the guest agent's guest-exec reply has no pid: %.200s", r.Path, raw)
 	}
 	pid := *started.PID
+	begun := time.Now()
 	wait := execPollFirst
 	for {
 		raw, err := a.Execute(ctx, "guest-exec-status", map[string]int{"pid": pid})
@@ -123,8 +128,17 @@ func Exec(ctx context.Context, a Agent, r ExecRequest) (ExecResult, error) {
 			return ExecResult{}, stillRunning(r.Path, pid, ctx.Err())
 		case <-t.C:
 		}
-		wait = min(2*wait, execPollMax)
+		wait = execPollWait(time.Since(begun), wait)
 	}
+}
+
+// execPollWait is the wait before the next guest-exec-status poll of a
+// command that has run for ran, the last wait having been last.
+func execPollWait(ran, last time.Duration) time.Duration {
+	if ran < execPollQuick {
+		return execPollFirst
+	}
+	return min(2*last, execPollMax)
 }
 
 func stillRunning(path string, pid int, err error) error {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,20 +170,40 @@ func TestExec(t *testing.T) {
 	}
 }
 
-// TestExecBacksOff: the polls wait 10, 20, 40, 80, 160 and then 200 ms,
-// so six polls of a running command take at least 510 ms (a lower bound,
-// which load cannot break).
+// TestExecPollWait: every 10 ms for the first 100 ms of a command, then
+// doubling up to 200 ms.
+func TestExecPollWait(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct{ ran, last, want time.Duration }{
+		{0, 10 * ms, 10 * ms},
+		{99 * ms, 10 * ms, 10 * ms},
+		{100 * ms, 10 * ms, 20 * ms},
+		{150 * ms, 20 * ms, 40 * ms},
+		{time.Second, 160 * ms, 200 * ms},
+		{time.Minute, 200 * ms, 200 * ms},
+	} {
+		if got := execPollWait(tc.ran, tc.last); got != tc.want {
+			t.Errorf("execPollWait(%v, %v) = %v, want %v", tc.ran, tc.last, got, tc.want)
+		}
+	}
+}
+
+// TestExecBacksOff: the polls wait 10 ms until the command has run 100 ms,
+// then 20, 40, 80, 160 and 200 ms, so 14 polls of a running command (13
+// waits) take at least 100 + 20 + 40 + 80 = 240 ms (a lower bound, which
+// load cannot break: a slow wait only starts the doubling sooner).
 func TestExecBacksOff(t *testing.T) {
 	const running = `{"exited":false}`
-	a := &fakeAgent{execReply: `{"pid":1}`, statuses: []string{running, running, running, running, running, running, `{"exited":true,"exitcode":0}`}}
+	statuses := slices.Repeat([]string{running}, 13)
+	a := &fakeAgent{execReply: `{"pid":1}`, statuses: append(statuses, `{"exited":true,"exitcode":0}`)}
 	begin := time.Now()
 	if _, err := Exec(context.Background(), a, ExecRequest{Path: "true"}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(a.statusArgs); n != 7 {
-		t.Errorf("%d polls, want 7", n)
+	if n := len(a.statusArgs); n != 14 {
+		t.Errorf("%d polls, want 14", n)
 	}
-	if took := time.Since(begin); took < 510*time.Millisecond {
-		t.Errorf("seven polls took %v: under the 510 ms of the back-off", took)
+	if took := time.Since(begin); took < 240*time.Millisecond {
+		t.Errorf("14 polls took %v: under the 240 ms of the back-off", took)
 	}
 }
