@@ -3,7 +3,9 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
@@ -111,9 +113,42 @@ func (d *Driver) UnplugDrive(ctx context.Context, m driver.Machine, ctlIndex int
 	}
 	// The device's removal drops the format node QEMU made for it with
 	// device_del only for -drive; blockdev nodes are deleted here, top
-	// first.
+	// first. The device leaves the QOM tree before it lets go of its
+	// block backend (that happens when the object is finalised, a moment
+	// later), so a node still in use is asked again until it goes: a node
+	// left behind would make the next hot-plug of this slot fail with
+	// "Duplicate nodes".
 	for _, node := range []string{id, id + "-file"} {
-		q.Execute(ctx, "blockdev-del", map[string]string{"node-name": node})
+		if err := deleteNode(ctx, q, node); err != nil {
+			return fmt.Errorf("unplug %s: %w", dr.Disk.Path, err)
+		}
 	}
 	return nil
+}
+
+// nodeBusyWait bounds how long deleteNode waits for a device's block
+// backend to let go of its node.
+const nodeBusyWait = 10 * time.Second
+
+// deleteNode deletes the block node named node (blockdev-del), asking
+// again for up to nodeBusyWait while QEMU says it is in use; a node that
+// is not there is deleted already.
+func deleteNode(ctx context.Context, q *QMP, node string) error {
+	ctx, cancel := context.WithTimeout(ctx, nodeBusyWait)
+	defer cancel()
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 250*time.Millisecond) {
+		_, err := q.Execute(ctx, "blockdev-del", map[string]string{"node-name": node})
+		if err == nil || strings.Contains(err.Error(), "Failed to find node") {
+			return nil
+		}
+		var qe *QMPError
+		if !errors.As(err, &qe) {
+			return fmt.Errorf("blockdev-del %s: %w", node, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("blockdev-del %s: still in use (%v): %w", node, err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 }
