@@ -139,19 +139,19 @@ func (b *bench) startToReady(ctx context.Context) error {
 		if b.quick && n > 2 {
 			break
 		}
-		var ms []vmfest.Machine
+		var group []vmfest.Machine
 		for i := 0; i < n; i++ {
 			mm, err := l.Instance(ctx, fmt.Sprintf("n%d-%d", n, i), img, natOnly(256))
 			if err != nil {
 				return err
 			}
-			ms = append(ms, mm)
+			group = append(group, mm)
 		}
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		t0 := time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, n)
-		for i, mm := range ms {
+		for i, mm := range group {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -162,7 +162,7 @@ func (b *bench) startToReady(ctx context.Context) error {
 		}
 		wg.Wait()
 		d := time.Since(t0)
-		for _, mm := range ms {
+		for _, mm := range group {
 			mm.PowerDown(bctx)
 			mm.Destroy(bctx)
 		}
@@ -173,7 +173,7 @@ func (b *bench) startToReady(ctx context.Context) error {
 			}
 		}
 		b.report.ready[n] = d
-		s.add(row{Metric: fmt.Sprintf("%d machines started at once, until all ready", n), Value: ms2(d), Baseline: ms2(mo) + " (one machine)", Ratio: ratio(d, mo)})
+		s.add(row{Metric: fmt.Sprintf("%d machines started at once, until all ready", n), Value: ms(d), Baseline: ms(mo) + " (one machine)", Ratio: ratio(d, mo)})
 	}
 	return nil
 }
@@ -345,23 +345,9 @@ func cloneReady(ctx context.Context, m vmfest.Machine, name string) (time.Durati
 	return d, nil
 }
 
-func ms2(d time.Duration) string { return ms(d) }
-
 // pss reads a process's proportional set size in KiB (smaps_rollup): its
 // resident pages, each divided by the number of processes that map it.
-func pss(pid int) int64 {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "smaps_rollup"))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "Pss:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
+func pss(pid int) int64 { return procKiB(pid, "smaps_rollup", "Pss:") }
 
 // clonesShared is the number of clones (and of cold-booted machines) the
 // memory-sharing row runs at once.
@@ -457,13 +443,16 @@ func (b *bench) cloneMemory(ctx context.Context) error {
 }
 
 // rss reads a process's resident set size in KiB.
-func rss(pid int) int64 {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+func rss(pid int) int64 { return procKiB(pid, "status", "VmRSS:") }
+
+// procKiB reads the "key N kB" line of /proc/PID/file; 0 if there is none.
+func procKiB(pid int, file, key string) int64 {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), file))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, key); ok {
 			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return n
 		}

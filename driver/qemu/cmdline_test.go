@@ -116,17 +116,7 @@ func TestArgs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			line := strings.Join(args, " ")
-			for _, w := range tt.want {
-				if !strings.Contains(line, w) {
-					t.Errorf("command line lacks %q:\n%s", w, line)
-				}
-			}
-			for _, n := range tt.not {
-				if strings.Contains(line, n) {
-					t.Errorf("command line has %q:\n%s", n, line)
-				}
-			}
+			checkLine(t, args, tt.want, tt.not)
 		})
 	}
 }
@@ -332,17 +322,7 @@ func TestMemoryFileArgs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			line := strings.Join(args, " ")
-			for _, w := range tt.want {
-				if !strings.Contains(line, w) {
-					t.Errorf("command line lacks %q:\n%s", w, line)
-				}
-			}
-			for _, n := range tt.not {
-				if strings.Contains(line, n) {
-					t.Errorf("command line has %q:\n%s", n, line)
-				}
-			}
+			checkLine(t, args, tt.want, tt.not)
 		})
 	}
 	bad := []struct {
@@ -363,5 +343,22 @@ func TestMemoryFileArgs(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// checkLine checks that the command line args holds every string of want
+// and none of not.
+func checkLine(t *testing.T, args, want, not []string) {
+	t.Helper()
+	line := strings.Join(args, " ")
+	for _, w := range want {
+		if !strings.Contains(line, w) {
+			t.Errorf("command line lacks %q:\n%s", w, line)
+		}
+	}
+	for _, n := range not {
+		if strings.Contains(line, n) {
+			t.Errorf("command line has %q:\n%s", n, line)
+		}
 	}
 }
