@@ -21,6 +21,9 @@ const (
 	SerialLog = store.SerialLog
 	PIDFile   = store.PIDFile
 	LogFile   = store.QEMULog
+	// scratchFile is a template QEMU's scratch disk (Config.Scratch), in
+	// its own throwaway directory.
+	scratchFile = "scratch.qcow2"
 )
 
 // ramBackendID names the memory backend of a machine whose RAM is a file:
@@ -57,8 +60,21 @@ func blockdevArgs(d Disk, id string) ([]string, error) { return blockdevNodes(d,
 // blockdevNodes is blockdevArgs; with readOnly, the top node and its file
 // are opened read-only too.
 func blockdevNodes(d Disk, id string, readOnly bool) ([]string, error) {
+	return blockdevChain(d, id, readOnly, "")
+}
+
+// blockdevChain is blockdevNodes with, when scratch is set, a writable
+// qcow2 file of that path (the disk's virtual size, no backing file in its
+// header) stacked on the read-only disk as node id: a template's QEMU
+// (Config.Scratch) then has a disk that a device needing write access
+// (ide-hd) accepts, and its writes, if any, never reach the disk.
+func blockdevChain(d Disk, id string, readOnly bool, scratch string) ([]string, error) {
 	var nodes []blockNode
-	top := blockNode{Driver: d.Format, NodeName: id, File: id + "-file", Discard: "unmap", ReadOnly: readOnly}
+	diskID := id
+	if scratch != "" {
+		diskID, readOnly = id+"-ro", true
+	}
+	top := blockNode{Driver: d.Format, NodeName: diskID, File: diskID + "-file", Discard: "unmap", ReadOnly: readOnly}
 	if d.Format == "qcow2" {
 		top.Backing = json.RawMessage("null")
 	}
@@ -73,7 +89,13 @@ func blockdevNodes(d Disk, id string, readOnly bool) ([]string, error) {
 		name, _ := json.Marshal(base)
 		top.Backing = name
 	}
-	nodes = append(nodes, blockNode{Driver: "file", NodeName: id + "-file", Filename: d.Path, Discard: "unmap", ReadOnly: readOnly}, top)
+	nodes = append(nodes, blockNode{Driver: "file", NodeName: diskID + "-file", Filename: d.Path, Discard: "unmap", ReadOnly: readOnly}, top)
+	if scratch != "" {
+		below, _ := json.Marshal(diskID)
+		nodes = append(nodes,
+			blockNode{Driver: "file", NodeName: id + "-file", Filename: scratch},
+			blockNode{Driver: "qcow2", NodeName: id, File: id + "-file", Backing: below})
+	}
 	var args []string
 	for _, n := range nodes {
 		js, err := json.Marshal(n)
@@ -139,6 +161,10 @@ type Config struct {
 	// a tap the kernel names (never plugged anywhere; it goes with QEMU),
 	// a nat NIC no forwards.
 	Template bool
+	// Scratch, with Template, is a qcow2 file stacked writable on the
+	// read-only boot disk (blockdevChain): an ide-hd refuses a read-only
+	// disk when the loaded state activates it.
+	Scratch string
 	// LoadVM, when set, is an internal snapshot of Disk with memory that
 	// the machine starts from (-loadvm), running where it was.
 	LoadVM string
@@ -342,7 +368,7 @@ func (c Config) storageArgs() ([]string, error) {
 			var drive string
 			switch {
 			case boot:
-				nodes, err := blockdevNodes(c.Disk, driveID, c.Template)
+				nodes, err := blockdevChain(c.Disk, driveID, c.Template, c.Scratch)
 				if err != nil {
 					return nil, err
 				}

@@ -302,6 +302,15 @@ func TestMemoryFileArgs(t *testing.T) {
 			"-netdev tap,id=net0,script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
 			"-netdev user,id=net1 -device virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02",
 		}, []string{"share=off", "ifname", "hostfwd", "defer"}},
+		{"making a template with a scratch disk", func(c *Config) {
+			c.MemoryFile, c.MemoryShared, c.Template, c.Scratch = "/m/x/.t/ram", true, true, "/m/x/.t/run/scratch.qcow2"
+		}, []string{
+			`{"driver":"file","node-name":"ctl0-0-ro-file","filename":"/m/x/d.qcow2","read-only":true,"discard":"unmap"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0-ro","file":"ctl0-0-ro-file","backing":"ctl0-0-base","read-only":true,"discard":"unmap"}`,
+			`{"driver":"file","node-name":"ctl0-0-file","filename":"/m/x/.t/run/scratch.qcow2"}`,
+			`{"driver":"qcow2","node-name":"ctl0-0","file":"ctl0-0-file","backing":"ctl0-0-ro"}`,
+			"drive=ctl0-0,",
+		}, []string{`"filename":"/m/x/d.qcow2","discard"`}},
 		{"a clone of a template", func(c *Config) { c.MemoryFile, c.IgnoreShared = "/m/x/saved.ram", true }, []string{
 			"-machine pc,accel=tcg,memory-backend=pc.ram ",
 			"-object memory-backend-file,id=pc.ram,size=512M,mem-path=/m/x/saved.ram,share=off",

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -90,6 +91,9 @@ func (d *Driver) Template(ctx context.Context, s driver.StartSpec, ram, state st
 	}()
 	cfg := d.config(s, accel)
 	cfg.Incoming, cfg.MemoryFile, cfg.MemoryShared, cfg.Template = in, ram, true, true
+	if cfg.Scratch, err = d.scratchDisk(ctx, s); err != nil {
+		return err
+	}
 	if err := Start(ctx, cfg); err != nil {
 		return err
 	}
@@ -144,4 +148,33 @@ func startTemplateIncoming(ctx context.Context, dir string) error {
 	}
 	_, err = q.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(incomingFD)})
 	return err
+}
+
+// scratchDisk makes the template QEMU's scratch disk in its directory
+// (Config.Scratch): an empty qcow2 of the boot disk's virtual size,
+// which qemu-img reads from the disk named as itself alone (a raw file,
+// or a qcow2 without its backing file: its header's size is its own).
+func (d *Driver) scratchDisk(ctx context.Context, s driver.StartSpec) (string, error) {
+	if s.Disk.Path == "" {
+		return "", nil
+	}
+	args := []string{"info", "--output=json", "-f", "raw", s.Disk.Path}
+	if s.Disk.Format == "qcow2" {
+		args = []string{"info", "--output=json", diskOnly(s.Disk.Path)}
+	}
+	out, err := d.qemuImg(ctx, args...)
+	if err != nil {
+		return "", fmt.Errorf("the boot disk's size: %w", err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
+		return "", fmt.Errorf("the boot disk's size: qemu-img info says %.200q", out)
+	}
+	path := Config{Dir: s.Dir}.Path(scratchFile)
+	if _, err := d.qemuImg(ctx, "create", "-q", "-f", "qcow2", path, strconv.FormatInt(info.VirtualSize, 10)); err != nil {
+		return "", fmt.Errorf("the template's scratch disk: %w", err)
+	}
+	return path, nil
 }
