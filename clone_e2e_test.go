@@ -121,6 +121,9 @@ func TestCloneSaved(t *testing.T) {
 	l := newTestServer(t)
 	var logs syncBuffer
 	l.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// c1 is re-identified by the tiny agent's own command, c2 by the
+	// script through guest-exec, as a guest with qemu-ga is.
+	l.scriptReidentify = map[string]bool{"c2": true}
 	ctx := ctxTimeout(t, 6*time.Minute)
 	src := bootTiny(ctx, t, l, "src", image, cloneHardware())
 	srcAddr, err := src.IP(ctx, 0)
@@ -245,8 +248,15 @@ func TestCloneSaved(t *testing.T) {
 		// it): the kernel took RNDADDENTROPY and RNDRESEEDCRNG. (Bytes
 		// read from /dev/urandom differ between the clones either way,
 		// so their difference below proves little on its own.)
-		if got := guestRun(ctx, t, c, "grep -c 'vmfest-reseed-crng: 32 bytes mixed in, CRNG reseeded' /var/log/vmfest-agent.log || :"); got != "1" {
-			t.Fatalf("%s: the agent's log shows %q CRNG reseeds, want 1", n, got)
+		reseeded := "vmfest-reidentify: 64 bytes mixed in, CRNG reseeded"
+		if l.scriptReidentify[n] {
+			reseeded = "vmfest-reseed-crng: 32 bytes mixed in, CRNG reseeded"
+		}
+		if got := guestRun(ctx, t, c, "grep -c '"+reseeded+"' /var/log/vmfest-agent.log || :"); got != "1" {
+			t.Fatalf("%s: the agent's log shows %q CRNG reseeds (%q), want 1", n, got, reseeded)
+		}
+		if want := fmt.Sprintf("machine=%s source=src by-agent=%v", n, !l.scriptReidentify[n]); !strings.Contains(logs.String(), want) {
+			t.Fatalf("%s: no log %q", n, want)
 		}
 		unique("random bytes", guestRun(ctx, t, c, "head -c 16 /dev/urandom | od -An -tx1"), n)
 		unique("genid", info.GenerationID, n)

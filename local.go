@@ -67,6 +67,10 @@ type Local struct {
 	log      *slog.Logger
 	drivers  *drivers // see drivers.go
 	nets     netsOnce // see networks.go
+	// scriptReidentify, set only by tests before any clone, names the
+	// clones re-identified by reidentifyScript although their agent has
+	// reidentifyCommand: that path, qemu-ga's, then runs in a real guest.
+	scriptReidentify map[string]bool
 }
 
 var _ Server = (*Local)(nil)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -37,17 +38,20 @@ import (
 //     beside the vmgenid device (a guest kernel without a vmgenid driver
 //     does not reseed from it);
 //
-// all in one guest command (reidentifyScript), and sets the guest's clock
-// in the same agent session (a resumed guest's clock stood still while it
-// was saved; Start leaves it to this). It then waits until every NIC has
+// all in one agent command when the agent is the tiny guest's
+// (reidentifyCommand, done in the agent's own process), else in one guest
+// command (reidentifyScript, through guest-exec: qemu-ga), and sets the
+// guest's clock in the same agent session (a resumed guest's clock stood
+// still while it was saved; Start leaves it to this). It then waits until every NIC has
 // the clone's MAC and each host-only NIC its reserved address (first on
 // the host, in dnsmasq's leases, then in the guest). Until the
 // guest has the clone's MAC on a NIC, that NIC's link is down
 // (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
 // after the state loads, would otherwise speak on the network with the
 // source's MAC and address. The script exits 0 only once every NIC has
-// taken its MAC; then the links go up, and the script's background part
-// waits for each link before it starts the NIC's DHCP client, whose
+// taken its MAC (the command answers only then); then the links go up,
+// and the script's background part (the agent's, after the command) waits
+// for each link before it starts the NIC's DHCP client, whose
 // request names the clone's MAC and so gets the clone's reservation. The
 // record's Reidentify flag is set before the clone first runs and cleared
 // only here, so a crash or a failure is visible and the next start from
@@ -282,20 +286,30 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	}
 	defer a.Close()
 	agentAt := time.Since(begun)
-	pid, err := startScript(ctx, a, reidentifyArgs(m.name, r), reidentifySeed())
+	native, err := m.reidentifyInAgent(ctx, a, r)
 	if err != nil {
 		return err
 	}
-	// The clock, in the same session while the script runs: the guest's
-	// stood still while it was saved.
-	m.setClockWith(ctx, a)
-	if err := waitScript(ctx, a, pid); err != nil {
-		return err
+	if !native {
+		pid, err := startScript(ctx, a, reidentifyArgs(m.name, r), reidentifySeed())
+		if err != nil {
+			return err
+		}
+		// The clock, in the same session while the script runs: the
+		// guest's stood still while it was saved.
+		m.setClockWith(ctx, a)
+		if err := waitScript(ctx, a, pid); err != nil {
+			return err
+		}
+		m.reseed(ctx, a)
 	}
-	m.reseed(ctx, a)
 	execAt := time.Since(begun)
 	if err := m.plugReidentified(ctx, d, r); err != nil {
 		return err
+	}
+	if native {
+		// The clock, while the guest's DHCP clients start.
+		m.setClockWith(ctx, a)
 	}
 	m.waitLeases(ctx, r, begun)
 	if err := waitReidentified(ctx, a, r); err != nil {
@@ -309,15 +323,21 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	if err := writeRecord(m.dir(), cur); err != nil {
 		return err
 	}
-	m.l.log.Debug("clone re-identified", "machine", m.name, "source", r.Reidentify.Source, "agent", agentAt, "commands", execAt, "took", time.Since(begun))
+	m.l.log.Debug("clone re-identified", "machine", m.name, "source", r.Reidentify.Source, "by-agent", native, "agent", agentAt, "commands", execAt, "took", time.Since(begun))
 	return nil
 }
 
-// reidentifyArgs are the arguments of /bin/sh for reidentifyScript: the
-// new host name, then for each plugged NIC its slot, the source's MAC (the
-// guest's until now; "-" if the record lacks it) and the clone's.
-func reidentifyArgs(name string, r record) []string {
-	args := []string{"-c", reidentifyScript, "vmfest-reidentify", name}
+// nicIdentity is a plugged NIC of a clone: its slot, the source's MAC
+// (the guest's until now; "-" if the record lacks it) and the clone's.
+type nicIdentity struct {
+	Slot int    `json:"slot"`
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// reidentifyNICs lists the clone's plugged NICs.
+func reidentifyNICs(r record) []nicIdentity {
+	var out []nicIdentity
 	for i, n := range r.Hardware.Network {
 		if n.AttachmentType == spec.AttachNone {
 			continue
@@ -326,9 +346,59 @@ func reidentifyArgs(name string, r record) []string {
 		if i < len(r.Reidentify.MACs) && r.Reidentify.MACs[i] != "" {
 			old = strings.ToLower(r.Reidentify.MACs[i])
 		}
-		args = append(args, strconv.Itoa(i), old, strings.ToLower(n.MACAddress))
+		out = append(out, nicIdentity{Slot: i, From: old, To: strings.ToLower(n.MACAddress)})
+	}
+	return out
+}
+
+// reidentifyArgs are the arguments of /bin/sh for reidentifyScript: the
+// new host name, then each plugged NIC's slot and MACs (reidentifyNICs).
+func reidentifyArgs(name string, r record) []string {
+	args := []string{"-c", reidentifyScript, "vmfest-reidentify", name}
+	for _, n := range reidentifyNICs(r) {
+		args = append(args, strconv.Itoa(n.Slot), n.From, n.To)
 	}
 	return args
+}
+
+// reidentifyCommand is the tiny guest's agent's command (guest/qga) that
+// does in the agent's own process what reidentifyScript does, and
+// reseeds the CRNG as reseedCommand does: under TCG a resumed clone
+// answers it in tens of milliseconds where the script, its programs and
+// the polls of guest-exec-status take a few hundred.
+const reidentifyCommand = "vmfest-reidentify"
+
+// reidentifyInAgent re-identifies the guest with reidentifyCommand. It
+// reports false, and no error, when the agent has no such command (qemu-ga):
+// the caller runs reidentifyScript instead.
+func (m *localMachine) reidentifyInAgent(ctx context.Context, a driver.Agent, r record) (bool, error) {
+	if m.l.scriptReidentify[m.name] {
+		return false, nil
+	}
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	raw, err := a.Execute(ctx, reidentifyCommand, map[string]any{
+		"hostname": m.name,
+		"seed":     base64.StdEncoding.EncodeToString(seed),
+		"nics":     reidentifyNICs(r),
+	})
+	if qemu.CommandNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return true, fmt.Errorf("the re-identification in the guest failed: %w", err)
+	}
+	var res struct {
+		Changed  []string `json:"changed"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return true, fmt.Errorf("the guest agent's %s reply: %w", reidentifyCommand, err)
+	}
+	for _, w := range res.Warnings {
+		m.l.log.Warn("the clone's re-identification", "machine", m.name, "guest", w)
+	}
+	return true, nil
 }
 
 // reidentifySeed is the script's standard input: 64 bytes of the host's

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 )
 
@@ -36,6 +37,17 @@ type AgentError struct {
 
 func (e *AgentError) Error() string {
 	return fmt.Sprintf("guest agent %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// CommandNotFound reports whether err is the guest agent's answer that it
+// has no such command: by its class, or, through libvirt (which keeps
+// only the description), by the words qemu-ga and vmfest's agent use.
+func CommandNotFound(err error) bool {
+	var ae *AgentError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	return ae.Class == "CommandNotFound" || strings.Contains(ae.Desc, "has not been found")
 }
 
 // DialAgent repeats its sync while the guest agent does not answer, first

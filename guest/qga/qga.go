@@ -149,6 +149,7 @@ func init() {
 		"guest-file-seek":              {(*Agent).fileSeek, true},
 		"guest-file-flush":             {(*Agent).fileFlush, true},
 		ReseedCommand:                  {(*Agent).reseed, true},
+		ReidentifyCommand:              {(*Agent).reidentify, true},
 	}
 }
 

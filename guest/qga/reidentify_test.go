@@ -1,0 +1,266 @@
+package qga
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPlanNICs(t *testing.T) {
+	have := []guestNIC{
+		{name: "br0", mac: "52:54:00:00:00:01"},
+		{name: "eth0", mac: "52:54:00:00:00:01", physical: true},
+		{name: "eth1", mac: "52:54:00:00:00:0b", physical: true},
+		{name: "lo", mac: "00:00:00:00:00:00"},
+	}
+	for _, tt := range []struct {
+		name string
+		want []ReidentifyNIC
+		plan []nicChange
+		err  string
+	}{
+		{"the physical NIC before a bridge with its MAC", []ReidentifyNIC{{0, "52:54:00:00:00:01", "52:54:00:00:00:0A"}}, []nicChange{{"eth0", "52:54:00:00:00:0a"}}, ""},
+		{"one that has the clone's MAC already", []ReidentifyNIC{{1, "-", "52:54:00:00:00:0b"}}, nil, ""},
+		{"both", []ReidentifyNIC{{0, "52:54:00:00:00:01", "52:54:00:00:00:0a"}, {1, "-", "52:54:00:00:00:0b"}}, []nicChange{{"eth0", "52:54:00:00:00:0a"}}, ""},
+		{"a NIC the guest lacks", []ReidentifyNIC{{0, "52:54:00:00:00:01", "52:54:00:00:00:0a"}, {3, "52:54:00:00:00:99", "52:54:00:00:00:98"}}, nil,
+			"network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, err := planNICs(tt.want, have)
+			if tt.err != "" {
+				if err == nil || err.Error() != tt.err {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(plan, tt.plan) {
+				t.Fatalf("plan = %v, %v; want %v", plan, err, tt.plan)
+			}
+		})
+	}
+}
+
+func TestRewriteHosts(t *testing.T) {
+	for _, tt := range []struct {
+		name, in, want string
+		changed        bool
+	}{
+		{"renamed", "127.0.0.1 localhost\n127.0.1.1 old\n::1 localhost\n", "127.0.0.1 localhost\n127.0.1.1 new\n::1 localhost\n", true},
+		{"a tab and aliases", "127.0.1.1\told old.example\n", "127.0.1.1 new\n", true},
+		{"already", "127.0.1.1 new\n", "127.0.1.1 new\n", false},
+		{"no such line", "127.0.0.1 localhost\n127.0.1.10 other\n", "127.0.0.1 localhost\n127.0.1.10 other\n", false},
+		{"no final newline", "127.0.1.1 old", "127.0.1.1 new", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, changed := rewriteHosts(tt.in, "new")
+			if got != tt.want || changed != tt.changed {
+				t.Fatalf("got %q, %v; want %q, %v", got, changed, tt.want, tt.changed)
+			}
+		})
+	}
+}
+
+func TestDHCPClientArgs(t *testing.T) {
+	argv := []string{"udhcpc", "-f", "-i", "eth0", "-x", "hostname:old", "-x", "hostname:older"}
+	if got, want := renameHostOption(argv, "old", "new"), []string{"udhcpc", "-f", "-i", "eth0", "-x", "hostname:new", "-x", "hostname:older"}; !slices.Equal(got, want) {
+		t.Fatalf("renameHostOption = %q, want %q", got, want)
+	}
+	if argv[5] != "hostname:old" {
+		t.Fatal("renameHostOption changed its argument")
+	}
+	for _, tt := range []struct {
+		argv []string
+		ifc  string
+		want bool
+	}{
+		{[]string{"udhcpc", "-i", "eth0"}, "eth0", true},
+		{[]string{"/sbin/udhcpc", "-ieth0"}, "eth0", true},
+		{[]string{"udhcpc", "--interface=eth0"}, "eth0", true},
+		{[]string{"udhcpc", "-i", "eth0"}, "eth1", false},
+		{[]string{"dhclient", "eth0"}, "eth0", false},
+		{[]string{"udhcpc"}, "eth0", false},
+		{nil, "eth0", false},
+	} {
+		if got := isUdhcpcOn(tt.argv, tt.ifc); got != tt.want {
+			t.Errorf("isUdhcpcOn(%q, %s) = %v", tt.argv, tt.ifc, got)
+		}
+	}
+}
+
+// TestReidentifyRefusals checks the arguments vmfest-reidentify refuses
+// before it looks at the guest, and that guest-info lists it.
+func TestReidentifyRefusals(t *testing.T) {
+	a := &Agent{}
+	for _, tt := range []struct {
+		name string
+		args map[string]any
+		want string
+	}{
+		{"no host name", map[string]any{"hostname": ""}, "Invalid parameter 'hostname'"},
+		{"a path for a host name", map[string]any{"hostname": "a/b"}, "Invalid parameter 'hostname'"},
+		{"seed not base64", map[string]any{"hostname": "h", "seed": "!!"}, "Invalid parameter 'seed'"},
+		{"a bad MAC", map[string]any{"hostname": "h", "nics": []map[string]any{{"slot": 0, "from": "-", "to": "52:54"}}}, "Invalid parameter 'nics[0].to'"},
+		{"a bad source MAC", map[string]any{"hostname": "h", "nics": []map[string]any{{"slot": 0, "from": "x", "to": "52:54:00:00:00:01"}}}, "Invalid parameter 'nics[0].from'"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, qe := try(t, a, ReidentifyCommand, tt.args); qe == nil || !strings.Contains(qe.Desc, tt.want) {
+				t.Fatalf("error %+v, want %q", qe, tt.want)
+			}
+		})
+	}
+	if !slices.Contains(Commands(), ReidentifyCommand) {
+		t.Errorf("%s is not among the supported commands", ReidentifyCommand)
+	}
+}
+
+// reidentifyHarness runs in new network, UTS, mount and PID namespaces
+// (unshare): an interface v0 with the source's MAC and a busybox udhcpc on
+// it stand in for a resumed clone's guest, and the test binary, run again
+// as $HELPER, handles vmfest-reidentify there; the harness then prints
+// what the guest has. /etc/hosts and /etc/hostname are files of its own,
+// bind-mounted.
+const reidentifyHarness = `set -e
+mount -t sysfs sysfs /sys
+mount --bind "$DIR/hosts" /etc/hosts
+mount --bind "$DIR/hostname" /etc/hostname
+ip link set lo up
+ip link add v0 type veth peer name v1
+ip link set dev v0 address 52:54:00:00:00:01
+ip link set v1 up
+ip link set v0 up
+hostname oldname
+"$DIR/bin/udhcpc" -f -i v0 -s /bin/true -x hostname:oldname </dev/null >/dev/null 2>&1 &
+old=$!
+until [ "$(cat /proc/$old/comm)" = udhcpc ]; do sleep 0.01; done
+set +e
+"$HELPER" -test.run='^TestReidentifyInNamespace$' >"$DIR/helper" 2>&1
+echo "rc=$?"
+i=0
+until [ $i -ge 200 ] || [ "$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; done)" = "$DIR/bin/udhcpc -f -i v0 -s /bin/true -x hostname:$CLIENT " ]; do
+	sleep 0.05
+	i=$((i + 1))
+done
+echo "mac=$(cat /sys/class/net/v0/address)"
+echo "host=$(hostname)"
+echo "etc-hostname=$(cat /etc/hostname)"
+echo "hosts=$(grep '^127.0.1.1' /etc/hosts)"
+for p in $(pidof udhcpc); do echo "udhcpc=$(tr '\0' ' ' <"/proc/$p/cmdline")"; done
+echo "refused=$(grep -c "network\[3\]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98" "$DIR/helper")"
+`
+
+// TestReidentifyInNamespace runs vmfest-reidentify against a namespaced
+// stand-in for a guest (reidentifyHarness): v0 takes the clone's MAC, its
+// udhcpc is started again with the new name, the host name and files
+// change; a NIC the guest lacks is refused before anything is touched.
+// The re-run inside the namespace is this test too, told by its
+// environment.
+func TestReidentifyInNamespace(t *testing.T) {
+	if nics := os.Getenv("VMFEST_QGA_REIDENTIFY_NICS"); nics != "" {
+		reidentifyHere(t, nics)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it runs in namespaces of its own")
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox's udhcpc")
+	}
+	for _, p := range []string{"ip", "unshare"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		nics   string
+		client string // the host name its udhcpc sends once done
+		want   []string
+	}{
+		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a", "newname", []string{
+			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname", "refused=0"}},
+		{"NICs unchanged", "1 - 52:54:00:00:00:01", "oldname", []string{
+			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname", "refused=0"}},
+		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
+			"rc=1", "mac=52:54:00:00:00:01", "host=oldname", "hosts=127.0.1.1 oldname", "refused=1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for f, data := range map[string]string{"hosts": "127.0.0.1 localhost\n127.0.1.1 oldname\n::1 localhost\n", "hostname": "oldname\n"} {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte(data), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bin := filepath.Join(dir, "bin")
+			if err := os.Mkdir(bin, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(busybox, filepath.Join(bin, "udhcpc")); err != nil {
+				t.Fatal(err)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", reidentifyHarness)
+			cmd.Env = append(os.Environ(), "DIR="+dir, "HELPER="+self, "CLIENT="+tc.client, "VMFEST_QGA_REIDENTIFY_NICS="+tc.nics)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			for _, w := range append(tc.want, "udhcpc="+bin+"/udhcpc -f -i v0 -s /bin/true -x hostname:"+tc.client+" ") {
+				if !slices.Contains(lines, w) {
+					t.Errorf("no line %q in:\n%s", w, out)
+				}
+			}
+			if n := strings.Count(string(out), "udhcpc="); n != 1 {
+				t.Errorf("%d DHCP clients on v0, want 1:\n%s", n, out)
+			}
+		})
+	}
+}
+
+// reidentifyHere is the namespaced half of TestReidentifyInNamespace: it
+// calls vmfest-reidentify with the NICs given as "SLOT FROM TO ..." and,
+// when it succeeds, waits until the DHCP clients it ended run again.
+func reidentifyHere(t *testing.T, spec string) {
+	f := strings.Fields(spec)
+	var nics []ReidentifyNIC
+	for i := 0; i+2 < len(f); i += 3 {
+		slot, err := strconv.Atoi(f[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nics = append(nics, ReidentifyNIC{Slot: slot, From: f[i+1], To: f[i+2]})
+	}
+	a := &Agent{}
+	ret, qe := try(t, a, ReidentifyCommand, map[string]any{"hostname": "newname", "seed": "", "nics": nics})
+	if qe != nil {
+		t.Fatal(qe.Desc)
+	}
+	var res ReidentifyResult
+	if err := json.Unmarshal(ret, &res); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for res.Clients > 0 && time.Now().Before(deadline) {
+		clients, _ := findDHCPClients([]nicChange{{name: "v0"}})
+		if len(clients) == res.Clients {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if res.Clients > 0 {
+		t.Fatalf("the %d DHCP clients did not start again", res.Clients)
+	}
+}
