@@ -3,6 +3,7 @@ package vmfest
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/fake"
+	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
@@ -37,6 +39,10 @@ type execFake struct {
 	mu    sync.Mutex
 	execs map[string][][]string // by machine name
 	links map[string][]string   // SetLink calls by machine name
+	// native, when set, makes the agent answer vmfest-reidentify (as the
+	// tiny guest's does) with native's error, recording the arguments.
+	native    *error
+	reidentes map[string][]json.RawMessage
 }
 
 func (d *execFake) Agent(ctx context.Context, m driver.Machine) (driver.Agent, error) {
@@ -89,6 +95,18 @@ func (a *execAgent) Execute(ctx context.Context, command string, args any) (json
 		return json.RawMessage(`{"pid": 7}`), nil
 	case "guest-exec-status":
 		return json.RawMessage(`{"exited": true, "exitcode": 0}`), nil
+	case reidentifyCommand:
+		if a.d.native == nil {
+			break
+		}
+		js, _ := json.Marshal(args)
+		a.d.mu.Lock()
+		a.d.reidentes[a.name] = append(a.d.reidentes[a.name], js)
+		a.d.mu.Unlock()
+		if *a.d.native != nil {
+			return nil, *a.d.native
+		}
+		return json.RawMessage(`{"changed": ["eth0"], "dhcp-clients": 1}`), nil
 	}
 	return a.Agent.Execute(ctx, command, args)
 }
@@ -97,7 +115,7 @@ func (a *execAgent) Execute(ctx context.Context, command string, args any) (json
 // machine "src" of it on one NAT NIC, with a label.
 func newCloneFake(t *testing.T) (*Local, *execFake, Machine) {
 	t.Helper()
-	fk := &execFake{Driver: fake.New(fake.Options{}), execs: map[string][][]string{}, links: map[string][]string{}}
+	fk := &execFake{Driver: fake.New(fake.Options{}), execs: map[string][][]string{}, links: map[string][]string{}, reidentes: map[string][]json.RawMessage{}}
 	l, err := NewLocal(Config{Home: t.TempDir(), Driver: fk, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -249,6 +267,72 @@ func TestFakeCloneStates(t *testing.T) {
 				if got := fk.Boot(srcDir); got != bootBefore {
 					t.Fatalf("the source resumed boot %d, want %d", got, bootBefore)
 				}
+			}
+		})
+	}
+}
+
+// TestFakeCloneByAgentCommand checks a clone re-identified by an agent
+// that has vmfest-reidentify: one call with the clone's name, its NICs'
+// MACs, 64 bytes of seed and the host's time, no guest-exec, the links
+// held down until it answers; an error from it is the clone's, with no
+// script tried after it.
+func TestFakeCloneByAgentCommand(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  error
+	}{
+		{"answered", nil},
+		{"failed", &qemu.AgentError{Command: reidentifyCommand, Class: "GenericError", Desc: "network[0]: the guest has no interface"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l, fk, m := newCloneFake(t)
+			fk.native = &tt.err
+			ctx := ctxTimeout(t, 30*time.Second)
+			if err := m.Save(ctx); err != nil {
+				t.Fatal(err)
+			}
+			src, err := l.readRecord("src")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := time.Now()
+			_, err = m.Clone(ctx, "c1")
+			if tt.err != nil {
+				if !errors.Is(err, ErrNotReidentified) || !strings.Contains(err.Error(), "the guest has no interface") {
+					t.Fatalf("clone: %v", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if cmds := fk.commands("c1"); len(cmds) != 0 {
+				t.Fatalf("guest-exec was used too: %q", cmds)
+			}
+			calls := fk.reidentes["c1"]
+			if len(calls) != 1 {
+				t.Fatalf("%d calls of %s, want 1", len(calls), reidentifyCommand)
+			}
+			var got struct {
+				Hostname string        `json:"hostname"`
+				Seed     string        `json:"seed"`
+				NICs     []nicIdentity `json:"nics"`
+				Time     int64         `json:"time"`
+			}
+			if err := json.Unmarshal(calls[0], &got); err != nil {
+				t.Fatal(err)
+			}
+			mac := strings.ToLower(src.Hardware.Network[0].MACAddress)
+			seed, _ := base64.StdEncoding.DecodeString(got.Seed)
+			if got.Hostname != "c1" || len(seed) != 64 || !slices.Equal(got.NICs, []nicIdentity{{Slot: 0, From: mac, To: mac}}) ||
+				got.Time < sent.UnixNano() || got.Time > time.Now().UnixNano() {
+				t.Fatalf("%s arguments: %s", reidentifyCommand, calls[0])
+			}
+			want := []string{"0 down", "0 up"}
+			if tt.err != nil {
+				want = want[:1]
+			}
+			if got := fk.linkCalls("c1"); !slices.Equal(got, want) {
+				t.Fatalf("the clone's links: %q, want %q", got, want)
 			}
 		})
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
-	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -41,11 +40,11 @@ import (
 // all in one agent command when the agent is the tiny guest's
 // (reidentifyCommand, done in the agent's own process), else in one guest
 // command (reidentifyScript, through guest-exec: qemu-ga), and sets the
-// guest's clock in the same agent session (a resumed guest's clock stood
-// still while it was saved; Start leaves it to this). It then waits until every NIC has
-// the clone's MAC and each host-only NIC its reserved address (first on
-// the host, in dnsmasq's leases, then in the guest). Until the
-// guest has the clone's MAC on a NIC, that NIC's link is down
+// guest's clock in the same command or agent session (a resumed guest's
+// clock stood still while it was saved; Start leaves it to this). It then
+// waits until every NIC has the clone's MAC and each host-only NIC its
+// reserved address (first on the host, in dnsmasq's leases, then in the
+// guest). Until the guest has the clone's MAC on a NIC, that NIC's link is down
 // (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
 // after the state loads, would otherwise speak on the network with the
 // source's MAC and address. The script exits 0 only once every NIC has
@@ -307,10 +306,6 @@ func (m *localMachine) reidentify(ctx context.Context, d driver.Driver) (err err
 	if err := m.plugReidentified(ctx, d, r); err != nil {
 		return err
 	}
-	if native {
-		// The clock, while the guest's DHCP clients start.
-		m.setClockWith(ctx, a)
-	}
 	m.waitLeases(ctx, r, begun)
 	if err := waitReidentified(ctx, a, r); err != nil {
 		return err
@@ -362,10 +357,11 @@ func reidentifyArgs(name string, r record) []string {
 }
 
 // reidentifyCommand is the tiny guest's agent's command (guest/qga) that
-// does in the agent's own process what reidentifyScript does, and
-// reseeds the CRNG as reseedCommand does: under TCG a resumed clone
-// answers it in tens of milliseconds where the script, its programs and
-// the polls of guest-exec-status take a few hundred.
+// does in the agent's own process what reidentifyScript does, reseeds the
+// CRNG as reseedCommand does and sets the clock as guest-set-time does:
+// under TCG a resumed clone answers it in tens of milliseconds where the
+// script, its programs and the polls of guest-exec-status take a few
+// hundred.
 const reidentifyCommand = "vmfest-reidentify"
 
 // reidentifyInAgent re-identifies the guest with reidentifyCommand. It
@@ -381,8 +377,11 @@ func (m *localMachine) reidentifyInAgent(ctx context.Context, a driver.Agent, r 
 		"hostname": m.name,
 		"seed":     base64.StdEncoding.EncodeToString(seed),
 		"nics":     reidentifyNICs(r),
+		// The clock, in the same command: the guest's stood still while
+		// it was saved.
+		"time": time.Now().UnixNano(),
 	})
-	if qemu.CommandNotFound(err) {
+	if errors.Is(err, driver.ErrUnsupported) {
 		return false, nil
 	}
 	if err != nil {
@@ -511,7 +510,7 @@ func (m *localMachine) waitLeases(ctx context.Context, r record, since time.Time
 // waitReidentified polls the guest agent until every plugged NIC has the
 // clone's MAC and each one with a host-only reservation its address.
 func waitReidentified(ctx context.Context, a driver.Agent, r record) error {
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		ifs, err := driver.Interfaces(ctx, a)

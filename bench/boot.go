@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -318,9 +319,12 @@ func (b *bench) cloneSaved(ctx context.Context, s *section, m vmfest.Machine, co
 // the addresses.
 const addressed = "i=0; while [ $i -lt 250 ]; do n=0; for d in /sys/class/net/eth*; do ip -4 -o addr show dev ${d##*/} | grep -q inet || n=1; done; [ $n = 0 ] && break; sleep 0.02; i=$((i + 1)); done; [ $n = 0 ] && echo addressed; ip -4 -o addr show"
 
-// cloneReady clones m as name, waits until the clone's guest says its new
-// host name and has an IPv4 address on each NIC, and destroys it; it
-// returns the time from Clone to that answer.
+// cloneReady clones m as name, waits until the clone's guest agent answers
+// with its new host name and an IPv4 address on each NIC, and destroys
+// it; it returns the time from Clone to that answer. It asks the agent
+// itself (guest-get-host-name, guest-network-get-interfaces), as the
+// target says: a command run in the guest would add the start of a shell
+// and its programs, which a resumed clone translates afresh under TCG.
 func cloneReady(ctx context.Context, m vmfest.Machine, name string) (time.Duration, error) {
 	t0 := time.Now()
 	c, err := m.Clone(ctx, name)
@@ -331,18 +335,71 @@ func cloneReady(ctx context.Context, m vmfest.Machine, name string) (time.Durati
 		c.PowerDown(ctx)
 		c.Destroy(ctx)
 	}()
-	// A NAT NIC's DHCP may still be on its way when Clone returns (it
-	// waits for host-only addresses only).
-	res, err := c.Exec(ctx, vmfest.ExecRequest{Command: []string{"sh", "-c", "hostname; " + addressed}})
+	info, err := c.Info(ctx)
 	if err != nil {
 		return 0, err
 	}
-	d := time.Since(t0)
-	out := string(res.Stdout)
-	if !strings.HasPrefix(out, name+"\naddressed\n") {
-		return 0, fmt.Errorf("the clone's guest says %q, want its host name %s and an address on each NIC", out, name)
+	a, err := qemu.DialAgent(ctx, filepath.Join(filepath.Dir(info.Disk), store.QGASocket))
+	if err != nil {
+		return 0, err
 	}
-	return d, nil
+	defer a.Close()
+	// A NAT NIC's DHCP may still be on its way when Clone returns (it
+	// waits for host-only addresses only).
+	for {
+		host, missing, err := agentIdentity(ctx, a)
+		if err != nil {
+			return 0, err
+		}
+		if host == name && missing == "" {
+			return time.Since(t0), nil
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("the clone's agent says host name %q, want %s; %s", host, name, missing)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// agentIdentity asks the guest agent for the host name and says which
+// ethN, if any, has no IPv4 address yet ("" when each has one).
+func agentIdentity(ctx context.Context, a *qemu.Agent) (string, string, error) {
+	raw, err := a.Execute(ctx, "guest-get-host-name", nil)
+	if err != nil {
+		return "", "", err
+	}
+	var h struct {
+		Name string `json:"host-name"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return "", "", err
+	}
+	raw, err = a.Execute(ctx, "guest-network-get-interfaces", nil)
+	if err != nil {
+		return "", "", err
+	}
+	var ifs []struct {
+		Name  string `json:"name"`
+		Addrs []struct {
+			Type string `json:"ip-address-type"`
+		} `json:"ip-addresses"`
+	}
+	if err := json.Unmarshal(raw, &ifs); err != nil {
+		return "", "", err
+	}
+	for _, i := range ifs {
+		if !strings.HasPrefix(i.Name, "eth") {
+			continue
+		}
+		v4 := false
+		for _, a := range i.Addrs {
+			v4 = v4 || a.Type == "ipv4"
+		}
+		if !v4 {
+			return h.Name, i.Name + " has no IPv4 address yet", nil
+		}
+	}
+	return h.Name, "", nil
 }
 
 // pss reads a process's proportional set size in KiB (smaps_rollup): its

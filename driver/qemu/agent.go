@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/vmfest/vmfest/driver"
 )
 
 // Agent is a connection to a QEMU guest agent (qemu-ga or vmfest's own)
@@ -39,15 +41,11 @@ func (e *AgentError) Error() string {
 	return fmt.Sprintf("guest agent %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
-// CommandNotFound reports whether err is the guest agent's answer that it
-// has no such command: by its class, or, through libvirt (which keeps
-// only the description), by the words qemu-ga and vmfest's agent use.
-func CommandNotFound(err error) bool {
-	var ae *AgentError
-	if !errors.As(err, &ae) {
-		return false
-	}
-	return ae.Class == "CommandNotFound" || strings.Contains(ae.Desc, "has not been found")
+// Is makes the agent's answer that it has no such command (by its class,
+// or, through libvirt, which keeps only the description, by the words
+// qemu-ga and vmfest's agent use) a driver.ErrUnsupported.
+func (e *AgentError) Is(target error) bool {
+	return target == driver.ErrUnsupported && (e.Class == "CommandNotFound" || strings.Contains(e.Desc, "has not been found"))
 }
 
 // DialAgent repeats its sync while the guest agent does not answer, first
