@@ -441,3 +441,49 @@ func (s *syncBuffer) Reset() {
 	defer s.mu.Unlock()
 	s.b.Reset()
 }
+
+// TestCloneSavedIDE clones a saved machine whose boot disk is on IDE (the
+// default storage of a hardware spec without one): its memory template is
+// made (an ide-hd refuses the read-only disk a template's QEMU opens, so
+// that QEMU gets a scratch overlay over it) and the clone maps it, with
+// no fallback to a whole copy of the saved memory.
+func TestCloneSavedIDE(t *testing.T) {
+	image := tinyImage(t)
+	needRoot(t)
+	l := newTestServer(t)
+	var logs syncBuffer
+	l.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx := ctxTimeout(t, 5*time.Minute)
+	src := bootTiny(ctx, t, l, "src", image, natHardware())
+	if err := src.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir := l.home.MachinePath("src")
+	diskSum := fileSum(t, filepath.Join(dir, store.DiskFile))
+	c, err := src.Clone(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "no memory template") {
+		t.Fatalf("the clone fell back to a whole copy:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, store.TemplateDir, store.TemplateMemoryFile)); err != nil {
+		t.Fatalf("the source's memory template: %v", err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := templateMapping(t, info.PID); sum.rss == 0 {
+		t.Fatalf("the clone does not map the template: %+v", sum)
+	}
+	if got := guestRun(ctx, t, c, "hostname"); got != "c1" {
+		t.Fatalf("the clone's host name: %q", got)
+	}
+	if fileSum(t, filepath.Join(dir, store.DiskFile)) != diskSum {
+		t.Fatal("the template or the clone changed the source's disk")
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, store.TemplateTempPrefix+"*")); len(matches) != 0 {
+		t.Fatalf("the template's scratch directory is left: %v", matches)
+	}
+}
