@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vmfest/vmfest/cloudinit"
 	"github.com/vmfest/vmfest/driver"
@@ -99,10 +100,12 @@ func (m *localMachine) run(ctx context.Context, s *starting, after func(step str
 			}
 		}
 	}()
+	begun := time.Now()
 	for _, st := range startSteps {
 		if err := st.fn(ctx, s); err != nil {
 			return fmt.Errorf("start machine %s: %s: %w", m.name, st.name, err)
 		}
+		m.l.log.Debug("start step done", "machine", m.name, "step", st.name, "at", time.Since(begun))
 		if after != nil {
 			after(st.name)
 		}
