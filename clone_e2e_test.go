@@ -118,9 +118,7 @@ func hostGenID(ctx context.Context, t *testing.T, l *Local, name string) string 
 func TestCloneSaved(t *testing.T) {
 	image := tinyImage(t)
 	needRoot(t)
-	l := newTestServer(t)
-	var logs syncBuffer
-	l.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l, logs := newLoggedServer(t)
 	// c1 is re-identified by the tiny agent's own command, c2 by the
 	// script through guest-exec, as a guest with qemu-ga is.
 	l.scriptReidentify = map[string]bool{"c2": true}
@@ -419,6 +417,16 @@ func held(log string) string {
 }
 
 // syncBuffer is a bytes buffer safe for a logger's concurrent writes.
+// newLoggedServer is newTestServer logging at debug level into the
+// buffer it returns, for tests that read what vmfest logged.
+func newLoggedServer(t *testing.T) (*Local, *syncBuffer) {
+	t.Helper()
+	l := newTestServer(t)
+	logs := &syncBuffer{}
+	l.log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return l, logs
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
@@ -450,9 +458,7 @@ func (s *syncBuffer) Reset() {
 func TestCloneSavedIDE(t *testing.T) {
 	image := tinyImage(t)
 	needRoot(t)
-	l := newTestServer(t)
-	var logs syncBuffer
-	l.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l, logs := newLoggedServer(t)
 	ctx := ctxTimeout(t, 5*time.Minute)
 	src := bootTiny(ctx, t, l, "src", image, natHardware())
 	if err := src.Save(ctx); err != nil {

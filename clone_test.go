@@ -24,6 +24,7 @@ import (
 	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/fake"
 	"github.com/vmfest/vmfest/driver/qemu"
+	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
@@ -857,63 +858,15 @@ func TestFakeDoctorTemplates(t *testing.T) {
 	}
 }
 
-// reidentifyHarness runs in new network, UTS, mount and PID namespaces
-// (unshare): an interface v0 with the source's MAC and a running udhcpc on
-// it stand in for a resumed clone's guest; it runs the script with $SH
-// and prints what the guest then has. /etc/hosts and /etc/hostname are
-// files of its own, bind-mounted; PATH holds only busybox applets.
-const reidentifyHarness = `set -e
-mount -t sysfs sysfs /sys
-mount --bind "$DIR/hosts" /etc/hosts
-mount --bind "$DIR/hostname" /etc/hostname
-"$IP" link set lo up
-"$IP" link add v0 type veth peer name v1
-"$IP" link set dev v0 address 52:54:00:00:00:01
-"$IP" link set dev v1 address 52:54:00:00:00:0b
-"$IP" link set v1 up
-"$IP" link set v0 up
-export PATH="$DIR/bin"
-hostname oldname
-udhcpc -f -i v0 -s /bin/true -x hostname:oldname </dev/null >/dev/null 2>&1 &
-old=$!
-until [ "$(cat /proc/$old/comm)" = udhcpc ]; do sleep 0.01; done
-set +e
-printf '%s\n' 0123456789abcdef | $SH -c "$SCRIPT" vmfest-reidentify "$NEW" $SLOTS 2>"$DIR/stderr"
-echo "rc=$?"
-i=0
-while [ $i -lt 100 ]; do
-	c=$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done)
-	[ "$c" = "udhcpc -f -i v0 -s /bin/true -x hostname:$CLIENT " ] && break
-	sleep 0.05
-	i=$((i + 1))
-done
-echo "mac=$(cat /sys/class/net/v0/address)"
-echo "host=$(hostname)"
-echo "etc-hostname=$(cat /etc/hostname)"
-echo "hosts=$(grep '^127.0.1.1' /etc/hosts)"
-for p in $(pidof udhcpc); do echo "udhcpc=$(tr '\0' ' ' <"/proc/$p/cmdline")"; done
-echo "stderr=$(cat "$DIR/stderr")"
-`
-
 // TestReidentifyScriptRuns runs the re-identification script with each
 // shell the host has (busybox ash, dash) against a namespaced stand-in
 // for a guest: v0 takes the clone's MAC, its udhcpc is started again with
 // the new name, the host name and files change; a NIC the guest lacks is
 // refused before anything is touched.
 func TestReidentifyScriptRuns(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it runs the script in its own namespaces")
-	}
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
 		t.Skip("needs busybox (the tiny guest's shell and udhcpc)")
-	}
-	ipPath, err := exec.LookPath("ip")
-	if err != nil {
-		t.Skip("needs iproute2's ip to make a veth pair")
-	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare")
 	}
 	shells := map[string]string{"busybox ash": busybox + " ash"}
 	if dash, err := exec.LookPath("dash"); err == nil {
@@ -926,48 +879,17 @@ func TestReidentifyScriptRuns(t *testing.T) {
 		want   []string
 	}{
 		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a 1 - 52:54:00:00:00:0b", "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname",
-			"udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:newname ", "stderr="}},
+			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname", "out="}},
 		{"NICs unchanged", "1 - 52:54:00:00:00:0b", "oldname", []string{
-			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname",
-			"udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:oldname ", "stderr="}},
+			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname", "out="}},
 		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
-			"rc=1", "mac=52:54:00:00:00:01", "udhcpc=udhcpc -f -i v0 -s /bin/true -x hostname:oldname ",
-			"stderr=network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"}},
+			"rc=1", "mac=52:54:00:00:00:01",
+			"out=network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"}},
 	} {
 		for name, sh := range shells {
 			t.Run(tc.name+"/"+name, func(t *testing.T) {
-				dir := t.TempDir()
-				bin := filepath.Join(dir, "bin")
-				if err := os.Mkdir(bin, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				for _, a := range []string{"cat", "grep", "hostname", "ip", "kill", "pidof", "setsid", "sleep", "tr", "udhcpc", "wc"} {
-					if err := os.Symlink(busybox, filepath.Join(bin, a)); err != nil {
-						t.Fatal(err)
-					}
-				}
-				for f, data := range map[string]string{"hosts": "127.0.0.1 localhost\n127.0.1.1 oldname\n::1 localhost\n", "hostname": "oldname\n"} {
-					if err := os.WriteFile(filepath.Join(dir, f), []byte(data), 0o644); err != nil {
-						t.Fatal(err)
-					}
-				}
-				ctx := ctxTimeout(t, 30*time.Second)
-				cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", reidentifyHarness)
-				cmd.Env = append(os.Environ(), "DIR="+dir, "IP="+ipPath, "SH="+sh, "SCRIPT="+reidentifyScript, "NEW=newname", "SLOTS="+tc.slots, "CLIENT="+tc.client)
-				out, err := cmd.CombinedOutput()
-				if err != nil {
-					t.Fatalf("%v: %s", err, out)
-				}
-				lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-				for _, w := range tc.want {
-					if !slices.Contains(lines, w) {
-						t.Errorf("no line %q in:\n%s", w, out)
-					}
-				}
-				if n := strings.Count(string(out), "udhcpc="); n != 1 {
-					t.Errorf("%d DHCP clients on v0, want 1:\n%s", n, out)
-				}
+				testutil.ReidentifyStandIn(t, `printf '%s\n' 0123456789abcdef | $SH -c "$SCRIPT" vmfest-reidentify "$NEW" $SLOTS 2>"$DIR/out"`, tc.client, tc.want,
+					"SH="+sh, "SCRIPT="+reidentifyScript, "NEW=newname", "SLOTS="+tc.slots)
 			})
 		}
 	}

@@ -1,16 +1,16 @@
 package qga
 
 import (
-	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmfest/vmfest/internal/testutil"
 )
 
 func TestPlanNICs(t *testing.T) {
@@ -120,41 +120,6 @@ func TestReidentifyRefusals(t *testing.T) {
 	}
 }
 
-// reidentifyHarness runs in new network, UTS, mount and PID namespaces
-// (unshare): an interface v0 with the source's MAC and a busybox udhcpc on
-// it stand in for a resumed clone's guest, and the test binary, run again
-// as $HELPER, handles vmfest-reidentify there; the harness then prints
-// what the guest has. /etc/hosts and /etc/hostname are files of its own,
-// bind-mounted.
-const reidentifyHarness = `set -e
-mount -t sysfs sysfs /sys
-mount --bind "$DIR/hosts" /etc/hosts
-mount --bind "$DIR/hostname" /etc/hostname
-ip link set lo up
-ip link add v0 type veth peer name v1
-ip link set dev v0 address 52:54:00:00:00:01
-ip link set v1 up
-ip link set v0 up
-hostname oldname
-"$DIR/bin/udhcpc" -f -i v0 -s /bin/true -x hostname:oldname </dev/null >/dev/null 2>&1 &
-old=$!
-until [ "$(cat /proc/$old/comm)" = udhcpc ]; do sleep 0.01; done
-set +e
-"$HELPER" -test.run='^TestReidentifyInNamespace$' >"$DIR/helper" 2>&1
-echo "rc=$?"
-i=0
-until [ $i -ge 200 ] || [ "$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; done)" = "$DIR/bin/udhcpc -f -i v0 -s /bin/true -x hostname:$CLIENT " ]; do
-	sleep 0.05
-	i=$((i + 1))
-done
-echo "mac=$(cat /sys/class/net/v0/address)"
-echo "host=$(hostname)"
-echo "etc-hostname=$(cat /etc/hostname)"
-echo "hosts=$(grep '^127.0.1.1' /etc/hosts)"
-for p in $(pidof udhcpc); do echo "udhcpc=$(tr '\0' ' ' <"/proc/$p/cmdline")"; done
-echo "refused=$(grep -c "network\[3\]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98" "$DIR/helper")"
-`
-
 // TestReidentifyInNamespace runs vmfest-reidentify against a namespaced
 // stand-in for a guest (reidentifyHarness): v0 takes the clone's MAC, its
 // udhcpc is started again with the new name, the host name and files
@@ -166,65 +131,34 @@ func TestReidentifyInNamespace(t *testing.T) {
 		reidentifyHere(t, nics)
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it runs in namespaces of its own")
-	}
-	busybox, err := exec.LookPath("busybox")
+	self, err := os.Executable()
 	if err != nil {
-		t.Skip("needs busybox's udhcpc")
-	}
-	for _, p := range []string{"ip", "unshare"} {
-		if _, err := exec.LookPath(p); err != nil {
-			t.Skipf("needs %s", p)
-		}
+		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name   string
-		nics   string
-		client string // the host name its udhcpc sends once done
-		want   []string
+		name    string
+		nics    string
+		client  string // the host name its udhcpc sends once done
+		want    []string
+		refused bool
 	}{
 		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a", "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname", "refused=0"}},
+			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
 		{"NICs unchanged", "1 - 52:54:00:00:00:01", "oldname", []string{
-			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname", "refused=0"}},
+			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname"}, false},
 		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
-			"rc=1", "mac=52:54:00:00:00:01", "host=oldname", "hosts=127.0.1.1 oldname", "refused=1"}},
+			"rc=1", "mac=52:54:00:00:00:01", "host=oldname", "hosts=127.0.1.1 oldname"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			for f, data := range map[string]string{"hosts": "127.0.0.1 localhost\n127.0.1.1 oldname\n::1 localhost\n", "hostname": "oldname\n"} {
-				if err := os.WriteFile(filepath.Join(dir, f), []byte(data), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			bin := filepath.Join(dir, "bin")
-			if err := os.Mkdir(bin, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(busybox, filepath.Join(bin, "udhcpc")); err != nil {
-				t.Fatal(err)
-			}
-			self, err := os.Executable()
+			dir := testutil.ReidentifyStandIn(t, `"$HELPER" -test.run='^TestReidentifyInNamespace$' >"$DIR/out" 2>&1`, tc.client, tc.want,
+				"HELPER="+self, "VMFEST_QGA_REIDENTIFY_NICS="+tc.nics)
+			helper, err := os.ReadFile(filepath.Join(dir, "out"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "unshare", "--net", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", reidentifyHarness)
-			cmd.Env = append(os.Environ(), "DIR="+dir, "HELPER="+self, "CLIENT="+tc.client, "VMFEST_QGA_REIDENTIFY_NICS="+tc.nics)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("%v: %s", err, out)
-			}
-			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-			for _, w := range append(tc.want, "udhcpc="+bin+"/udhcpc -f -i v0 -s /bin/true -x hostname:"+tc.client+" ") {
-				if !slices.Contains(lines, w) {
-					t.Errorf("no line %q in:\n%s", w, out)
-				}
-			}
-			if n := strings.Count(string(out), "udhcpc="); n != 1 {
-				t.Errorf("%d DHCP clients on v0, want 1:\n%s", n, out)
+			const refusal = "network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"
+			if strings.Contains(string(helper), refusal) != tc.refused {
+				t.Errorf("the command's refusal (want %v):\n%s", tc.refused, helper)
 			}
 		})
 	}
