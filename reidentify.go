@@ -44,8 +44,8 @@ import (
 // clock stood still while it was saved; Start leaves it to this). It then
 // waits until every NIC has the clone's MAC and each host-only NIC its
 // reserved address (first on the host, in dnsmasq's leases, then in the
-// guest). Until the guest has the clone's MAC on a NIC, that NIC's link is down
-// (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
+// guest). Until the guest has the clone's MAC on a NIC, that NIC's link
+// is down (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
 // after the state loads, would otherwise speak on the network with the
 // source's MAC and address. The script exits 0 only once every NIC has
 // taken its MAC (the command answers only then); then the links go up,
@@ -388,7 +388,6 @@ func (m *localMachine) reidentifyInAgent(ctx context.Context, a driver.Agent, r 
 		return true, fmt.Errorf("the re-identification in the guest failed: %w", err)
 	}
 	var res struct {
-		Changed  []string `json:"changed"`
 		Warnings []string `json:"warnings"`
 	}
 	if err := json.Unmarshal(raw, &res); err != nil {
