@@ -27,7 +27,7 @@ func TestBootThroughPool(t *testing.T) {
 		h := newHostOn(t, c.client(t), id, prefix, allowed, nil)
 		tokens = append(tokens, h.token)
 	}
-	p, err := pool.Connect(pool.Etcd{Endpoints: c.endpoints}, pool.WithPrefix(prefix), pool.WithTokens(tokens...), pool.WithLogger(quiet()))
+	p, err := pool.Connect(pool.Etcd{Endpoints: c.Endpoints}, pool.WithPrefix(prefix), pool.WithTokens(tokens...), pool.WithLogger(quiet()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -22,89 +21,22 @@ import (
 	"github.com/vmfest/vmfest/api"
 	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/fake"
+	"github.com/vmfest/vmfest/internal/etcdtest"
 	"github.com/vmfest/vmfest/internal/testutil"
 	"github.com/vmfest/vmfest/pool"
-	"github.com/vmfest/vmfest/pool/embedetcd"
 	"github.com/vmfest/vmfest/spec"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// freePorts returns n loopback ports free now.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
-}
+// cluster is n real etcd members in this process (etcdtest.Start).
+type cluster struct{ *etcdtest.Cluster }
 
-// cluster is n real etcd members in this process, on loopback ports,
-// with their data in temporary directories; stopped and removed at the
-// end of the test.
-type cluster struct {
-	members   []*embedetcd.Member
-	endpoints []string
-}
-
-func newCluster(t testing.TB, n int) *cluster {
-	t.Helper()
-	ports := freePorts(t, 2*n)
-	peers := map[string]string{}
-	var cfgs []embedetcd.Config
-	dir := t.TempDir()
-	for i := range n {
-		name := fmt.Sprintf("m%d", i)
-		peers[name] = fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-		cfgs = append(cfgs, embedetcd.Config{
-			Name: name, Dir: filepath.Join(dir, name),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
-			PeerURL:   peers[name], Fast: true,
-		})
-	}
-	c := &cluster{members: make([]*embedetcd.Member, n)}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range cfgs {
-		cfgs[i].Cluster = peers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.members[i], errs[i] = embedetcd.Start(ctx, cfgs[i])
-		}()
-	}
-	wg.Wait()
-	t.Cleanup(func() {
-		for _, m := range c.members {
-			if m != nil {
-				m.Close()
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range c.members {
-		c.endpoints = append(c.endpoints, m.Endpoints()...)
-	}
-	return c
-}
+func newCluster(t testing.TB, n int) *cluster { return &cluster{etcdtest.Start(t, n)} }
 
 func (c *cluster) client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := pool.NewClient(pool.Etcd{Endpoints: c.endpoints})
+	cli, err := pool.NewClient(pool.Etcd{Endpoints: c.Endpoints})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +166,7 @@ func newTestPool(t testing.TB) *testPool {
 		tp.hosts = append(tp.hosts, h)
 		tokens = append(tokens, h.token)
 	}
-	p, err := pool.Connect(pool.Etcd{Endpoints: c.endpoints}, pool.WithPrefix(prefix), pool.WithTokens(tokens...), pool.WithHostTimeout(time.Second), pool.WithLogger(quiet()))
+	p, err := pool.Connect(pool.Etcd{Endpoints: c.Endpoints}, pool.WithPrefix(prefix), pool.WithTokens(tokens...), pool.WithHostTimeout(time.Second), pool.WithLogger(quiet()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +399,7 @@ func TestEtcdMemberDown(t *testing.T) {
 	if _, err := tp.pool.Instance(ctx, "before", vmfest.ImageSpec(tp.image), vmfest.HardwareSpec(natOnly)); err != nil {
 		t.Fatal(err)
 	}
-	tp.etcd.members[0].Close()
+	tp.etcd.Members[0].Close()
 	for i := range 6 {
 		if _, err := tp.pool.Instance(ctx, fmt.Sprintf("after%d", i), vmfest.ImageSpec(tp.image), vmfest.HardwareSpec(natOnly)); err != nil {
 			t.Fatal(err)

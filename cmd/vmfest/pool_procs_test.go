@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfest/vmfest/internal/etcdtest"
 	"github.com/vmfest/vmfest/internal/netnstest"
 	"github.com/vmfest/vmfest/internal/testutil"
-	"github.com/vmfest/vmfest/pool/embedetcd"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -63,10 +63,10 @@ func TestPoolProcesses(t *testing.T) {
 	keyOnly, hw := keyOnlyTiny(t, meta)
 	allowed := filepath.Dir(testutil.TinyImage(t).Location)
 
-	etcd := startEtcdCluster(t, 3)
-	endpoints := strings.Join(etcd.endpoints, ",")
+	etcd := etcdtest.Start(t, 3)
+	endpoints := strings.Join(etcd.Endpoints, ",")
 
-	ports := loopbackPorts(t, 3)
+	ports := testutil.LoopbackPorts(t, 3)
 	hosts := make([]*serveProc, 3)
 	for i := range hosts {
 		hosts[i] = &serveProc{
@@ -169,7 +169,7 @@ func TestPoolProcesses(t *testing.T) {
 	}
 
 	// One etcd member of three stops: the pool keeps working.
-	etcd.members[0].Close()
+	etcd.Members[0].Close()
 	client.must(ctx, "create", "after-etcd", "--image", keyOnly, "--hardware", hw)
 	if rows := client.list(ctx); len(rows) != 31 {
 		t.Fatalf("list with an etcd member down: %d machines, want 31", len(rows))
@@ -429,74 +429,6 @@ func (c poolClient) list(ctx context.Context) map[string]listRow {
 	return out
 }
 
-// etcdCluster is n etcd members in this process, on loopback.
-type etcdCluster struct {
-	members   []*embedetcd.Member
-	endpoints []string
-}
-
-func startEtcdCluster(t *testing.T, n int) *etcdCluster {
-	t.Helper()
-	ports := loopbackPorts(t, 2*n)
-	dir := t.TempDir()
-	peers := map[string]string{}
-	for i := range n {
-		peers[fmt.Sprintf("e%d", i)] = fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1])
-	}
-	c := &etcdCluster{members: make([]*embedetcd.Member, n)}
-	t.Cleanup(func() {
-		for _, m := range c.members {
-			if m != nil {
-				m.Close()
-			}
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range n {
-		name := fmt.Sprintf("e%d", i)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.members[i], errs[i] = embedetcd.Start(ctx, embedetcd.Config{
-				Name: name, Dir: filepath.Join(dir, name), Cluster: peers, Fast: true,
-				ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]), PeerURL: peers[name],
-			})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range c.members {
-		c.endpoints = append(c.endpoints, m.Endpoints()...)
-	}
-	return c
-}
-
-// loopbackPorts returns n loopback ports free now.
-func loopbackPorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	out := make([]int, n)
-	for i := range out {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return out
-}
-
 // keyOnlyTiny writes the tiny image's spec without its password (only
 // the client's key logs in, so ssh goes through the pool with it) and a
 // NAT-only hardware spec; it returns their paths.
@@ -581,11 +513,11 @@ func readFile(path string) string {
 // certificate of a private CA is reached by a --pool client given that
 // CA (--pool-host-cacert), and refused without it.
 func TestPoolHostTLS(t *testing.T) {
-	etcd := startEtcdCluster(t, 1)
-	endpoints := strings.Join(etcd.endpoints, ",")
+	etcd := etcdtest.Start(t, 1)
+	endpoints := strings.Join(etcd.Endpoints, ",")
 	cert, key, _ := testutil.SelfSigned(t)
 	hostHome, clientHome := machineHome(t), t.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", loopbackPorts(t, 1)[0])
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.LoopbackPorts(t, 1)[0])
 	ctx, cancel := context.WithCancel(context.Background())
 	var serveErr lockedBuffer
 	served := make(chan error, 1)

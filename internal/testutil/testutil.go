@@ -208,3 +208,25 @@ func SelfSigned(t testing.TB) (certPath, keyPath string, pool *x509.CertPool) {
 	pool.AddCert(cert)
 	return certPath, keyPath, pool
 }
+
+// LoopbackPorts returns n TCP ports on 127.0.0.1 that are free now (each
+// was bound, then all released together, so they differ).
+func LoopbackPorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	out := make([]int, n)
+	for i := range out {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return out
+}
