@@ -2,13 +2,13 @@ package qemu
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"time"
 
+	"github.com/vmfest/vmfest/disk"
 	"github.com/vmfest/vmfest/driver"
 )
 
@@ -151,29 +151,19 @@ func startTemplateIncoming(ctx context.Context, dir string) error {
 }
 
 // scratchDisk makes the template QEMU's scratch disk in its directory
-// (Config.Scratch): an empty qcow2 of the boot disk's virtual size,
-// which qemu-img reads from the disk named as itself alone (a raw file,
-// or a qcow2 without its backing file: its header's size is its own).
+// (Config.Scratch): an empty qcow2 of the boot disk's virtual size, which
+// the disk package reads from the disk's own header.
 func (d *Driver) scratchDisk(ctx context.Context, s driver.StartSpec) (string, error) {
 	if s.Disk.Path == "" {
 		return "", nil
 	}
-	args := []string{"info", "--output=json", "-f", "raw", s.Disk.Path}
-	if s.Disk.Format == "qcow2" {
-		args = []string{"info", "--output=json", diskOnly(s.Disk.Path)}
-	}
-	out, err := d.qemuImg(ctx, args...)
+	disks := disk.New("")
+	size, err := disks.VirtualSize(ctx, s.Disk.Path, s.Disk.Format)
 	if err != nil {
 		return "", fmt.Errorf("the boot disk's size: %w", err)
 	}
-	var info struct {
-		VirtualSize int64 `json:"virtual-size"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
-		return "", fmt.Errorf("the boot disk's size: qemu-img info says %.200q", out)
-	}
 	path := Config{Dir: s.Dir}.Path(scratchFile)
-	if _, err := d.qemuImg(ctx, "create", "-q", "-f", "qcow2", path, strconv.FormatInt(info.VirtualSize, 10)); err != nil {
+	if err := disks.CreateBlank(ctx, path, size); err != nil {
 		return "", fmt.Errorf("the template's scratch disk: %w", err)
 	}
 	return path, nil
