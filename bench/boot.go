@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest"
+	"github.com/vmfest/vmfest/driver"
 	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/internal/netnstest"
 	"github.com/vmfest/vmfest/spec"
@@ -374,17 +375,8 @@ func agentIdentity(ctx context.Context, a *qemu.Agent) (string, string, error) {
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return "", "", err
 	}
-	raw, err = a.Execute(ctx, "guest-network-get-interfaces", nil)
+	ifs, err := driver.Interfaces(ctx, a)
 	if err != nil {
-		return "", "", err
-	}
-	var ifs []struct {
-		Name  string `json:"name"`
-		Addrs []struct {
-			Type string `json:"ip-address-type"`
-		} `json:"ip-addresses"`
-	}
-	if err := json.Unmarshal(raw, &ifs); err != nil {
 		return "", "", err
 	}
 	for _, i := range ifs {
@@ -392,7 +384,7 @@ func agentIdentity(ctx context.Context, a *qemu.Agent) (string, string, error) {
 			continue
 		}
 		v4 := false
-		for _, a := range i.Addrs {
+		for _, a := range i.IPAddresses {
 			v4 = v4 || a.Type == "ipv4"
 		}
 		if !v4 {
