@@ -233,25 +233,42 @@ func waitExited(ctx context.Context, pid int, pidfile string) error {
 
 // exited says process pid is no longer a live QEMU of pidfile.
 func exited(pid int, pidfile string) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return true // gone (or not visible from this PID namespace)
 	}
-	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
-		if s := stat[i+2]; s == 'Z' || s == 'X' {
-			return true
-		}
+	if len(cmdline) > 0 && !bytes.Contains(cmdline, []byte(pidfile)) {
+		return true // the pid now belongs to another program
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	// An exiting process lets go of its memory (its command line then
+	// reads empty) before it closes its files, and its files, the disks'
+	// locks among them, close only when its last thread is done. A
+	// killed QEMU's main thread can be a zombie while a vCPU or I/O
+	// thread still holds them. So: exited once every thread is a zombie
+	// or gone. (A kernel thread that took the pid reads empty and lives
+	// on; waitExited's deadline ends that.)
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return true
 	}
-	if len(cmdline) == 0 {
-		// An exiting process lets go of its memory (and its command
-		// line reads empty) before it closes its files, the disks'
-		// locks among them: not exited yet. (A kernel thread that took
-		// the pid reads empty too; waitExited's deadline ends that.)
+	for _, task := range tasks {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			continue // this thread is gone
+		}
+		if !deadState(stat) {
+			return false
+		}
+	}
+	return true
+}
+
+// deadState says a /proc stat line shows a zombie or dead task.
+func deadState(stat []byte) bool {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
 		return false
 	}
-	return !bytes.Contains(cmdline, []byte(pidfile))
+	s := stat[i+2]
+	return s == 'Z' || s == 'X'
 }

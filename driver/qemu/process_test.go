@@ -2,14 +2,19 @@ package qemu
 
 import (
 	"context"
-	"github.com/vmfest/vmfest/spec"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmfest/vmfest/spec"
 )
 
 // startBlank starts a real QEMU with a blank disk (no guest OS: the BIOS
@@ -181,5 +186,60 @@ func TestExited(t *testing.T) {
 	cmd.Wait()
 	if !exited(pid, pidfile) {
 		t.Fatal("a reaped process counts as running")
+	}
+}
+
+// zombieLeaderEnv makes the test binary a helper of
+// TestExitedWaitsForEveryThread: its main thread exits during init and its
+// other threads live on, as a killed QEMU's main thread can end before a
+// vCPU thread that still holds the disks' locks.
+const zombieLeaderEnv = "VMFEST_HELPER_ZOMBIE_LEADER"
+
+func init() {
+	if os.Getenv(zombieLeaderEnv) == "" {
+		return
+	}
+	// Package init runs on the process's main thread; exit that thread
+	// alone. The runtime's other threads keep the process alive.
+	runtime.LockOSThread()
+	unix.RawSyscall(unix.SYS_EXIT, 0, 0, 0)
+}
+
+// A process whose main thread is a zombie but whose other threads still
+// run has not exited: its files are still open.
+func TestExitedWaitsForEveryThread(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), PIDFile)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", pidfile)
+	cmd.Env = append(os.Environ(), zombieLeaderEnv+"=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if deadState(stat) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the helper's main thread did not exit: %s", stat)
+		}
+	}
+	if exited(pid, pidfile) {
+		t.Fatal("a process with a zombie main thread and live threads counts as exited")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitExited(ctx, pid, pidfile); err != nil {
+		t.Fatal(err)
+	}
+	if !exited(pid, pidfile) {
+		t.Fatal("waitExited returned before every thread exited")
 	}
 }
