@@ -879,9 +879,9 @@ func TestReidentifyScriptRuns(t *testing.T) {
 		want   []string
 	}{
 		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a 1 - 52:54:00:00:00:0b", "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname", "out="}},
+			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname", "out="}},
 		{"NICs unchanged", "1 - 52:54:00:00:00:0b", "oldname", []string{
-			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname", "out="}},
+			"rc=0", "mac=52:54:00:00:00:01", "ll6=fe80::5054:ff:fe00:1 ", "host=newname", "hosts=127.0.1.1 newname", "out="}},
 		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
 			"rc=1", "mac=52:54:00:00:00:01",
 			"out=network[3]: the guest has no interface with the source's MAC 52:54:00:00:00:99 or the clone's 52:54:00:00:00:98"}},

@@ -111,6 +111,16 @@ type Agent struct {
 	// stream of a process; 0 means MaxExecOutput.
 	ExecOutputLimit int
 
+	// DHCP, if set, keeps some interfaces addressed by DHCP in the
+	// agent's process and follows their MACs itself: vmfest-reidentify
+	// leaves the DHCP of the interfaces it manages to it.
+	DHCP interface{ Manages(ifc string) bool }
+
+	// cycleLinks makes vmfest-reidentify set each link down and up to
+	// change its MAC, as it does for a driver that refuses an in-place
+	// change (tests).
+	cycleLinks bool
+
 	mu    sync.Mutex // serialises writes
 	execs execTable  // processes started by guest-exec
 	files fileTable  // files opened by guest-file-open

@@ -72,6 +72,11 @@ type guestNIC struct {
 	physical bool // it has a device (not a bridge, VLAN or bond)
 }
 
+// managesDHCP says the agent's own DHCP client keeps ifc addressed.
+func (a *Agent) managesDHCP(ifc string) bool {
+	return a.DHCP != nil && a.DHCP.Manages(ifc)
+}
+
 // nicChange is an interface to take a new MAC.
 type nicChange struct {
 	name, mac string
@@ -132,7 +137,7 @@ func (a *Agent) reidentify(args json.RawMessage) (any, error) {
 	if err != nil {
 		return nil, Errorf("%s: set the host name: %v", ReidentifyCommand, err)
 	}
-	clients, err := changeMACs(changes)
+	clients, err := changeMACs(changes, a.managesDHCP, a.cycleLinks, warn)
 	for _, c := range clients {
 		c.args = renameHostOption(c.args, old, p.Hostname)
 	}

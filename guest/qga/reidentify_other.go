@@ -10,6 +10,8 @@ func listNICs() ([]guestNIC, error) { return nil, errNotLinux }
 
 func setHostname(string, func(string, ...any)) (string, error) { return "", errNotLinux }
 
-func changeMACs([]nicChange) ([]*dhcpClient, error) { return nil, errNotLinux }
+func changeMACs([]nicChange, func(string) bool, bool, func(string, ...any)) ([]*dhcpClient, error) {
+	return nil, errNotLinux
+}
 
 func (a *Agent) restartDHCP([]*dhcpClient) {}

@@ -138,20 +138,26 @@ func TestReidentifyInNamespace(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		nics    string
+		cycle   bool   // set the link down and up, as for e1000
 		client  string // the host name its udhcpc sends once done
 		want    []string
 		refused bool
 	}{
-		{"reidentified", "0 52:54:00:00:00:01 52:54:00:00:00:0a", "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
-		{"NICs unchanged", "1 - 52:54:00:00:00:01", "oldname", []string{
-			"rc=0", "mac=52:54:00:00:00:01", "host=newname", "hosts=127.0.1.1 newname"}, false},
-		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", "oldname", []string{
+		{"reidentified in place", "0 52:54:00:00:00:01 52:54:00:00:00:0a", false, "newname", []string{
+			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
+		{"reidentified by a link cycle", "0 52:54:00:00:00:01 52:54:00:00:00:0a", true, "newname", []string{
+			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
+		{"NICs unchanged", "1 - 52:54:00:00:00:01", false, "oldname", []string{
+			"rc=0", "mac=52:54:00:00:00:01", "ll6=fe80::5054:ff:fe00:1 ", "host=newname", "hosts=127.0.1.1 newname"}, false},
+		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", false, "oldname", []string{
 			"rc=1", "mac=52:54:00:00:00:01", "host=oldname", "hosts=127.0.1.1 oldname"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := testutil.ReidentifyStandIn(t, `"$HELPER" -test.run='^TestReidentifyInNamespace$' >"$DIR/out" 2>&1`, tc.client, tc.want,
-				"HELPER="+self, "VMFEST_QGA_REIDENTIFY_NICS="+tc.nics)
+			env := []string{"HELPER=" + self, "VMFEST_QGA_REIDENTIFY_NICS=" + tc.nics}
+			if tc.cycle {
+				env = append(env, "VMFEST_QGA_REIDENTIFY_CYCLE=1")
+			}
+			dir := testutil.ReidentifyStandIn(t, `"$HELPER" -test.run='^TestReidentifyInNamespace$' >"$DIR/out" 2>&1`, tc.client, tc.want, env...)
 			helper, err := os.ReadFile(filepath.Join(dir, "out"))
 			if err != nil {
 				t.Fatal(err)
@@ -164,9 +170,6 @@ func TestReidentifyInNamespace(t *testing.T) {
 	}
 }
 
-// reidentifyHere is the namespaced half of TestReidentifyInNamespace: it
-// calls vmfest-reidentify with the NICs given as "SLOT FROM TO ..." and,
-// when it succeeds, waits until the DHCP clients it ended run again.
 func reidentifyHere(t *testing.T, spec string) {
 	f := strings.Fields(spec)
 	var nics []ReidentifyNIC
@@ -177,7 +180,7 @@ func reidentifyHere(t *testing.T, spec string) {
 		}
 		nics = append(nics, ReidentifyNIC{Slot: slot, From: f[i+1], To: f[i+2]})
 	}
-	a := &Agent{}
+	a := &Agent{cycleLinks: os.Getenv("VMFEST_QGA_REIDENTIFY_CYCLE") != ""}
 	ret, qe := try(t, a, ReidentifyCommand, map[string]any{"hostname": "newname", "seed": "", "nics": nics})
 	if qe != nil {
 		t.Fatal(qe.Desc)

@@ -43,6 +43,7 @@ until [ $i -ge 200 ] || [ "$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p
 	i=$((i + 1))
 done
 echo "mac=$(cat /sys/class/net/v0/address)"
+echo "ll6=$(ip -6 addr show dev v0 | grep -o 'fe80::[0-9a-f:]*' | tr '\n' ' ')"
 echo "host=$(hostname)"
 echo "etc-hostname=$(cat /etc/hostname)"
 echo "hosts=$(grep '^127.0.1.1' /etc/hosts)"
@@ -54,11 +55,13 @@ echo "out=$(cat "$DIR/out" 2>/dev/null)"
 // against a namespaced stand-in for a resumed clone's guest (see
 // reidentifyHarness), with env added to the environment, and checks what
 // the harness printed, one "key=value" a line: rc (run's exit code), mac
-// (v0's), host, etc-hostname, hosts (the 127.0.1.1 line), one udhcpc= per
+// (v0's), ll6 (v0's IPv6 link-local addresses, each followed by a space),
+// host, etc-hostname, hosts (the 127.0.1.1 line), one udhcpc= per
 // DHCP client (its command line) and out. Every line of want must be
 // there, and exactly one DHCP client, DIR/bin/udhcpc on v0 sending
 // hostname:client (the harness waits up to 10 s for it). It returns DIR.
-// It skips t without root, busybox, iproute2's ip or unshare.
+// It skips t without root, busybox, iproute2's ip or unshare. Where the
+// host has no IPv6, want's ll6 lines are not checked.
 func ReidentifyStandIn(t *testing.T, run, client string, want []string, env ...string) (dir string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -99,6 +102,9 @@ func ReidentifyStandIn(t *testing.T, run, client string, want []string, env ...s
 		t.Fatalf("%v: %s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		want = slices.DeleteFunc(slices.Clone(want), func(w string) bool { return strings.HasPrefix(w, "ll6=") })
+	}
 	for _, w := range append(want, "udhcpc="+bin+"/udhcpc -f -i v0 -s /bin/true -x hostname:"+client+" ") {
 		if !slices.Contains(lines, w) {
 			t.Errorf("no line %q in:\n%s", w, out)
