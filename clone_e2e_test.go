@@ -18,6 +18,7 @@ import (
 
 	"github.com/vmfest/vmfest/driver/qemu"
 	"github.com/vmfest/vmfest/spec"
+	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/store"
 )
 
@@ -231,11 +232,9 @@ func TestCloneSaved(t *testing.T) {
 		if got := guestRun(ctx, t, c, "grep '^127\\.0\\.1\\.1' /etc/hosts"); got != "127.0.1.1 "+n {
 			t.Fatalf("%s: /etc/hosts says %q", n, got)
 		}
-		// One DHCP client on eth0, the source's ended, the new one
-		// sending the clone's name.
-		if got := guestRun(ctx, t, c, `for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done | grep -- ' -i eth0 '`); !strings.HasSuffix(got, "hostname:"+n) || strings.Count(got, "\n") != 0 {
-			t.Fatalf("%s: the DHCP clients of eth0: %q", n, got)
-		}
+		// The guest's DHCP client leased the clone's address for its
+		// new MAC, sending its new name.
+		waitLeaseHost(t, l, mac, a.IP, n)
 		// Its clock was set, in the re-identification's agent session
 		// (the source booted and never had it set).
 		clock := "vmfest-reidentify: clock set to [0-9]"
@@ -492,4 +491,28 @@ func TestCloneSavedIDE(t *testing.T) {
 	if matches, _ := filepath.Glob(filepath.Join(dir, store.TemplateTempPrefix+"*")); len(matches) != 0 {
 		t.Fatalf("the template's scratch directory is left: %v", matches)
 	}
+}
+
+// waitLeaseHost waits, within 30 s, until the host-only network's dnsmasq
+// has a lease of ip for mac naming host: the name the guest's DHCP client
+// sent.
+func waitLeaseHost(t *testing.T, l *Local, mac, ip, host string) {
+	t.Helper()
+	nm, err := l.networks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leases []network.Lease
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		leases, err = nm.Leases("vmfestnet0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, le := range leases {
+			if strings.EqualFold(le.MAC, mac) && le.IP == ip && le.Host == host {
+				return
+			}
+		}
+	}
+	t.Fatalf("no lease of %s for %s naming %s: %+v", ip, mac, host, leases)
 }

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmfest/vmfest/guest/dhcp"
 	"github.com/vmfest/vmfest/guest/qga"
 )
 
@@ -28,6 +30,7 @@ const portName = "org.qemu.guest_agent.0"
 func main() {
 	port := flag.String("port", "", "device to serve on (default: find the virtio port named "+portName+")")
 	noButton := flag.Bool("no-power-button", false, "do not watch /dev/input for the power button")
+	dhcpPattern := flag.String("dhcp", "", "keep the Ethernet interfaces whose names match this pattern (e.g. eth*) addressed by DHCP")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("vmfest-agent: ")
@@ -36,6 +39,20 @@ func main() {
 		go watchPowerButton()
 	}
 	a := &qga.Agent{Shutdown: shutdown, Logf: log.Printf}
+	if *dhcpPattern != "" {
+		// The DHCP library takes transaction IDs from getrandom, and
+		// spins until the kernel's CRNG is initialised, which under TCG
+		// is seconds after boot. An ID needs no cryptographic strength
+		// (udhcpc seeds its own from the clock): read /dev/urandom.
+		os.Setenv("UROOT_NOHWRNG", "1")
+		c := dhcp.New(dhcp.Config{Pattern: *dhcpPattern, Logf: log.Printf})
+		a.DHCP = c
+		go func() {
+			if err := c.Run(context.Background()); err != nil {
+				log.Print(err)
+			}
+		}()
+	}
 	serve(a, *port)
 }
 
