@@ -30,30 +30,48 @@ const portName = "org.qemu.guest_agent.0"
 func main() {
 	port := flag.String("port", "", "device to serve on (default: find the virtio port named "+portName+")")
 	noButton := flag.Bool("no-power-button", false, "do not watch /dev/input for the power button")
-	dhcpPattern := flag.String("dhcp", "", "keep the Ethernet interfaces whose names match this pattern (e.g. eth*) addressed by DHCP")
+	dhcpPattern := flag.String("dhcp", "", "the Ethernet interfaces whose names match this pattern (e.g. eth*) are kept by this program's DHCP client (-dhcp-client): vmfest-reidentify leaves their DHCP to it")
+	dhcpClient := flag.String("dhcp-client", "", "be only the DHCP client of the Ethernet interfaces whose names match this pattern")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("vmfest-agent: ")
 
+	if *dhcpClient != "" {
+		runDHCP(*dhcpClient)
+		return
+	}
 	if !*noButton {
 		go watchPowerButton()
 	}
 	a := &qga.Agent{Shutdown: shutdown, Logf: log.Printf}
 	if *dhcpPattern != "" {
-		// The DHCP library takes transaction IDs from getrandom, and
-		// spins until the kernel's CRNG is initialised, which under TCG
-		// is seconds after boot. An ID needs no cryptographic strength
-		// (udhcpc seeds its own from the clock): read /dev/urandom.
-		os.Setenv("UROOT_NOHWRNG", "1")
-		c := dhcp.New(dhcp.Config{Pattern: *dhcpPattern, Logf: log.Printf})
-		a.DHCP = c
-		go func() {
-			if err := c.Run(context.Background()); err != nil {
-				log.Print(err)
-			}
-		}()
+		a.DHCP = dhcpInterfaces(*dhcpPattern)
 	}
 	serve(a, *port)
+}
+
+// dhcpInterfaces is the pattern of the interfaces the DHCP client keeps.
+type dhcpInterfaces string
+
+func (p dhcpInterfaces) Manages(ifc string) bool { return dhcp.Matches(string(p), ifc) }
+
+// runDHCP is the DHCP client process (package dhcp), which the tiny image
+// starts beside the agent. Apart from the agent, its goroutines, timers
+// and sockets cost the agent nothing when a saved guest resumes (under TCG
+// the agent answered a resumed guest ~40 ms later with the client in its
+// own process), and the image's start-up runs it at a lower priority
+// while the agent comes up, as it did udhcpc.
+func runDHCP(pattern string) {
+	log.SetPrefix("vmfest-agent dhcp: ")
+	// The DHCP library takes transaction IDs from getrandom, and spins
+	// until the kernel's CRNG is initialised, which under TCG is seconds
+	// after boot. An ID needs no cryptographic strength (udhcpc seeds
+	// its own from the clock): read /dev/urandom.
+	os.Setenv("UROOT_NOHWRNG", "1")
+	c := dhcp.New(dhcp.Config{Pattern: pattern, Logf: log.Printf})
+	if err := c.Run(context.Background()); err != nil {
+		log.Fatal(err)
+	}
 }
 
 // findPort returns /dev/vportNpM for the virtio-serial port with the given name.

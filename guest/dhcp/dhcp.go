@@ -6,8 +6,8 @@
 //
 // It runs in the agent's own process and follows the kernel's link events,
 // so it starts an exchange as soon as an interface has a carrier, and again
-// whenever the interface's MAC changes or its carrier comes back after a
-// loss. That is how a clone resumed from its source's memory gets its own
+// whenever the interface's MAC changes (once it has a carrier). A carrier
+// that comes back with the same MAC keeps the lease, as udhcpc did. That is how a clone resumed from its source's memory gets its own
 // address: the agent gives the NIC the clone's MAC while the host holds the
 // link down, the host plugs the link in, and the exchange follows with the
 // clone's MAC and host name, without a program started. Under TCG a
@@ -88,9 +88,12 @@ func New(cfg Config) *Client {
 // Manages says whether the client keeps interface name addressed: its name
 // matches the pattern. The agent's re-identification then leaves its DHCP
 // to the client.
-func (c *Client) Manages(name string) bool {
-	ok, _ := filepath.Match(c.cfg.Pattern, name)
-	return ok && c.cfg.Pattern != ""
+func (c *Client) Manages(name string) bool { return Matches(c.cfg.Pattern, name) }
+
+// Matches says whether the interface name matches pattern, one of Config's.
+func Matches(pattern, name string) bool {
+	ok, _ := filepath.Match(pattern, name)
+	return ok && pattern != ""
 }
 
 // Run keeps each Ethernet interface matching the pattern addressed until
@@ -101,67 +104,59 @@ func (c *Client) Run(ctx context.Context) error {
 	if _, err := filepath.Match(c.cfg.Pattern, ""); err != nil || c.cfg.Pattern == "" {
 		return fmt.Errorf("DHCP: interface pattern %q: want a pattern such as eth*", c.cfg.Pattern)
 	}
-	updates := make(chan netlink.LinkUpdate, 64)
-	done := make(chan struct{})
-	defer close(done)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan linkEvent, 64)
 	failed := make(chan error, 1)
-	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-		ListExisting: true,
-		ErrorCallback: func(err error) {
-			if !errors.Is(err, netlink.ErrDumpInterrupted) {
-				select {
-				case failed <- err:
-				default:
-				}
+	go func() {
+		failed <- linkEvents(lctx, func(ev linkEvent) {
+			select {
+			case events <- ev:
+			case <-lctx.Done():
 			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("DHCP: follow the link events: %w", err)
-	}
+		})
+	}()
 	links := map[int]*link{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	for {
-		var u netlink.LinkUpdate
+		var ev linkEvent
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-failed:
-			return fmt.Errorf("DHCP: the link events: %w", err)
-		case u = <-updates:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("DHCP: %w", err)
+		case ev = <-events:
 		}
-		attrs := u.Link.Attrs()
-		if u.Header.Type == unix.RTM_DELLINK {
-			if l, ok := links[attrs.Index]; ok {
+		l, ok := links[ev.index]
+		if ev.removed {
+			if ok {
 				l.stop()
-				delete(links, attrs.Index)
+				delete(links, ev.index)
 			}
 			continue
 		}
-		if !c.Manages(attrs.Name) || attrs.EncapType != "ether" {
+		if !ev.ether || !c.Manages(ev.state.name) {
 			continue
 		}
-		st := linkState{
-			name:    attrs.Name,
-			mac:     attrs.HardwareAddr.String(),
-			up:      attrs.RawFlags&unix.IFF_UP != 0,
-			carrier: attrs.RawFlags&unix.IFF_LOWER_UP != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0,
-		}
-		l, ok := links[attrs.Index]
 		if !ok {
 			kctx, stop := context.WithCancel(lctx)
-			l = &link{notify: make(chan struct{}, 1), stop: stop}
-			links[attrs.Index] = l
+			l = &link{index: ev.index, notify: make(chan struct{}, 1), stop: stop}
+			links[ev.index] = l
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				c.keep(kctx, l)
 			}()
+		} else if l.state() == ev.state {
+			// The same state again (a NIC's announcement after a
+			// migration, statistics): nothing to do.
+			continue
 		}
-		l.set(st)
+		l.set(ev.state)
 	}
 }
 
@@ -176,6 +171,7 @@ type linkState struct {
 // link is an interface being kept addressed: its latest state, and a
 // signal that a new one came.
 type link struct {
+	index  int
 	mu     sync.Mutex
 	latest linkState
 	notify chan struct{}
@@ -201,12 +197,12 @@ func (l *link) state() linkState {
 // keep keeps an interface addressed, following its states, until ctx ends.
 // An exchange or renewal in progress is abandoned when a new state comes
 // (a new MAC, a lost carrier): the loop starts over from the new state.
+// A lease is taken anew only for a new MAC.
 func (c *Client) keep(ctx context.Context, l *link) {
 	var (
 		cur     linkState
 		lease   *nclient4.Lease
 		leased  string // the MAC the lease is for
-		lost    bool   // the carrier went away since the lease
 		renewAt time.Time
 		expires time.Time
 		failed  int // exchanges in a row without an answer
@@ -218,9 +214,6 @@ func (c *Client) keep(ctx context.Context, l *link) {
 		if cur.name == "" && !st.up {
 			c.setUp(st.name)
 		}
-		if lease != nil && !st.carrier {
-			lost = true
-		}
 		if st.mac != cur.mac || (st.carrier && !cur.carrier) {
 			failed = 0 // a new link: try at once
 		}
@@ -229,7 +222,7 @@ func (c *Client) keep(ctx context.Context, l *link) {
 		switch {
 		case !cur.up || !cur.carrier:
 			// Nothing to do until a carrier.
-		case lease == nil || lost || leased != cur.mac:
+		case lease == nil || leased != cur.mac:
 			wake = after(timer, backoff(failed))
 		default:
 			wake = after(timer, time.Until(renewAt))
@@ -253,7 +246,7 @@ func (c *Client) keep(ctx context.Context, l *link) {
 				interrupted <- false
 			}
 		}()
-		renewing := lease != nil && !lost && leased == cur.mac
+		renewing := lease != nil && leased == cur.mac
 		var nl *nclient4.Lease
 		var err error
 		if renewing {
@@ -271,9 +264,9 @@ func (c *Client) keep(ctx context.Context, l *link) {
 				c.cfg.Logf("DHCP: %s: leased %s for %s", cur.name, nl.ACK.YourIPAddr, cur.mac)
 			}
 			failed = 0
-			lease, leased, lost = nl, cur.mac, false
+			lease, leased = nl, cur.mac
 			renewAt, expires = renewTime(nl), expiry(nl)
-			c.apply(cur.name, nl)
+			c.apply(cur.name, l.index, nl)
 		case !renewing:
 			failed++
 			c.cfg.Logf("DHCP: %s: no lease for %s: %v", cur.name, cur.mac, err)
@@ -344,12 +337,16 @@ func (c *Client) renew(ctx context.Context, st linkState, lease *nclient4.Lease)
 	return cl.Renew(ctx, lease, c.options()...)
 }
 
-// options are those every request carries: the host name.
+// options are those every request carries: the options it applies, and
+// the host name.
 func (c *Client) options() []dhcpv4.Modifier {
+	mods := []dhcpv4.Modifier{dhcpv4.WithRequestedOptions(
+		dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer,
+		dhcpv4.OptionDomainName, dhcpv4.OptionBroadcastAddress, dhcpv4.OptionInterfaceMTU)}
 	if h := c.cfg.Hostname(); h != "" {
-		return []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptHostName(h))}
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(h)))
 	}
-	return nil
+	return mods
 }
 
 // setUp sets the interface up.
@@ -365,15 +362,13 @@ func (c *Client) setUp(name string) {
 
 // apply gives the interface the lease's address (and drops its other IPv4
 // addresses), MTU, default routes and name servers. What fails is logged.
-func (c *Client) apply(name string, l *nclient4.Lease) {
+func (c *Client) apply(name string, index int, l *nclient4.Lease) {
 	logf := func(format string, args ...any) {
 		c.cfg.Logf("DHCP: %s: "+format, append([]any{name}, args...)...)
 	}
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		logf("%v", err)
-		return
-	}
+	// The calls below need only the index: no link lookup, whose full
+	// decode a resumed clone would translate afresh under TCG.
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: name}}
 	ack := l.ACK
 	mask := ack.SubnetMask()
 	if mask == nil {
@@ -398,14 +393,16 @@ func (c *Client) apply(name string, l *nclient4.Lease) {
 		return
 	}
 	if b := ack.Options.Get(dhcpv4.OptionInterfaceMTU); len(b) == 2 {
-		if mtu := int(b[0])<<8 | int(b[1]); mtu >= 576 && mtu != link.Attrs().MTU {
-			if err := netlink.LinkSetMTU(link, mtu); err != nil {
-				logf("MTU %d: %v", mtu, err)
+		if mtu := int(b[0])<<8 | int(b[1]); mtu >= 576 {
+			if cur, err := netlink.LinkByIndex(index); err == nil && cur.Attrs().MTU != mtu {
+				if err := netlink.LinkSetMTU(cur, mtu); err != nil {
+					logf("MTU %d: %v", mtu, err)
+				}
 			}
 		}
 	}
 	for i, gw := range ack.Router() {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw, Priority: i, Dst: nil}
+		r := &netlink.Route{LinkIndex: index, Gw: gw, Priority: i}
 		if err := netlink.RouteReplace(r); err != nil {
 			logf("default route via %s: %v", gw, err)
 		}

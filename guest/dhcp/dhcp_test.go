@@ -99,7 +99,7 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 		"--pid-file="+filepath.Join(dir, "pid"), "--interface=v1", "--bind-interfaces", "--except-interface=lo",
 		"--dhcp-range=192.168.77.10,192.168.77.50,255.255.255.0,1h", "--dhcp-leasefile="+leases, "--dhcp-authoritative",
 		"--dhcp-host=52:54:00:00:00:0a,192.168.77.42", "--dhcp-host=52:54:00:00:00:0b,192.168.77.43",
-		"--dhcp-option=option:router,192.168.77.1", "--dhcp-option=option:dns-server,192.168.77.1", "--domain=lab")
+		"--dhcp-option=option:router,192.168.77.1", "--dhcp-option=option:dns-server,192.168.77.1", "--dhcp-option=option:mtu,1400", "--domain=lab")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -141,6 +141,7 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 		}
 		return false
 	})
+	waitFor(t, "v0's MTU from the lease", func() bool { return mustLink(t, "v0").Attrs().MTU == 1400 })
 	if data, err := os.ReadFile(resolv); err != nil || string(data) != "search lab\nnameserver 192.168.77.1\n" {
 		t.Errorf("resolv.conf: %q, %v", data, err)
 	}
