@@ -60,9 +60,6 @@ type Config struct {
 // Client keeps the interfaces of a Config addressed (see Run).
 type Client struct {
 	cfg Config
-
-	mu      sync.Mutex
-	managed map[string]bool
 }
 
 // New returns a client for cfg.
@@ -82,15 +79,12 @@ func New(cfg Config) *Client {
 	if cfg.FirstTimeout <= 0 {
 		cfg.FirstTimeout = 250 * time.Millisecond
 	}
-	return &Client{cfg: cfg, managed: map[string]bool{}}
+	return &Client{cfg: cfg}
 }
 
-// Manages says whether the client keeps interface name addressed: its name
-// matches the pattern. The agent's re-identification then leaves its DHCP
-// to the client.
-func (c *Client) Manages(name string) bool { return Matches(c.cfg.Pattern, name) }
-
-// Matches says whether the interface name matches pattern, one of Config's.
+// Matches says whether a client of pattern (one of Config's) keeps the
+// interface name addressed. The agent's re-identification leaves those
+// interfaces' DHCP to the client.
 func Matches(pattern, name string) bool {
 	ok, _ := filepath.Match(pattern, name)
 	return ok && pattern != ""
@@ -139,7 +133,7 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if !ev.ether || !c.Manages(ev.state.name) {
+		if !ev.ether || !Matches(c.cfg.Pattern, ev.state.name) {
 			continue
 		}
 		if !ok {

@@ -48,15 +48,14 @@ func TestBroadcast(t *testing.T) {
 	}
 }
 
-func TestManages(t *testing.T) {
-	c := New(Config{Pattern: "eth*"})
+func TestMatches(t *testing.T) {
 	for name, want := range map[string]bool{"eth0": true, "eth12": true, "lo": false, "veth0": false} {
-		if got := c.Manages(name); got != want {
-			t.Errorf("Manages(%q) = %v", name, got)
+		if got := Matches("eth*", name); got != want {
+			t.Errorf("Matches(eth*, %q) = %v", name, got)
 		}
 	}
-	if New(Config{}).Manages("eth0") {
-		t.Error("a client without a pattern manages eth0")
+	if Matches("", "eth0") {
+		t.Error("no pattern matches eth0")
 	}
 	if err := New(Config{Pattern: "eth["}).Run(context.Background()); err == nil || !strings.Contains(err.Error(), `"eth["`) {
 		t.Errorf("Run with a bad pattern: %v", err)
