@@ -171,18 +171,8 @@ func TestExited(t *testing.T) {
 	if c, err := os.ReadFile("/proc/2/cmdline"); err == nil && len(c) == 0 && exited(2, pidfile) {
 		t.Fatal("a live process with an empty command line counts as exited")
 	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
 	// Not reaped yet: a zombie once the kernel is done with it.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := waitExited(ctx, pid, pidfile); err != nil {
-		t.Fatal(err)
-	}
-	if !exited(pid, pidfile) {
-		t.Fatal("waitExited returned before the process exited")
-	}
+	killExited(t, cmd, pidfile)
 	cmd.Wait()
 	if !exited(pid, pidfile) {
 		t.Fatal("a reaped process counts as running")
@@ -231,15 +221,22 @@ func TestExitedWaitsForEveryThread(t *testing.T) {
 	if exited(pid, pidfile) {
 		t.Fatal("a process with a zombie main thread and live threads counts as exited")
 	}
+	killExited(t, cmd, pidfile)
+}
+
+// killExited kills cmd's process and waits, within 30 s, until it counts
+// as exited; it does not reap it.
+func killExited(t *testing.T, cmd *exec.Cmd, pidfile string) {
+	t.Helper()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := waitExited(ctx, pid, pidfile); err != nil {
+	if err := waitExited(ctx, cmd.Process.Pid, pidfile); err != nil {
 		t.Fatal(err)
 	}
-	if !exited(pid, pidfile) {
-		t.Fatal("waitExited returned before every thread exited")
+	if !exited(cmd.Process.Pid, pidfile) {
+		t.Fatal("waitExited returned before the process exited")
 	}
 }
