@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver/qemu"
-	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/network"
+	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
 
