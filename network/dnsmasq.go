@@ -48,7 +48,11 @@ func DnsmasqConfig(n Network, dir string, allocs []Allocation) ([]byte, error) {
 	fmt.Fprintf(&b, "interface=%s\n", n.Bridge)
 	b.WriteString("bind-interfaces\nexcept-interface=lo\nport=0\nno-resolv\nno-hosts\n")
 	fmt.Fprintf(&b, "dhcp-range=%s,static,%s,%ds\n", p.Addr(), mask, int(LeaseTime.Seconds()))
-	b.WriteString("dhcp-authoritative\n")
+	// The only DHCP server on its bridge, so it may answer a discover
+	// that asks for it (RFC 4039) with the lease itself: one exchange
+	// instead of two, which a clone resumed under TCG pays for in
+	// milliseconds of guest code (the tiny guest's client asks).
+	b.WriteString("dhcp-authoritative\ndhcp-rapid-commit\n")
 	b.WriteString("dhcp-option=option:router\ndhcp-option=option:dns-server\n")
 	fmt.Fprintf(&b, "dhcp-leasefile=%s\n", filepath.Join(dir, LeasesFile))
 	fmt.Fprintf(&b, "pid-file=%s\n", filepath.Join(dir, DnsmasqPID))

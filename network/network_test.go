@@ -333,6 +333,7 @@ func TestDnsmasqConfig(t *testing.T) {
 	for _, want := range []string{
 		"interface=vmfestnet0\n", "bind-interfaces\n", "port=0\n",
 		"dhcp-range=192.168.56.0,static,255.255.255.0,3600s\n",
+		"dhcp-authoritative\n", "dhcp-rapid-commit\n",
 		"dhcp-option=option:router\n", "dhcp-option=option:dns-server\n",
 		"dhcp-host=52:54:00:ab:00:01,192.168.56.2,web1\n",
 		"dhcp-leasefile=/h/networks/vmfestnet0/leases\n",

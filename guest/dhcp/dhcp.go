@@ -255,7 +255,11 @@ func (c *Client) keep(ctx context.Context, l *link) {
 		switch {
 		case err == nil:
 			if !renewing {
-				c.cfg.Logf("DHCP: %s: leased %s for %s", cur.name, nl.ACK.YourIPAddr, cur.mac)
+				how := ""
+				if nl.Offer == nl.ACK {
+					how = " (rapid commit)"
+				}
+				c.cfg.Logf("DHCP: %s: leased %s for %s%s", cur.name, nl.ACK.YourIPAddr, cur.mac, how)
 			}
 			failed = 0
 			lease, leased = nl, cur.mac
@@ -311,14 +315,31 @@ func (c *Client) newClient(st linkState) (*nclient4.Client, error) {
 	return nclient4.New(st.name, nclient4.WithTimeout(c.cfg.FirstTimeout), nclient4.WithRetry(5))
 }
 
-// exchange gets a lease: discover, offer, request, acknowledge.
+// exchange gets a lease: discover, offer, request, acknowledge; or, from a
+// server that takes the discover's rapid-commit option (RFC 4039, as
+// vmfest's dnsmasq does), discover and acknowledge.
 func (c *Client) exchange(ctx context.Context, st linkState) (*nclient4.Lease, error) {
 	cl, err := c.newClient(st)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.Close()
-	return cl.Request(ctx, c.options()...)
+	mods := append(c.options(), dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionRapidCommit, nil)))
+	discover, err := dhcpv4.NewDiscovery(cl.InterfaceAddr(), mods...)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := cl.SendAndRead(ctx, nclient4.DefaultServers, discover, nclient4.IsMessageType(dhcpv4.MessageTypeOffer, dhcpv4.MessageTypeAck))
+	if err != nil {
+		return nil, fmt.Errorf("no answer to the discover: %w", err)
+	}
+	if reply.MessageType() == dhcpv4.MessageTypeAck {
+		if reply.Options.Has(dhcpv4.OptionRapidCommit) {
+			return &nclient4.Lease{Offer: reply, ACK: reply, CreationTime: time.Now()}, nil
+		}
+		return nil, fmt.Errorf("the server %s acknowledged a discover without rapid commit", reply.ServerIdentifier())
+	}
+	return cl.RequestFromOffer(ctx, reply, c.options()...)
 }
 
 // renew renews lease.

@@ -4,6 +4,7 @@ package dhcp
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -76,6 +77,16 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 	if err != nil {
 		t.Skip("needs dnsmasq")
 	}
+	for _, rapid := range []bool{false, true} {
+		name := "discover, offer, request, ack"
+		if rapid {
+			name = "rapid commit"
+		}
+		t.Run(name, func(t *testing.T) { clientAgainstDnsmasq(t, dnsmasq, rapid) })
+	}
+}
+
+func clientAgainstDnsmasq(t *testing.T, dnsmasq string, rapid bool) {
 	dir := t.TempDir()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "v0"}, PeerName: "v1"}
 	if err := netlink.LinkAdd(veth); err != nil {
@@ -94,11 +105,15 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 	leases := filepath.Join(dir, "leases")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
-		"--pid-file="+filepath.Join(dir, "pid"), "--interface=v1", "--bind-interfaces", "--except-interface=lo",
-		"--dhcp-range=192.168.77.10,192.168.77.50,255.255.255.0,1h", "--dhcp-leasefile="+leases, "--dhcp-authoritative",
+	args := []string{"--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+		"--pid-file=" + filepath.Join(dir, "pid"), "--interface=v1", "--bind-interfaces", "--except-interface=lo",
+		"--dhcp-range=192.168.77.10,192.168.77.50,255.255.255.0,1h", "--dhcp-leasefile=" + leases, "--dhcp-authoritative",
 		"--dhcp-host=52:54:00:00:00:0a,192.168.77.42", "--dhcp-host=52:54:00:00:00:0b,192.168.77.43",
-		"--dhcp-option=option:router,192.168.77.1", "--dhcp-option=option:dns-server,192.168.77.1", "--dhcp-option=option:mtu,1400", "--domain=lab")
+		"--dhcp-option=option:router,192.168.77.1", "--dhcp-option=option:dns-server,192.168.77.1", "--dhcp-option=option:mtu,1400", "--domain=lab"}
+	if rapid {
+		args = append(args, "--dhcp-rapid-commit")
+	}
+	cmd := exec.CommandContext(ctx, dnsmasq, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -107,6 +122,7 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 
 	var mu sync.Mutex
 	host := "first"
+	var leasedLines []string
 	resolv := filepath.Join(dir, "resolv.conf")
 	c := New(Config{
 		Pattern:    "v0",
@@ -116,7 +132,15 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 			defer mu.Unlock()
 			return host
 		},
-		Logf: func(f string, a ...any) { t.Logf(time.Now().Format("05.000 ")+f, a...) },
+		Logf: func(f string, a ...any) {
+			line := fmt.Sprintf(f, a...)
+			t.Log(time.Now().Format("05.000 ") + line)
+			if strings.Contains(line, ": leased ") {
+				mu.Lock()
+				leasedLines = append(leasedLines, line)
+				mu.Unlock()
+			}
+		},
 	})
 	rctx, stop := context.WithCancel(ctx)
 	ran := make(chan error, 1)
@@ -169,6 +193,16 @@ func TestClientAgainstDnsmasq(t *testing.T) {
 	}
 	waitAddr(t, "v0", func(ip string) bool { return ip == "192.168.77.43" })
 	waitLease(t, leases, "52:54:00:00:00:0b", "192.168.77.43", "third")
+	mu.Lock()
+	defer mu.Unlock()
+	for _, line := range leasedLines {
+		if strings.HasSuffix(line, "(rapid commit)") != rapid {
+			t.Errorf("with rapid commit %v on the server: %q", rapid, line)
+		}
+	}
+	if len(leasedLines) < 3 {
+		t.Errorf("leases taken: %q, want 3", leasedLines)
+	}
 }
 
 func mustLink(t *testing.T, name string) netlink.Link {
