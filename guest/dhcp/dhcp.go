@@ -98,6 +98,10 @@ func (c *Client) Run(ctx context.Context) error {
 	if _, err := filepath.Match(c.cfg.Pattern, ""); err != nil || c.cfg.Pattern == "" {
 		return fmt.Errorf("DHCP: interface pattern %q: want a pattern such as eth*", c.cfg.Pattern)
 	}
+	// Deferred in this order so that the keepers' context ends before
+	// Run waits for them, whichever way Run returns.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := make(chan linkEvent, 64)
@@ -111,8 +115,6 @@ func (c *Client) Run(ctx context.Context) error {
 		})
 	}()
 	links := map[int]*link{}
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		var ev linkEvent
 		select {
