@@ -191,10 +191,11 @@ done
 	while [ $j -lt $n ]; do
 		eval "ifc=\$ifc_$j args=\$args_$j"
 		j=$((j + 1))
-		i=0 op=
+		i=0
 		while [ $i -lt 500 ]; do
-			{ read -r op <"/sys/class/net/$ifc/operstate"; } 2>/dev/null
-			[ "$op" = up ] || [ "$op" = unknown ] && break
+			op= ca=
+			{ read -r op <"/sys/class/net/$ifc/operstate"; read -r ca <"/sys/class/net/$ifc/carrier"; } 2>/dev/null
+			[ "$ca" = 1 ] && { [ "$op" = up ] || [ "$op" = unknown ]; } && break
 			pause
 			i=$((i + 1))
 		done
