@@ -83,9 +83,8 @@ func setHostname(name string, warn func(string, ...any)) (string, error) {
 
 // changeMACs ends the udhcpc of each interface not managed by the agent's
 // own DHCP client, gives each interface its new MAC and waits for the
-// udhcpc to end. It returns the clients it
-// ended, to be started again (also on error: the host holds the links down
-// either way).
+// udhcpc to end. It returns the clients it ended, to be started again (also
+// on error: the host holds the links down either way).
 //
 // A MAC changes in place where the driver allows it (virtio-net, veth):
 // setting a link down and up runs the driver's close and open and the
@@ -108,11 +107,7 @@ func changeMACs(changes []nicChange, managed func(string) bool, cycleLink bool, 
 			scan = append(scan, c)
 		}
 	}
-	var clients []*dhcpClient
-	var pids []int
-	if len(scan) > 0 {
-		clients, pids = findDHCPClients(scan)
-	}
+	clients, pids := findDHCPClients(scan)
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
@@ -179,6 +174,9 @@ func setIPv6Fresh(ifc string) error {
 
 // findDHCPClients finds the udhcpc processes running on the interfaces.
 func findDHCPClients(changes []nicChange) ([]*dhcpClient, []int) {
+	if len(changes) == 0 {
+		return nil, nil
+	}
 	ents, _ := os.ReadDir("/proc")
 	var clients []*dhcpClient
 	var pids []int
