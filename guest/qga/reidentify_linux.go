@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Interface ioctls (linux/sockios.h) and the ifreq they take.
@@ -84,14 +86,14 @@ func setHostname(name string, warn func(string, ...any)) (string, error) {
 // changeMACs ends the udhcpc of each interface not managed by the agent's
 // own DHCP client, gives each interface its new MAC and waits for the
 // udhcpc to end. It returns the clients it ended, to be started again (also
-// on error: the host holds the links down either way).
+// on error: the host keeps the NICs off their networks either way).
 //
 // A MAC changes in place where the driver allows it (virtio-net, veth):
 // setting a link down and up runs the driver's close and open and the
 // stack's whole teardown and setup, code that a resumed clone under TCG
-// translates afresh. An in-place change keeps the IPv6 link-local address
-// made from the old MAC, which the source and every clone would then
-// share, so IPv6 is turned off and on again on that link (setIPv6Fresh).
+// translates afresh. An in-place change would keep the IPv6 link-local
+// address made from the old MAC, which the source and every clone would
+// then share, so IPv6 is off on that link while its MAC changes (changeMAC).
 // A driver that refuses a change while up (EBUSY, as e1000 does), or
 // cycleLink, gets the link set down, the MAC and the link set up.
 func changeMACs(changes []nicChange, managed func(string) bool, cycleLink bool, warn func(string, ...any)) ([]*dhcpClient, error) {
@@ -130,14 +132,30 @@ func changeMACs(changes []nicChange, managed func(string) bool, cycleLink bool, 
 	return clients, nil
 }
 
-// changeMAC gives one interface its new MAC (see changeMACs).
+// changeMAC gives one interface its new MAC (see changeMACs). Nothing of
+// the source's identity may leave with the clone's MAC (the host lets
+// frames from it through at once): the interface's IPv4 addresses, the
+// source's, go first, and IPv6 is off while the MAC changes, so the
+// addresses made from the old MAC go and the link-local address is made
+// afresh from the new one when it comes back on.
 func changeMAC(fd int, c nicChange, cycleLink bool, warn func(string, ...any)) error {
+	v6, err := setIPv6(c.name, false)
+	if err != nil {
+		warn("%s keeps the IPv6 addresses of its old MAC: %v", c.name, err)
+	}
+	if v6 {
+		defer func() {
+			if _, err := setIPv6(c.name, true); err != nil {
+				warn("%s: IPv6 does not come back on: %v", c.name, err)
+			}
+		}()
+	}
+	if err := dropIPv4(c.name); err != nil {
+		return err
+	}
 	if !cycleLink {
 		err := setMAC(fd, c.name, c.mac)
 		if err == nil {
-			if err := setIPv6Fresh(c.name); err != nil {
-				warn("%s keeps the IPv6 link-local address of its old MAC: %v", c.name, err)
-			}
 			return nil
 		}
 		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EOPNOTSUPP) {
@@ -153,23 +171,28 @@ func changeMAC(fd int, c nicChange, cycleLink bool, warn func(string, ...any)) e
 	return setUp(fd, c.name, true)
 }
 
-// setIPv6Fresh turns IPv6 off and on again on an interface where it is on,
-// so the kernel drops the addresses made from the interface's old MAC and
-// makes its link-local address afresh (once the link has a carrier), as it
-// does when a link goes down and up. An interface without IPv6 is left.
-func setIPv6Fresh(ifc string) error {
+// setIPv6 turns IPv6 on or off on an interface (disable_ipv6) and reports
+// whether it changed it; an interface without IPv6 is left.
+func setIPv6(ifc string, on bool) (bool, error) {
 	p := "/proc/sys/net/ipv6/conf/" + ifc + "/disable_ipv6"
 	cur, err := os.ReadFile(p)
-	if errors.Is(err, fs.ErrNotExist) || strings.TrimSpace(string(cur)) != "0" {
-		return nil
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
-		return err
+	want := "1"
+	if on {
+		want = "0"
 	}
-	return os.WriteFile(p, []byte("0"), 0o644)
+	if strings.TrimSpace(string(cur)) == want {
+		return false, nil
+	}
+	if err := os.WriteFile(p, []byte(want), 0o644); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // findDHCPClients finds the udhcpc processes running on the interfaces.
@@ -263,6 +286,27 @@ func setUp(fd int, name string, up bool) error {
 			state = "up"
 		}
 		return fmt.Errorf("set %s %s: %w", name, state, err)
+	}
+	return nil
+}
+
+// dropIPv4 removes the interface's IPv4 addresses: they are the source's,
+// and once the interface has the clone's MAC the kernel would announce
+// them with it (a gratuitous ARP on the MAC change, and on each
+// announcement QEMU asks for after the state loads).
+func dropIPv4(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list %s's addresses: %w", name, err)
+	}
+	for _, a := range addrs {
+		if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return fmt.Errorf("remove the source's address %s from %s: %w", a.IPNet, name, err)
+		}
 	}
 	return nil
 }

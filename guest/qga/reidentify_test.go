@@ -144,13 +144,13 @@ func TestReidentifyInNamespace(t *testing.T) {
 		refused bool
 	}{
 		{"reidentified in place", "0 52:54:00:00:00:01 52:54:00:00:00:0a", false, "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
+			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "v4=", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
 		{"reidentified by a link cycle", "0 52:54:00:00:00:01 52:54:00:00:00:0a", true, "newname", []string{
-			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
+			"rc=0", "mac=52:54:00:00:00:0a", "ll6=fe80::5054:ff:fe00:a ", "v4=", "host=newname", "etc-hostname=newname", "hosts=127.0.1.1 newname"}, false},
 		{"NICs unchanged", "1 - 52:54:00:00:00:01", false, "oldname", []string{
-			"rc=0", "mac=52:54:00:00:00:01", "ll6=fe80::5054:ff:fe00:1 ", "host=newname", "hosts=127.0.1.1 newname"}, false},
+			"rc=0", "mac=52:54:00:00:00:01", "ll6=fe80::5054:ff:fe00:1 ", "v4=inet 192.0.2.10/24 ", "host=newname", "hosts=127.0.1.1 newname"}, false},
 		{"unknown NIC", "0 52:54:00:00:00:01 52:54:00:00:00:0a 3 52:54:00:00:00:99 52:54:00:00:00:98", false, "oldname", []string{
-			"rc=1", "mac=52:54:00:00:00:01", "host=oldname", "hosts=127.0.1.1 oldname"}, true},
+			"rc=1", "mac=52:54:00:00:00:01", "v4=inet 192.0.2.10/24 ", "host=oldname", "hosts=127.0.1.1 oldname"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := []string{"HELPER=" + self, "VMFEST_QGA_REIDENTIFY_NICS=" + tc.nics}

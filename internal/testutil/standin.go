@@ -14,7 +14,8 @@ import (
 // reidentifyHarness runs in new network, UTS, mount and PID namespaces
 // (unshare) and stands in for a clone's guest resumed from its source's
 // memory: an interface v0 with the source's MAC (52:54:00:00:00:01, a
-// veth whose peer v1 has 52:54:00:00:00:0b), the host name oldname, and a
+// veth whose peer v1 has 52:54:00:00:00:0b) and the source's address
+// 192.0.2.10/24, the host name oldname, and a
 // busybox udhcpc on v0 sending it. /etc/hosts and /etc/hostname are files
 // of its own, bind-mounted; PATH holds only busybox's applets. It then
 // runs $RUN (which writes what it says to $DIR/out), waits for a udhcpc
@@ -29,6 +30,7 @@ mount --bind "$DIR/hostname" /etc/hostname
 "$IP" link set dev v1 address 52:54:00:00:00:0b
 "$IP" link set v1 up
 "$IP" link set v0 up
+"$IP" addr add 192.0.2.10/24 dev v0
 export PATH="$DIR/bin"
 hostname oldname
 "$DIR/bin/udhcpc" -f -i v0 -s /bin/true -x hostname:oldname </dev/null >/dev/null 2>&1 &
@@ -44,6 +46,7 @@ until [ $i -ge 200 ] || [ "$(for p in $(pidof udhcpc); do tr '\0' ' ' <"/proc/$p
 done
 echo "mac=$(cat /sys/class/net/v0/address)"
 echo "ll6=$(ip -6 addr show dev v0 | grep -o 'fe80::[0-9a-f:]*' | tr '\n' ' ')"
+echo "v4=$(ip -4 addr show dev v0 | grep -o 'inet [0-9./]*' | tr '\n' ' ')"
 echo "host=$(hostname)"
 echo "etc-hostname=$(cat /etc/hostname)"
 echo "hosts=$(grep '^127.0.1.1' /etc/hosts)"
@@ -56,6 +59,7 @@ echo "out=$(cat "$DIR/out" 2>/dev/null)"
 // reidentifyHarness), with env added to the environment, and checks what
 // the harness printed, one "key=value" a line: rc (run's exit code), mac
 // (v0's), ll6 (v0's IPv6 link-local addresses, each followed by a space),
+// v4 (v0's IPv4 addresses as "inet A/N", each followed by a space),
 // host, etc-hostname, hosts (the 127.0.1.1 line), one udhcpc= per
 // DHCP client (its command line) and out. Every line of want must be
 // there, and exactly one DHCP client, DIR/bin/udhcpc on v0 sending
