@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
 )
@@ -414,22 +416,36 @@ func (c *localMachine) startClone(ctx context.Context) error {
 	return nil
 }
 
-// holdCloneLinks is the start step that keeps a clone resuming from its
-// source's memory off its networks: its guest still has the source's MACs
-// and addresses (and QEMU announces them once the state is loaded), so
-// each NIC's link is down until re-identification has given the guest
-// the clone's MAC on it. A driver that cannot set links (driver.Links)
-// leaves them up.
-func holdCloneLinks(ctx context.Context, s *starting) error {
+// muteClone is the start step that keeps a clone resuming from its
+// source's memory off its networks until it is re-identified: its guest
+// still has the source's MAC and address on each NIC whose MAC the clone
+// does not keep (all but nat; see cloneRecord), and would speak with them
+// (QEMU has the guest announce itself once the state is loaded). Each such
+// NIC's tap drops the frames the guest sends from the source's MAC
+// (network.Attachment.Mute) while its link stays up, so the guest's DHCP
+// client can lease the moment the guest has the clone's MAC. Where the
+// tap cannot be muted (a kernel without cls_bpf, or a record without the
+// source's MAC) the NIC's link is held down instead (driver.Links); a
+// driver that cannot set links leaves it up. plugReidentified undoes
+// either.
+func muteClone(ctx context.Context, s *starting) error {
 	if s.incoming == "" || s.r.Reidentify == nil {
 		return nil
 	}
-	ln, ok := s.drv.(driver.Links)
-	if !ok {
-		return nil
-	}
-	for i, n := range s.r.Hardware.Network {
-		if n.AttachmentType == spec.AttachNone {
+	for _, i := range reidentifiedSlots(s.r) {
+		from, _ := net.ParseMAC(s.r.Reidentify.MACs[i])
+		if s.net != nil && i < len(s.net.NICs) && s.net.NICs[i].Tap != "" && from != nil && !s.m.l.holdLinks[s.m.name] {
+			err := s.net.Mute(i, from)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, network.ErrMuteUnsupported) {
+				return err
+			}
+			s.m.l.log.Warn("the clone's link is held down instead", "machine", s.m.name, "err", err)
+		}
+		ln, ok := s.drv.(driver.Links)
+		if !ok {
 			continue
 		}
 		if err := ln.SetLink(ctx, s.m.ref(s.r), i, false); err != nil {
@@ -437,6 +453,23 @@ func holdCloneLinks(ctx context.Context, s *starting) error {
 		}
 	}
 	return nil
+}
+
+// reidentifiedSlots are the slots of the clone's NICs that take a MAC of
+// their own in the guest: plugged, and with a MAC other than the
+// source's.
+func reidentifiedSlots(r record) []int {
+	var out []int
+	for i, n := range r.Hardware.Network {
+		if n.AttachmentType == spec.AttachNone {
+			continue
+		}
+		if r.Reidentify != nil && i < len(r.Reidentify.MACs) && strings.EqualFold(r.Reidentify.MACs[i], n.MACAddress) {
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
 }
 
 // copyDisk copies the overlay src to the new file dst, durably: a reflink

@@ -1,6 +1,7 @@
 package vmfest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 	"github.com/vmfest/vmfest/store"
+	"golang.org/x/sys/unix"
 )
 
 // cloneHardware is micro itself (512 MiB; NIC 0 host-only, NIC 1 nat,
@@ -121,8 +124,11 @@ func TestCloneSaved(t *testing.T) {
 	needRoot(t)
 	l, logs := newLoggedServer(t)
 	// c1 is re-identified by the tiny agent's own command, c2 by the
-	// script through guest-exec, as a guest with qemu-ga is.
+	// script through guest-exec, as a guest with qemu-ga is. c1's tap is
+	// muted meanwhile; c2's link is held down instead, as where the
+	// host's kernel cannot mute a tap.
 	l.scriptReidentify = map[string]bool{"c2": true}
+	l.holdLinks = map[string]bool{"c2": true}
 	ctx := ctxTimeout(t, 6*time.Minute)
 	src := bootTiny(ctx, t, l, "src", image, cloneHardware())
 	srcAddr, err := src.IP(ctx, 0)
@@ -137,6 +143,38 @@ func TestCloneSaved(t *testing.T) {
 	dir := l.home.MachinePath("src")
 	diskSum, stateSum := fileSum(t, filepath.Join(dir, store.DiskFile)), fileSum(t, savedStatePath(dir))
 
+	// Nothing may reach the host-only network as the source while it is
+	// saved: no frame from its MAC, no ARP for its address (a resumed
+	// guest announces its addresses; a clone's comes out under the
+	// clone's MAC once the agent has set it).
+	saved, err := src.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcMAC, err := net.ParseMAC(saved.HardwareSpec.Network[0].MACAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nm, err := l.networks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostOnly, err := nm.Get("vmfestnet0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The saved source's network went down with it: up again, to listen
+	// on it before the clones run.
+	lk, err := nm.Lock(ctx, hostOnly.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = nm.Up(ctx, hostOnly, func(network.Allocation) bool { return true })
+	lk.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sniffed := sniffBridge(t, hostOnly.Bridge, srcMAC, net.ParseIP(srcAddr.IP))
 	names := []string{"c1", "c2"}
 	clones := make([]Machine, len(names))
 	took := make([]time.Duration, len(names))
@@ -272,6 +310,9 @@ func TestCloneSaved(t *testing.T) {
 			t.Fatalf("%s: the source's process %s: %q", n, pid, got)
 		}
 	}
+	if bad := sniffed(); len(bad) > 0 {
+		t.Fatalf("the clones spoke as the saved source on its network:\n%s", strings.Join(bad, "\n"))
+	}
 	// Over host-only, each way.
 	guestRun(ctx, t, clones[0], "ping -c 1 -W 10 "+addrs[1])
 	guestRun(ctx, t, clones[1], "ping -c 1 -W 10 "+addrs[0])
@@ -358,6 +399,79 @@ func TestCloneSaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	guestRun(ctx, t, src, "ping -c 1 -W 10 "+a3.IP)
+}
+
+// sniffBridge reads every frame the bridge's own port receives (promiscuous,
+// so frames flooded to unknown MACs too) until the returned function is
+// called, which returns those from mac or that are ARP packets whose
+// sender address is ip, one line each.
+func sniffBridge(t *testing.T, bridge string, mac net.HardwareAddr, ip net.IP) func() []string {
+	t.Helper()
+	ifi, err := net.InterfaceByName(bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(all))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: all, Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	mreq := unix.PacketMreq{Ifindex: int32(ifi.Index), Type: unix.PACKET_MR_PROMISC}
+	if err := unix.SetsockoptPacketMreq(fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000})
+	var (
+		mu   sync.Mutex
+		bad  []string
+		stop bool
+		done = make(chan struct{})
+	)
+	ip4 := ip.To4()
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			mu.Lock()
+			s := stop
+			mu.Unlock()
+			if s {
+				return
+			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil || n < 14 {
+				continue
+			}
+			f := buf[:n]
+			src := net.HardwareAddr(f[6:12])
+			arpFrom := len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && net.IP(f[28:32]).Equal(ip4)
+			if bytes.Equal(src, mac) || arpFrom {
+				mu.Lock()
+				bad = append(bad, fmt.Sprintf("%s from %s, type %02x%02x, %d bytes (ARP from the source's address: %v)", time.Now().Format("15:04:05.000"), src, f[12], f[13], n, arpFrom))
+				mu.Unlock()
+			}
+		}
+	}()
+	var once sync.Once
+	finish := func() []string {
+		once.Do(func() {
+			mu.Lock()
+			stop = true
+			mu.Unlock()
+			<-done
+			unix.Close(fd)
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		return bad
+	}
+	t.Cleanup(func() { finish() })
+	return finish
 }
 
 // smapsSum is a sum of /proc/PID/smaps fields, in kB.

@@ -71,6 +71,10 @@ type Local struct {
 	// clones re-identified by reidentifyScript although their agent has
 	// reidentifyCommand: that path, qemu-ga's, then runs in a real guest.
 	scriptReidentify map[string]bool
+	// holdLinks, set only by tests before any clone, names the clones
+	// kept off their networks by holding their links down, as on a host
+	// whose kernel cannot mute a tap (see muteClone).
+	holdLinks map[string]bool
 }
 
 var _ Server = (*Local)(nil)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/network"
 	"github.com/vmfest/vmfest/spec"
 )
 
@@ -44,14 +45,18 @@ import (
 // clock stood still while it was saved; Start leaves it to this). It then
 // waits until every NIC has the clone's MAC and each host-only NIC its
 // reserved address (first on the host, in dnsmasq's leases, then in the
-// guest). Until the guest has the clone's MAC on a NIC, that NIC's link
-// is down (holdCloneLinks, driver.Links): the guest, and QEMU's announcements
-// after the state loads, would otherwise speak on the network with the
-// source's MAC and address. The script exits 0 only once every NIC has
-// taken its MAC (the command answers only then); then the links go up,
-// and the script's background part (the agent's, after the command) waits
-// for each link before it starts the NIC's DHCP client, whose
-// request names the clone's MAC and so gets the clone's reservation. The
+// guest). Until the guest has the clone's MAC on a NIC, the NIC's tap drops
+// what the guest sends from the source's MAC (muteClone; where the kernel
+// cannot, the NIC's link is down): the guest, and the announcements QEMU
+// has it make after the state loads, would otherwise speak on the network
+// with the source's MAC and address. The guest drops the source's IPv4
+// addresses before it changes a MAC. The script exits 0 only once every
+// NIC has taken its MAC (the command answers only then); then the taps
+// are unmuted (the links set up). A DHCP client that follows the MAC (the
+// tiny guest's) leases at once; the script's background part (the
+// agent's, after the command) waits for each link's carrier before it
+// starts the NIC's udhcpc, whose request names the clone's MAC and so gets
+// the clone's reservation. The
 // record's Reidentify flag is set before the clone first runs and cleared
 // only here, so a crash or a failure is visible and the next start from
 // the saved state tries again (a start that boots afresh just clears it:
@@ -77,8 +82,8 @@ const ReidentifyTimeout = 60 * time.Second
 
 // ErrNotReidentified is wrapped by the error of a clone whose guest could
 // not be re-identified: the clone exists and runs, with its source's MACs
-// (in the guest), address and host name, its links down where the driver
-// holds them; a start from its saved state tries again.
+// (in the guest), address and host name, off its networks (muteClone); a
+// start from its saved state tries again.
 var ErrNotReidentified = errors.New("the clone's guest still has its source's identity")
 
 // reidentifyScript runs in the guest: sh -c SCRIPT vmfest-reidentify
@@ -90,7 +95,7 @@ var ErrNotReidentified = errors.New("the clone's guest still has its source's id
 // shell has it, each NIC takes its MAC with two `ip` calls, and what waits
 // for the host (the carrier, then the DHCP client) runs in the background
 // after the script has exited 0 — which the host takes as "every NIC has
-// the clone's MAC" and plugs the links in.
+// the clone's MAC" and puts the NICs back on their networks.
 const reidentifyScript = `set -u
 ifs=$IFS
 new=$1; shift
@@ -183,6 +188,7 @@ for pid in $dhcpc; do
 done
 j=0
 while [ $j -lt $n ]; do
+	eval "ip -4 addr flush dev \"\$ifc_$j\"" || exit 1
 	eval "ip link set dev \"\$ifc_$j\" address \"\$mac_$j\" up" || exit 1
 	j=$((j + 1))
 done
@@ -590,18 +596,29 @@ func startScript(ctx context.Context, a driver.Agent, args []string, stdin []byt
 	return *started.PID, nil
 }
 
-// plugReidentified sets each held NIC's link up (driver.Links) once the
-// script has exited 0: every plugged NIC then has the clone's MAC in the
-// guest (the script exits 1 unless `ip link set ... address` took it), and
-// the script's background part waits for the carrier before it starts the
-// NIC's DHCP client.
+// plugReidentified puts each NIC muteClone kept off its network back on
+// once the guest has the clone's MAC on every NIC (the agent's command
+// answers, or the script exits 0, only then): a muted tap is unmuted, a
+// link held down set up. The DHCP client the guest runs on a muted NIC
+// may have leased meanwhile, from the clone's MAC, which the tap lets
+// through; on a held link it waits for the carrier.
 func (m *localMachine) plugReidentified(ctx context.Context, d driver.Driver, r record) error {
-	ln, ok := d.(driver.Links)
-	if !ok {
-		return nil
+	nm, err := m.l.networks()
+	if err != nil {
+		return err
 	}
-	for i, n := range r.Hardware.Network {
-		if n.AttachmentType == spec.AttachNone {
+	for _, i := range reidentifiedSlots(r) {
+		if r.Hardware.Network[i].AttachmentType != spec.AttachNAT && r.Net.ID != "" {
+			muted, err := nm.Unmute(network.TapName(r.Net.ID, i))
+			if err != nil {
+				return fmt.Errorf("network[%d]: %w", i, err)
+			}
+			if muted {
+				continue
+			}
+		}
+		ln, ok := d.(driver.Links)
+		if !ok {
 			continue
 		}
 		if err := ln.SetLink(ctx, m.ref(r), i, true); err != nil {

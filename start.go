@@ -68,7 +68,7 @@ var startSteps = []step{
 	{"set up the networks", setUpNetworks},
 	{"write the cloud-init seed", writeSeed},
 	{"launch the machine", launch},
-	{"hold a clone's links down until it is re-identified", holdCloneLinks},
+	{"keep a clone off its networks until it is re-identified", muteClone},
 	{"plug the NICs into their networks", plugNICs},
 	{"discard the saved state", discardResumed},
 	{"continue the resumed guest", continueResumed},

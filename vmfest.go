@@ -274,8 +274,9 @@ type Machine interface {
 	// within a second, and its guest is then re-identified through the
 	// guest agent: its MACs, DHCP addresses, host name and randomness. A
 	// guest without an agent keeps its source's identity: the clone is
-	// returned with an error wrapping ErrNotReidentified, its NICs'
-	// links down (driver.Links), and a start from its saved state tries
+	// returned with an error wrapping ErrNotReidentified, off its
+	// networks (what it sends from the source's MACs is dropped, or its
+	// links are down), and a start from its saved state tries
 	// again (a start after a power-down boots it with its own MACs). A
 	// machine without an overlay, or with a volume or a disk of the
 	// user's in a slot, is refused (ErrUnsupported).
