@@ -73,3 +73,73 @@ func TestHotPlugTinyGuest(t *testing.T) {
 		t.Fatalf("the volume after a restart: %q", got)
 	}
 }
+
+// TestSaveAfterHotPlug: a machine saved after a volume was plugged into it
+// while it ran, and again after it was unplugged, resumes each time (the
+// same process alive, the volume there or not): its devices keep the PCI
+// addresses they had when it was saved, where a start from its record
+// alone would put them elsewhere and QEMU could not load the state. A
+// clone of it resumes too.
+func TestSaveAfterHotPlug(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest")
+	}
+	img := tinyImage(t)
+	l := newTestServer(t)
+	ctx := ctxTimeout(t, 4*time.Minute)
+	const size = 40 << 20
+	if _, err := l.CreateVolume(ctx, VolumeSpec{Name: "hot", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	m := bootTiny(ctx, t, l, "hps", img, natHardware())
+	pid := strings.TrimSpace(guestSh(ctx, t, m, "sleep 100000 >/dev/null 2>&1 & echo $!"))
+	find := fmt.Sprintf(`for b in /sys/block/*; do [ "$(cat $b/size)" = %d ] && echo ${b##*/}; done; true`, size/512)
+	waitDisk := func(m Machine, present bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			got := strings.TrimSpace(guestSh(ctx, t, m, find))
+			if (got != "") == present {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest's disks of %d bytes: %q after 60 s; want present=%v", size, got, present)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	resume := func(what string) {
+		t.Helper()
+		if err := m.Save(ctx); err != nil {
+			t.Fatalf("save %s: %v", what, err)
+		}
+		if err := m.Start(ctx); err != nil {
+			t.Fatalf("start %s: %v", what, err)
+		}
+		if got := strings.TrimSpace(guestSh(ctx, t, m, "kill -0 "+pid+" && echo alive")); got != "alive" {
+			t.Fatalf("%s: the guest's process %s: %q", what, pid, got)
+		}
+	}
+	if _, err := m.Attach(ctx, Attachment{Volume: "hot"}); err != nil {
+		t.Fatal(err)
+	}
+	waitDisk(m, true)
+	resume("after a volume was plugged in")
+	waitDisk(m, true)
+	if _, err := m.Detach(ctx, Attachment{Volume: "hot"}); err != nil {
+		t.Fatal(err)
+	}
+	waitDisk(m, false)
+	resume("after the volume was unplugged")
+	waitDisk(m, false)
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Clone(ctx, "hps-clone")
+	if err != nil {
+		t.Fatalf("clone of it: %v", err)
+	}
+	if got := strings.TrimSpace(guestSh(ctx, t, c, "hostname; kill -0 "+pid+" && echo alive")); got != "hps-clone\nalive" {
+		t.Fatalf("the clone: %q", got)
+	}
+}

@@ -171,6 +171,22 @@ type Config struct {
 	// GenID, when set, is the VM generation ID given to the guest by a
 	// vmgenid device (driver.StartSpec.GenID).
 	GenID string
+	// PCI, when set, pins PCI devices to the addresses they had when an
+	// Incoming state was saved, by device id (savedHeader.PCI). QEMU names
+	// each device's state in the stream by its PCI address, and gives a
+	// device without one the first free slot in command-line order: a
+	// disk unplugged or plugged while the machine ran would otherwise move
+	// every device after it, and the state would not load.
+	PCI map[string]string
+}
+
+// pinPCI appends addr= to a PCI device's -device value when c.PCI has an
+// address for its id.
+func (c Config) pinPCI(device, id string) string {
+	if a, ok := c.PCI[id]; ok {
+		return device + ",addr=" + a
+	}
+	return device
 }
 
 // NICBackend is the host end of one adapter: the tap QEMU creates for a
@@ -240,7 +256,7 @@ func (c Config) Args() ([]string, error) {
 		"-serial", "chardev:serial0",
 		"-qmp", "unix:" + escapeComma(c.Path(QMPSocket)) + ",server=on,wait=off",
 		"-chardev", "socket,id=qga0,path=" + escapeComma(c.Path(QGASocket)) + ",server=on,wait=off",
-		"-device", "virtio-serial-pci,id=vser0",
+		"-device", c.pinPCI("virtio-serial-pci,id=vser0", "vser0"),
 		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=" + AgentPortName,
 		"-pidfile", c.Path(PIDFile),
 		"-daemonize",
@@ -339,7 +355,8 @@ func (c Config) Args() ([]string, error) {
 		// romfile= leaves out the NIC's iPXE option ROM: vmfest boots
 		// from disk, and a guest that cannot would otherwise fall back to
 		// PXE and take a DHCP address as if it had booted.
-		args = append(args, "-device", model+",netdev="+id+",mac="+n.MACAddress+",romfile=")
+		dev := "nic" + strconv.Itoa(i)
+		args = append(args, "-device", c.pinPCI(model+",netdev="+id+",mac="+n.MACAddress+",romfile=,id="+dev, dev))
 	}
 	return args, nil
 }
@@ -355,9 +372,9 @@ func (c Config) storageArgs() ([]string, error) {
 		switch ctl.Bus {
 		case spec.BusIDE: // the pc machine's built-in controller: ide.0, ide.1
 		case spec.BusSATA:
-			args = append(args, "-device", "ahci,id="+ctlID)
+			args = append(args, "-device", c.pinPCI("ahci,id="+ctlID, ctlID))
 		case spec.BusSCSI:
-			args = append(args, "-device", "virtio-scsi-pci,id="+ctlID)
+			args = append(args, "-device", c.pinPCI("virtio-scsi-pci,id="+ctlID, ctlID))
 		case spec.BusVirtio:
 		default:
 			return nil, fmt.Errorf("storage[%d].bus %q: not supported", ci, ctl.Bus)
@@ -407,6 +424,9 @@ func (c Config) storageArgs() ([]string, error) {
 				return nil, fmt.Errorf("storage %q slot %d: %w", ctl.Name, slot, err)
 			}
 			device += ",drive=" + driveID + ",id=" + driveID + "-dev"
+			if ctl.Bus == spec.BusVirtio {
+				device = c.pinPCI(device, driveID+"-dev")
+			}
 			if boot {
 				device += ",bootindex=0"
 			}
@@ -422,7 +442,7 @@ func (c Config) storageArgs() ([]string, error) {
 	if !seeded {
 		args = append(args,
 			"-drive", "if=none,id=cidata,media=cdrom,readonly=on,format=raw,file="+escapeComma(c.CIData),
-			"-device", "virtio-scsi-pci,id=cidata-scsi",
+			"-device", c.pinPCI("virtio-scsi-pci,id=cidata-scsi", "cidata-scsi"),
 			"-device", "scsi-cd,bus=cidata-scsi.0,channel=0,scsi-id=0,lun=0,drive=cidata")
 	}
 	return args, nil

@@ -92,7 +92,7 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 			return driver.Started{}, err
 		}
 		defer f.Close()
-		cfg.Incoming, restored = f, h.State
+		cfg.Incoming, cfg.PCI, restored = f, h.PCI, h.State
 		switch {
 		case h.SharedMemory && s.MemoryTemplate == "":
 			return driver.Started{}, fmt.Errorf("saved state %s holds no RAM and needs its memory template's file, which was not given", s.Incoming)

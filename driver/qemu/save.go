@@ -38,6 +38,10 @@ type savedHeader struct {
 	// capability x-ignore-shared); it is in the memory template's RAM
 	// file beside it (Template, StartSpec.MemoryTemplate).
 	SharedMemory bool `json:"shared-memory,omitempty"`
+	// PCI is the PCI address of each device (by id) when the state was
+	// saved (query-pci), which a resume pins (Config.PCI). A state of an
+	// older vmfest has none: its devices are where they were put at start.
+	PCI map[string]string `json:"pci,omitempty"`
 }
 
 func writeSavedHeader(f *os.File, h savedHeader) error {
@@ -129,15 +133,20 @@ func (d *Driver) Save(ctx context.Context, m driver.Machine, path string) (err e
 			}
 		}
 	}()
-	if err := writeSavedHeader(f, h); err != nil {
-		return fmt.Errorf("save: %w", err)
-	}
 	q, err := DialQMP(ctx, socket)
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
 	}
 	err = func() error {
 		defer q.Close()
+		pci, err := pciAddresses(ctx, q)
+		if err != nil {
+			return err
+		}
+		h.PCI = pci
+		if err := writeSavedHeader(f, h); err != nil {
+			return err
+		}
 		if h.State == Running {
 			if _, err := q.Execute(ctx, "stop", nil); err != nil {
 				return err
@@ -162,6 +171,37 @@ func (d *Driver) Save(ctx context.Context, m driver.Machine, path string) (err e
 		return fmt.Errorf("save: %w", err)
 	}
 	return nil
+}
+
+// pciAddresses asks QEMU where each PCI device with an id is (query-pci),
+// as QEMU's addr= takes it: "SLOT.FUNCTION" in hexadecimal.
+func pciAddresses(ctx context.Context, q *QMP) (map[string]string, error) {
+	raw, err := q.Execute(ctx, "query-pci", nil)
+	if err != nil {
+		return nil, err
+	}
+	var buses []struct {
+		Bus     int `json:"bus"`
+		Devices []struct {
+			Bus      int    `json:"bus"`
+			Slot     int    `json:"slot"`
+			Function int    `json:"function"`
+			ID       string `json:"qdev_id"`
+		} `json:"devices"`
+	}
+	if err := json.Unmarshal(raw, &buses); err != nil {
+		return nil, fmt.Errorf("query-pci: %w", err)
+	}
+	out := map[string]string{}
+	for _, b := range buses {
+		for _, d := range b.Devices {
+			if d.ID == "" || d.Bus != 0 {
+				continue
+			}
+			out[d.ID] = fmt.Sprintf("%02x.%x", d.Slot, d.Function)
+		}
+	}
+	return out, nil
 }
 
 // migrateTo starts the migration of the stopped guest into f, with the

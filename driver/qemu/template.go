@@ -90,7 +90,7 @@ func (d *Driver) Template(ctx context.Context, s driver.StartSpec, ram, state st
 		err = fmt.Errorf("memory template: %w", err)
 	}()
 	cfg := d.config(s, accel)
-	cfg.Incoming, cfg.MemoryFile, cfg.MemoryShared, cfg.Template = in, ram, true, true
+	cfg.Incoming, cfg.MemoryFile, cfg.MemoryShared, cfg.Template, cfg.PCI = in, ram, true, true, h.PCI
 	if cfg.Scratch, err = d.scratchDisk(ctx, s); err != nil {
 		return err
 	}
@@ -101,7 +101,7 @@ func (d *Driver) Template(ctx context.Context, s driver.StartSpec, ram, state st
 	if err := waitIncoming(ctx, s.Dir); err != nil {
 		return err
 	}
-	if err := writeSavedHeader(sf, savedHeader{State: h.State, Saved: h.Saved, SharedMemory: true}); err != nil {
+	if err := writeSavedHeader(sf, savedHeader{State: h.State, Saved: h.Saved, SharedMemory: true, PCI: h.PCI}); err != nil {
 		return err
 	}
 	socket := cfg.Path(QMPSocket)
