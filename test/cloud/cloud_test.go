@@ -322,6 +322,10 @@ func TestCloudInit(t *testing.T) {
 		}
 	})
 
+	t.Run("memory clone", func(t *testing.T) {
+		checkMemoryClone(ctx, t, l, m)
+	})
+
 	if err := m.PowerDown(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -334,6 +338,85 @@ func TestCloudInit(t *testing.T) {
 	t.Run("volume on a second machine", func(t *testing.T) {
 		checkVolumeMoves(t, l, image, volumeData)
 	})
+}
+
+// checkMemoryClone saves the booted machine m (its volume detached first: a
+// machine with a volume cannot be cloned) and clones it from its memory:
+// the clone's guest runs qemu-guest-agent, so vmfest re-identifies it with
+// its script through guest-exec. The clone answers with its own host name,
+// has its own MAC and its host-only reservation (leased by systemd-networkd,
+// whose configuration cloud-init wrote for the source's MAC) and takes SSH
+// as itself; the source then resumes as itself.
+func checkMemoryClone(ctx context.Context, t *testing.T, l *vmfest.Local, m vmfest.Machine) {
+	if _, err := m.Detach(ctx, vmfest.Attachment{Volume: volumeName}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := m.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const name = "cloudy-clone"
+	begun := time.Now()
+	c, err := m.Clone(ctx, name)
+	if c != nil {
+		t.Cleanup(func() {
+			cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer ccancel()
+			c.PowerDown(cctx)
+			c.Destroy(cctx)
+		})
+	}
+	if err != nil {
+		if c != nil {
+			if out, xerr := c.Exec(ctx, vmfest.ExecRequest{Command: []string{"/bin/sh", "-c", "ip addr; networkctl list; ls -l /etc/systemd/network /run/systemd/network; journalctl -b -u systemd-networkd --no-pager | tail -30"}}); xerr == nil {
+				t.Logf("the clone's network:\n%s%s", out.Stdout, out.Stderr)
+			}
+		}
+		t.Fatalf("clone: %v", err)
+	}
+	t.Logf("memory clone of the cloud image: running and re-identified after %s", time.Since(begun).Round(10*time.Millisecond))
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := strings.ToLower(info.HardwareSpec.Network[0].MACAddress)
+	if mac == strings.ToLower(src.HardwareSpec.Network[0].MACAddress) {
+		t.Fatalf("the clone has the source's MAC %s", mac)
+	}
+	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer hcancel()
+	if got, err := agentHostName(hctx, l.Home(), name, name); err != nil || got != name {
+		t.Errorf("the clone's guest-get-host-name = %q (%v), want %q", got, err, name)
+	}
+	if got := string(guestSh(ctx, t, c, nil, "cat /sys/class/net/*/address")); !strings.Contains(got, mac) {
+		t.Errorf("no interface of the clone's guest has its MAC %s:\n%s", mac, got)
+	}
+	addr, err := c.IP(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr.IP != info.Networks[0].IP || addr.IP == src.Networks[0].IP {
+		t.Errorf("the clone's IP(0) = %+v, want its reservation %s (the source's is %s)", addr, info.Networks[0].IP, src.Networks[0].IP)
+	}
+	if got := string(guestSh(ctx, t, c, nil, "ip -4 -o addr show")); !strings.Contains(got, " "+info.Networks[0].IP+"/") || strings.Contains(got, " "+src.Networks[0].IP+"/") {
+		t.Errorf("the clone's addresses, want %s and not the source's %s:\n%s", info.Networks[0].IP, src.Networks[0].IP, got)
+	}
+	if got := run(ctx, t, l, c, "hostname"); got != name {
+		t.Errorf("hostname over ssh to the clone = %q, want %q", got, name)
+	}
+	// The source resumes from its own saved state, as itself.
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(ctx, t, l, m, "sh", "-c", "hostname; ip -4 -o addr show"); !strings.HasPrefix(got, src.Name+"\n") || !strings.Contains(got, " "+src.Networks[0].IP+"/") {
+		t.Errorf("the source after its clone: %q", got)
+	}
 }
 
 // The volume attached to the cloud-init suite's machine: formatted and
