@@ -82,6 +82,11 @@ func (d *Driver) Start(ctx context.Context, s driver.StartSpec) (driver.Started,
 	}
 	cfg := d.config(s, accel)
 	cfg.NICs, cfg.LoadVM = s.NICs, s.Snapshot
+	if s.Snapshot != "" {
+		if cfg.PCI, err = readSnapshotPCI(s.Dir, s.Snapshot); err != nil {
+			return driver.Started{}, err
+		}
+	}
 	var restored driver.State
 	if s.MemoryTemplate != "" && s.Incoming == "" {
 		return driver.Started{}, errors.New("a memory template is started from its state (Incoming), and none was given")

@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -56,13 +59,96 @@ func (d *Driver) Snapshots(ctx context.Context, m driver.Machine, disk string, r
 	return snaps, nil
 }
 
-// SaveSnapshot implements driver.Snapshotter.
+// snapshotPCI is the file in the machine directory dir that keeps the PCI
+// addresses of the devices (savedHeader.PCI) when the memory snapshot tag
+// was taken: a start from it pins them (Config.PCI), as a resume from a
+// saved state does, since a disk plugged or unplugged while the machine
+// ran moves devices. A snapshot without one (of an older vmfest, or of a
+// powered-off machine) starts with the devices where they are put.
+func snapshotPCI(dir, tag string) (string, error) {
+	if tag == "" || filepath.Base(tag) != tag || strings.HasPrefix(tag, ".") {
+		return "", fmt.Errorf("snapshot %q: not a name", tag)
+	}
+	return filepath.Join(dir, "snapshot-"+tag+".pci"), nil
+}
+
+// readSnapshotPCI reads the PCI addresses kept for the snapshot tag; none
+// when it has no file.
+func readSnapshotPCI(dir, tag string) (map[string]string, error) {
+	p, err := snapshotPCI(dir, tag)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", tag, err)
+	}
+	var pci map[string]string
+	if err := json.Unmarshal(data, &pci); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %s: %w", tag, p, err)
+	}
+	return pci, nil
+}
+
+// SaveSnapshot implements driver.Snapshotter. Of a running machine it
+// first writes the devices' PCI addresses beside the disk (snapshotPCI).
 func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	if !running {
 		_, err := d.qemuImg(ctx, "snapshot", "-c", tag, diskOnly(disk))
 		return err
 	}
-	return d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true)
+	p, err := snapshotPCI(m.Dir, tag)
+	if err != nil {
+		return err
+	}
+	q, err := DialQMP(ctx, Config{Dir: m.Dir}.Path(QMPSocket))
+	if err != nil {
+		return err
+	}
+	pci, err := pciAddresses(ctx, q)
+	q.Close()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(pci)
+	if err != nil {
+		return err
+	}
+	if err := writeFileSynced(p, data); err != nil {
+		return fmt.Errorf("snapshot %s: %w", tag, err)
+	}
+	if err := d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true); err != nil {
+		os.Remove(p)
+		return err
+	}
+	return nil
+}
+
+// writeFileSynced writes data to path through a temporary file renamed
+// into place, synced.
+func writeFileSynced(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 // LoadSnapshot implements driver.Snapshotter.
@@ -74,13 +160,22 @@ func (d *Driver) LoadSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 	return d.snapshotJob(ctx, m, disk, "snapshot-load", tag, true)
 }
 
-// DeleteSnapshot implements driver.Snapshotter.
+// DeleteSnapshot implements driver.Snapshotter; the snapshot's PCI file
+// goes with it.
 func (d *Driver) DeleteSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
+	var err error
 	if !running {
-		_, err := d.qemuImg(ctx, "snapshot", "-d", tag, diskOnly(disk))
+		_, err = d.qemuImg(ctx, "snapshot", "-d", tag, diskOnly(disk))
+	} else {
+		err = d.snapshotJob(ctx, m, disk, "snapshot-delete", tag, false)
+	}
+	if err != nil {
 		return err
 	}
-	return d.snapshotJob(ctx, m, disk, "snapshot-delete", tag, false)
+	if p, perr := snapshotPCI(m.Dir, tag); perr == nil {
+		os.Remove(p)
+	}
+	return nil
 }
 
 // snapshotJob runs one snapshot job on the qcow2 node whose file is disk
