@@ -212,6 +212,18 @@ func (m *localMachine) makeClone(ctx context.Context, name string, d driver.Driv
 		}
 	}
 	point("clone:disk")
+	// The disk's memory snapshots came with it, and so do the files that
+	// say where their devices were.
+	pcis, _ := filepath.Glob(filepath.Join(src, store.SnapshotPCIGlob))
+	for _, p := range pcis {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("clone machine %s: %w", m.name, err)
+		}
+		if err := store.WriteFileAtomic(filepath.Join(dst, filepath.Base(p)), data, 0o600); err != nil {
+			return fmt.Errorf("clone machine %s: %w", m.name, err)
+		}
+	}
 	if r.UserData {
 		data, err := os.ReadFile(filepath.Join(src, store.UserDataFile))
 		if err != nil {

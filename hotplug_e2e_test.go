@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,6 +186,9 @@ func TestSaveAfterHotPlug(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDisk(false)
+	if _, err := m.TakeSnapshot(ctx, "before-clone"); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.Save(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -196,4 +200,13 @@ func TestSaveAfterHotPlug(t *testing.T) {
 		t.Fatalf("the clone's host name: %q", got)
 	}
 	alive("the clone", c)
+	// The snapshot came with the clone's copy of the disk, and so did
+	// the file with its devices' places.
+	snaps, err := c.Snapshots(ctx)
+	if err != nil || !slices.ContainsFunc(snaps, func(s Snapshot) bool { return s.Tag == "before-clone" }) {
+		t.Fatalf("the clone's snapshots: %+v, %v", snaps, err)
+	}
+	if _, err := os.Stat(filepath.Join(l.home.MachinePath("hps-clone"), "snapshot-before-clone.pci")); err != nil {
+		t.Fatalf("the clone's snapshot's PCI file: %v", err)
+	}
 }

@@ -55,7 +55,15 @@ const (
 	TemplateRunDir     = "run"
 	TemplateMemoryFile = "ram"
 	TemplateStateFile  = "state"
+	// SnapshotPCIGlob matches the files that keep, for each memory
+	// snapshot of the disk, where its devices were (SnapshotPCIFile): they
+	// go with the disk when it is copied.
+	SnapshotPCIGlob = "snapshot-*.pci"
 )
+
+// SnapshotPCIFile is the file that keeps the PCI addresses of the devices
+// of a machine when its memory snapshot tag was taken (the QEMU driver's).
+func SnapshotPCIFile(tag string) string { return "snapshot-" + tag + ".pci" }
 
 // File names inside a volume directory.
 const (

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vmfest/vmfest/driver"
+	"github.com/vmfest/vmfest/store"
 )
 
 var _ driver.Snapshotter = (*Driver)(nil)
@@ -69,7 +70,7 @@ func snapshotPCI(dir, tag string) (string, error) {
 	if tag == "" || filepath.Base(tag) != tag || strings.HasPrefix(tag, ".") {
 		return "", fmt.Errorf("snapshot %q: not a name", tag)
 	}
-	return filepath.Join(dir, "snapshot-"+tag+".pci"), nil
+	return filepath.Join(dir, store.SnapshotPCIFile(tag)), nil
 }
 
 // readSnapshotPCI reads the PCI addresses kept for the snapshot tag; none
