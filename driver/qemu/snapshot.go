@@ -96,13 +96,17 @@ func readSnapshotPCI(dir, tag string) (map[string]string, error) {
 
 // SaveSnapshot implements driver.Snapshotter. Of a running machine it
 // first writes the devices' PCI addresses beside the disk (snapshotPCI).
+// (Killed QEMUs and vmfests during a snapshot: TestSnapshotCrash.)
 func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
-	if !running {
-		_, err := d.qemuImg(ctx, "snapshot", "-c", tag, diskOnly(disk))
-		return err
-	}
 	p, err := snapshotPCI(m.Dir, tag)
 	if err != nil {
+		return err
+	}
+	if !running {
+		// A file of an earlier memory snapshot of that name, whose
+		// job's end was never seen, is not this one's.
+		os.Remove(p)
+		_, err := d.qemuImg(ctx, "snapshot", "-c", tag, diskOnly(disk))
 		return err
 	}
 	q, err := DialQMP(ctx, Config{Dir: m.Dir}.Path(QMPSocket))
@@ -121,11 +125,10 @@ func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 	if err := writeFileSynced(p, data); err != nil {
 		return fmt.Errorf("snapshot %s: %w", tag, err)
 	}
-	if err := d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true); err != nil {
-		os.Remove(p)
-		return err
-	}
-	return nil
+	// On an error the file stays: the job may have ended whole in a QEMU
+	// that is gone (a file without its snapshot is never read; the next
+	// snapshot of that name writes its own).
+	return d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true)
 }
 
 // writeFileSynced writes data to path through a temporary file renamed
