@@ -136,6 +136,11 @@ func TestSnapshotCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			expectState(t, m, Aborted)
+			// The snapshot calls below wait for the dead QEMU's disk lock
+			// to go (qemu.Settle); so does qemu-img check here.
+			if err := qemu.Settle(ctx, dir); err != nil {
+				t.Fatal(err)
+			}
 			qemuImgCheck(t)
 			snaps, err := m.Snapshots(ctx)
 			if err != nil {

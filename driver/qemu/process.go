@@ -170,6 +170,19 @@ func Clean(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
+// Settle waits, bounded by ctx, until the last QEMU of dir, which no
+// longer holds its pidfile's lock, has finished exiting, so its disks'
+// locks are gone too (see Clean): qemu-img on the disk of a machine whose
+// QEMU was just killed would otherwise fail to lock it. It returns at once
+// when no QEMU ran or one still runs.
+func Settle(ctx context.Context, dir string) error {
+	pid, alive, err := PID(dir)
+	if err != nil || alive || pid <= 0 {
+		return err
+	}
+	return waitExited(ctx, pid, Config{Dir: dir}.Path(PIDFile))
+}
+
 // Kill sends SIGKILL to the machine's QEMU, if one runs.
 func Kill(dir string) error {
 	pid, alive, err := PID(dir)

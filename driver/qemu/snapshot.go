@@ -31,6 +31,11 @@ var _ driver.Snapshotter = (*Driver)(nil)
 // Snapshots implements driver.Snapshotter with qemu-img info, which reads
 // the snapshot table of a disk in use too (--force-share).
 func (d *Driver) Snapshots(ctx context.Context, m driver.Machine, disk string, running bool) ([]driver.Snapshot, error) {
+	if !running {
+		if err := Settle(ctx, m.Dir); err != nil {
+			return nil, err
+		}
+	}
 	out, err := d.qemuImg(ctx, "info", "--output=json", "--force-share", diskOnly(disk))
 	if err != nil {
 		return nil, err
@@ -103,6 +108,9 @@ func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 		return err
 	}
 	if !running {
+		if err := Settle(ctx, m.Dir); err != nil {
+			return err
+		}
 		// A file of an earlier memory snapshot of that name, whose
 		// job's end was never seen, is not this one's.
 		os.Remove(p)
@@ -158,6 +166,9 @@ func writeFileSynced(path string, data []byte) error {
 // LoadSnapshot implements driver.Snapshotter.
 func (d *Driver) LoadSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	if !running {
+		if err := Settle(ctx, m.Dir); err != nil {
+			return err
+		}
 		_, err := d.qemuImg(ctx, "snapshot", "-a", tag, diskOnly(disk))
 		return err
 	}
@@ -169,6 +180,9 @@ func (d *Driver) LoadSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 func (d *Driver) DeleteSnapshot(ctx context.Context, m driver.Machine, disk, tag string, running bool) error {
 	var err error
 	if !running {
+		if err = Settle(ctx, m.Dir); err != nil {
+			return err
+		}
 		_, err = d.qemuImg(ctx, "snapshot", "-d", tag, diskOnly(disk))
 	} else {
 		err = d.snapshotJob(ctx, m, disk, "snapshot-delete", tag, false)
