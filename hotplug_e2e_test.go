@@ -1,6 +1,7 @@
 package vmfest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,25 @@ import (
 
 	"github.com/vmfest/vmfest/spec"
 )
+
+// waitGuestDisk waits up to 60 s until the guest has a disk of size bytes
+// (found by /sys/block: names move) or has none, as present says, and
+// returns its name.
+func waitGuestDisk(ctx context.Context, t *testing.T, m Machine, size int64, present bool) string {
+	t.Helper()
+	find := fmt.Sprintf(`for b in /sys/block/*; do [ "$(cat $b/size)" = %d ] && echo ${b##*/}; done; true`, size/512)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := strings.TrimSpace(guestSh(ctx, t, m, find))
+		if (got != "") == present {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's disks of %d bytes: %q after 60 s; want present=%v", size, got, present)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 // TestHotPlugTinyGuest: a volume attached to the running tiny guest
 // appears as a new virtio disk of its size, takes writes, and is gone from
@@ -30,21 +50,9 @@ func TestHotPlugTinyGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := bootTiny(ctx, t, l, "hp", img, natHardware())
-	// The guest's disk of the volume's size, by /sys/block (names move).
-	find := fmt.Sprintf(`for b in /sys/block/*; do [ "$(cat $b/size)" = %d ] && echo ${b##*/}; done; true`, size/512)
 	waitDisk := func(present bool) string {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			got := strings.TrimSpace(guestSh(ctx, t, m, find))
-			if (got != "") == present {
-				return got
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the guest's disks of %d bytes: %q after 60 s; want present=%v", size, got, present)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		return waitGuestDisk(ctx, t, m, size, present)
 	}
 	begun := time.Now()
 	at, err := m.Attach(ctx, Attachment{Volume: "hot"})
@@ -114,20 +122,9 @@ func TestSaveAfterHotPlug(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := strings.TrimSpace(guestSh(ctx, t, m, "sleep 100000 >/dev/null 2>&1 & echo $!"))
-	find := fmt.Sprintf(`for b in /sys/block/*; do [ "$(cat $b/size)" = %d ] && echo ${b##*/}; done; true`, size/512)
 	waitDisk := func(present bool) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			got := strings.TrimSpace(guestSh(ctx, t, m, find))
-			if (got != "") == present {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the guest's disks of %d bytes: %q after 60 s; want present=%v", size, got, present)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		waitGuestDisk(ctx, t, m, size, present)
 	}
 	alive := func(what string, m Machine) {
 		t.Helper()
