@@ -445,7 +445,10 @@ func muteClone(ctx context.Context, s *starting) error {
 		return nil
 	}
 	for _, i := range reidentifiedSlots(s.r) {
-		from, _ := net.ParseMAC(s.r.Reidentify.MACs[i])
+		var from net.HardwareAddr
+		if i < len(s.r.Reidentify.MACs) {
+			from, _ = net.ParseMAC(s.r.Reidentify.MACs[i])
+		}
 		if s.net != nil && i < len(s.net.NICs) && s.net.NICs[i].Tap != "" && from != nil && !s.m.l.holdLinks[s.m.name] {
 			err := s.net.Mute(i, from)
 			if err == nil {
