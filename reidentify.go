@@ -608,7 +608,8 @@ func (m *localMachine) plugReidentified(ctx context.Context, d driver.Driver, r 
 		return err
 	}
 	for _, i := range reidentifiedSlots(r) {
-		if r.Hardware.Network[i].AttachmentType != spec.AttachNAT && r.Net.ID != "" {
+		if r.Net.ID != "" {
+			// A NIC without a tap (nat) was not muted.
 			muted, err := nm.Unmute(network.TapName(r.Net.ID, i))
 			if err != nil {
 				return fmt.Errorf("network[%d]: %w", i, err)

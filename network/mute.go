@@ -86,6 +86,15 @@ func (a *Attachment) Mute(slot int, mac net.HardwareAddr) error {
 	return nil
 }
 
+// clsact is the link's clsact qdisc, which holds its ingress filters.
+func clsact(link netlink.Link) *netlink.Clsact {
+	return &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: link.Attrs().Index,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+		Parent:    netlink.HANDLE_CLSACT,
+	}}
+}
+
 // mute sets the link to drop every frame it receives (the guest sends)
 // from mac.
 func mute(link netlink.Link, mac net.HardwareAddr) error {
@@ -94,12 +103,7 @@ func mute(link netlink.Link, mac net.HardwareAddr) error {
 		return err
 	}
 	name := link.Attrs().Name
-	q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-		LinkIndex: link.Attrs().Index,
-		Handle:    netlink.MakeHandle(0xffff, 0),
-		Parent:    netlink.HANDLE_CLSACT,
-	}}
-	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := netlink.QdiscAdd(clsact(link)); err != nil && !errors.Is(err, unix.EEXIST) {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
 			return fmt.Errorf("mute %s: %w: %w", name, ErrMuteUnsupported, err)
 		}
@@ -177,12 +181,7 @@ func unmute(link netlink.Link) (bool, error) {
 		others++
 	}
 	if found && others == 0 {
-		q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: link.Attrs().Index,
-			Handle:    netlink.MakeHandle(0xffff, 0),
-			Parent:    netlink.HANDLE_CLSACT,
-		}}
-		if err := netlink.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		if err := netlink.QdiscDel(clsact(link)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			return true, linkErr("remove the clsact qdisc of "+name, err)
 		}
 	}

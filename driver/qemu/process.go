@@ -149,18 +149,15 @@ func lastLines(s string, n int) string {
 // that process has finished exiting: a start right after a crash must not
 // find the disk still locked.
 func Clean(ctx context.Context, dir string) error {
-	pid, alive, err := PID(dir)
-	if err != nil {
+	if _, alive, err := PID(dir); err != nil {
 		return err
 	} else if alive {
 		return errors.New("QEMU is still running")
 	}
-	c := Config{Dir: dir}
-	if pid > 0 {
-		if err := waitExited(ctx, pid, c.Path(PIDFile)); err != nil {
-			return err
-		}
+	if err := Settle(ctx, dir); err != nil {
+		return err
 	}
+	c := Config{Dir: dir}
 	var errs []error
 	for _, name := range []string{PIDFile, QMPSocket, QGASocket} {
 		if err := os.Remove(c.Path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -130,37 +130,13 @@ func (d *Driver) SaveSnapshot(ctx context.Context, m driver.Machine, disk, tag s
 	if err != nil {
 		return err
 	}
-	if err := writeFileSynced(p, data); err != nil {
+	if err := store.WriteFileAtomic(p, data, 0o600); err != nil {
 		return fmt.Errorf("snapshot %s: %w", tag, err)
 	}
 	// On an error the file stays: the job may have ended whole in a QEMU
 	// that is gone (a file without its snapshot is never read; the next
 	// snapshot of that name writes its own).
 	return d.snapshotJob(ctx, m, disk, "snapshot-save", tag, true)
-}
-
-// writeFileSynced writes data to path through a temporary file renamed
-// into place, synced.
-func writeFileSynced(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // LoadSnapshot implements driver.Snapshotter.
